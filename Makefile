@@ -1,0 +1,31 @@
+# rust_ksm: the two commands are `make run` and `make check` (see README.md).
+# The module itself is built by Kbuild (see Kbuild); this file only drives
+# the scripts, which install dependencies and build the kernel as needed.
+
+.PHONY: all module deps kernel run check bench clippy fmt clean
+
+all: module
+
+module:
+	scripts/module-build
+
+deps:
+	scripts/deps
+
+kernel:
+	scripts/kernel-build
+
+run:
+	scripts/demo
+
+check:
+	scripts/check
+
+clippy:
+	scripts/module-build clippy
+
+fmt:
+	rustfmt --edition 2021 rust_ksm.rs
+
+clean:
+	scripts/module-build clean

@@ -1,0 +1,672 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! rust_ksm: Kernel Samepage Merging as a module.
+//!
+//! The module registers as the kernel's KSM engine (the `ksm_engine_ops` of
+//! the project's kernel patches), so every KSM hook of `<linux/ksm.h>` comes
+//! here while it is loaded.  This file holds the lifecycle: the engine hooks,
+//! the `rust_ksmd` thread and the sysfs knobs under /sys/kernel/mm/rust_ksm,
+//! which are named and behave like those of /sys/kernel/mm/ksm.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::c_str;
+use kernel::error::to_result;
+use kernel::ffi::{c_char, c_int, c_long, c_uint, c_void};
+use kernel::page::PAGE_SIZE;
+use kernel::prelude::*;
+use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
+use kernel::time::msecs_to_jiffies;
+
+mod scan;
+
+use scan::{MmGrab, MmRegistry, Scanner, Stats};
+
+/// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
+#[allow(
+    dead_code,
+    improper_ctypes,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unreachable_pub,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
+mod bindings {
+    pub(crate) use kernel::bindings::*;
+    use kernel::ffi;
+    include!("bindings_generated.rs");
+}
+
+module! {
+    type: RustKsm,
+    name: "rust_ksm",
+    author: "rust_ksm developers",
+    description: "Kernel Samepage Merging in Rust",
+    license: "GPL",
+}
+
+/// `run` values, as /sys/kernel/mm/ksm/run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Stop = 0,
+    Merge = 1,
+    Unmerge = 2,
+}
+
+impl Run {
+    fn from_knob(value: u32) -> Result<Self> {
+        match value {
+            0 => Ok(Run::Stop),
+            1 => Ok(Run::Merge),
+            2 => Ok(Run::Unmerge),
+            _ => Err(EINVAL),
+        }
+    }
+}
+
+/// Knob values, read by the thread under the control lock.
+struct Control {
+    run: Run,
+    pages_to_scan: u32,
+    sleep_millisecs: u32,
+    /// Set once at unload, before the thread is stopped.
+    stopping: bool,
+}
+
+/// The engine: everything the hooks, the thread and sysfs share.
+#[pin_data]
+struct Ksm {
+    /// Knobs; `wake` is signalled whenever they change.
+    #[pin]
+    control: Mutex<Control>,
+    #[pin]
+    wake: CondVar,
+    /// Registered mms. Lock order: `control` before `registry`.
+    #[pin]
+    registry: Mutex<MmRegistry>,
+    stats: Stats,
+}
+
+/// The engine of the loaded module, for callbacks that carry no context.
+///
+/// Set before the engine is registered and sysfs appears; cleared after both
+/// are gone, which waits for every callback (SRCU in the core, kernfs active
+/// references for sysfs).  So a callback always finds it set.
+static KSM: AtomicPtr<Ksm> = AtomicPtr::new(ptr::null_mut());
+
+fn ksm() -> &'static Ksm {
+    let ksm = KSM.load(Ordering::Acquire);
+    // SAFETY: callbacks run only while `KSM` is set (see its comment), and
+    // the pinned `Ksm` it points to outlives them.
+    unsafe { &*ksm }
+}
+
+impl Ksm {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            control <- new_mutex!(Control {
+                run: Run::Stop,
+                pages_to_scan: 100,
+                sleep_millisecs: 20,
+                stopping: false,
+            }),
+            wake <- new_condvar!(),
+            registry <- new_mutex!(MmRegistry::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Changes the knobs under the control lock and wakes the thread.
+    fn update(&self, f: impl FnOnce(&mut Control)) {
+        let mut control = self.control.lock();
+        f(&mut control);
+        drop(control);
+        self.wake.notify_all();
+    }
+
+    /// Registers an mm that became mergeable.
+    fn enter(&self, mm: NonNull<bindings::mm_struct>) -> Result {
+        let slot = scan::MmSlotReservation::new(GFP_KERNEL)?;
+        // SAFETY: the hook's `mm` is valid for the call.
+        let mm = unsafe { MmGrab::new(mm) };
+        if mm.exiting() {
+            // Adopted at registration while exiting: nothing to scan.
+            return Ok(());
+        }
+        let mut registry = self.registry.lock();
+        let was_empty = registry.is_empty();
+        let unused = registry.insert(mm, slot);
+        drop(registry);
+        drop(unused);
+        if was_empty {
+            // The thread may be idle for want of mms.
+            self.update(|_| ());
+        }
+        Ok(())
+    }
+
+    /// Forgets an exiting mm.
+    fn exit(&self, mm: *mut bindings::mm_struct) {
+        let removed = self.registry.lock().remove(mm);
+        // The scanner holds `mm_users` while it walks, so no walk can be in
+        // this mm's page tables any more: nothing else to wait for.
+        drop(removed);
+    }
+
+    /// ksmd_should_run(): merging, and something to merge.
+    fn should_scan(&self, run: Run) -> bool {
+        run == Run::Merge && !self.registry.lock().is_empty()
+    }
+
+    /// The body of `rust_ksmd`.
+    fn thread(&self) {
+        let mut scanner = Scanner::new();
+        loop {
+            let control = self.control.lock();
+            if control.stopping {
+                return;
+            }
+            let (run, batch, sleep) = (control.run, control.pages_to_scan, control.sleep_millisecs);
+            drop(control);
+
+            let scanning = self.should_scan(run);
+            if scanning {
+                scanner.scan_batch(&self.registry, &self.stats, batch);
+            }
+            // SAFETY: called from the freezable kthread with no lock held.
+            unsafe { bindings::rust_ksm_try_to_freeze() };
+
+            // Sleep until a knob changes, an mm arrives, or (when scanning)
+            // sleep_millisecs pass; then go round to re-read everything.
+            let mut control = self.control.lock();
+            if control.stopping || control.sleep_millisecs != sleep || control.run != run {
+                continue;
+            }
+            if scanning {
+                let _ = self
+                    .wake
+                    .wait_interruptible_timeout(&mut control, msecs_to_jiffies(sleep));
+            } else if !self.should_scan(control.run) {
+                let _ = self.wake.wait_interruptible(&mut control);
+            }
+        }
+    }
+}
+
+/// The `rust_ksmd` kernel thread.
+///
+/// # Invariants
+///
+/// `task` is a started kthread running [`ksmd_main`] on a `Ksm` that outlives
+/// this object, holding a task reference.
+struct Ksmd {
+    task: NonNull<bindings::task_struct>,
+}
+
+// SAFETY: a task reference may be used and dropped from any thread.
+unsafe impl Send for Ksmd {}
+
+// SAFETY: `&Ksmd` gives access to nothing.
+unsafe impl Sync for Ksmd {}
+
+impl Ksmd {
+    fn start(ksm: &Ksm) -> Result<Self> {
+        // SAFETY: `ksmd_main` gets `ksm`, which outlives the thread because
+        // `Ksmd` is dropped (stopping the thread) before it.
+        let task = unsafe {
+            bindings::kthread_create_on_node(
+                Some(ksmd_main),
+                ptr::from_ref(ksm).cast_mut().cast::<c_void>(),
+                bindings::NUMA_NO_NODE,
+                c_str!("rust_ksmd").as_char_ptr(),
+            )
+        };
+        // SAFETY: plain check of the returned pointer.
+        if unsafe { bindings::IS_ERR(task.cast::<c_void>()) } {
+            // SAFETY: as above.
+            return Err(Error::from_errno(
+                unsafe { bindings::PTR_ERR(task.cast::<c_void>()) } as c_int,
+            ));
+        }
+        // SAFETY: `task` is a valid new kthread; keep a reference for stop.
+        unsafe {
+            bindings::get_task_struct(task);
+            bindings::set_user_nice(task, 5);
+            bindings::wake_up_process(task);
+        }
+        // INVARIANT: started above, with a reference held.
+        Ok(Self {
+            // SAFETY: not an error pointer, hence not NULL.
+            task: unsafe { NonNull::new_unchecked(task) },
+        })
+    }
+}
+
+impl Drop for Ksmd {
+    fn drop(&mut self) {
+        // SAFETY: the type invariant: a started kthread we hold a reference on.
+        unsafe {
+            bindings::kthread_stop(self.task.as_ptr());
+            bindings::put_task_struct(self.task.as_ptr());
+        }
+    }
+}
+
+/// # Safety
+///
+/// `data` is the `Ksm` given to [`Ksmd::start`], valid until stopped.
+unsafe extern "C" fn ksmd_main(data: *mut c_void) -> c_int {
+    // SAFETY: by the function's safety requirements.
+    let ksm = unsafe { &*data.cast::<Ksm>() };
+    // SAFETY: called from the new kthread itself.
+    unsafe { bindings::set_freezable() };
+    ksm.thread();
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Engine hooks (struct ksm_engine_ops), called under the core's SRCU.
+// ---------------------------------------------------------------------------
+
+/// # Safety
+///
+/// Called by the KSM core with a valid `mm`.
+unsafe extern "C" fn engine_enter(mm: *mut bindings::mm_struct) -> c_int {
+    let Some(mm) = NonNull::new(mm) else {
+        return EINVAL.to_errno();
+    };
+    match ksm().enter(mm) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// # Safety
+///
+/// Called by the KSM core with a valid `mm`.
+unsafe extern "C" fn engine_exit(mm: *mut bindings::mm_struct) {
+    ksm().exit(mm);
+}
+
+/// rust_ksm does not merge pages yet, so no page in any range is one of its
+/// KSM pages and there is nothing to unmerge.
+///
+/// # Safety
+///
+/// Called by the KSM core with a valid VMA, mmap lock held.
+unsafe extern "C" fn engine_unmerge_range(
+    _vma: *mut bindings::vm_area_struct,
+    _start: usize,
+    _end: usize,
+    _lock_vma: bool,
+) -> c_int {
+    0
+}
+
+/// No KSM folio is rust_ksm's yet; any other one has no stable node left
+/// (the built-in KSM cleared it before an engine could register), and a
+/// folio without a stable node has no mappings for KSM to report.
+///
+/// # Safety
+///
+/// Called by the KSM core with a locked KSM folio.
+unsafe extern "C" fn engine_rmap_walk(
+    _folio: *mut bindings::folio,
+    _rwc: *mut bindings::rmap_walk_control,
+) {
+}
+
+/// No stable node follows a migrated folio while rust_ksm merges nothing.
+///
+/// # Safety
+///
+/// Called by the KSM core with two locked folios.
+unsafe extern "C" fn engine_folio_migrate(_new: *mut bindings::folio, _old: *mut bindings::folio) {}
+
+/// A KSM folio without a stable node must be copied on swap-in.
+///
+/// # Safety
+///
+/// Called by the KSM core with a KSM folio.
+unsafe extern "C" fn engine_folio_mappable(_folio: *mut bindings::folio) -> bool {
+    false
+}
+
+/// /proc/PID/ksm_stat's profit, from the per-mm counters the engine keeps.
+///
+/// # Safety
+///
+/// Called by the KSM core with a valid `mm`.
+unsafe extern "C" fn engine_process_profit(mm: *mut bindings::mm_struct) -> c_long {
+    // SAFETY: `mm` is valid for the call; these are plain counters (in the
+    // anonymous struct that holds most of `mm_struct`).
+    let (merging, rmap_items) = unsafe {
+        let mm = &(*mm).__bindgen_anon_1;
+        (mm.ksm_merging_pages, mm.ksm_rmap_items)
+    };
+    (merging as c_long) * (PAGE_SIZE as c_long)
+        - (rmap_items as c_long) * (RMAP_ITEM_BYTES as c_long)
+}
+
+/// Size of an rmap item: the per-page cost of merging, as upstream's 64 bytes.
+const RMAP_ITEM_BYTES: usize = 64;
+
+/// `Sync` wrapper for the ops table, which holds a C string pointer.
+struct EngineOps(bindings::ksm_engine_ops);
+
+// SAFETY: the table is immutable and its pointers are to 'static data.
+unsafe impl Sync for EngineOps {}
+
+static ENGINE_OPS: EngineOps = EngineOps(bindings::ksm_engine_ops {
+    name: c_str!("rust_ksm").as_char_ptr(),
+    enter: Some(engine_enter),
+    exit: Some(engine_exit),
+    unmerge_range: Some(engine_unmerge_range),
+    rmap_walk: Some(engine_rmap_walk),
+    folio_migrate: Some(engine_folio_migrate),
+    folio_mappable: Some(engine_folio_mappable),
+    process_profit: Some(engine_process_profit),
+});
+
+/// Registration as the kernel's KSM engine; unregisters on drop.
+struct EngineRegistration;
+
+impl EngineRegistration {
+    fn new() -> Result<Self> {
+        // SAFETY: `ENGINE_OPS` is 'static and its hooks are valid while `KSM`
+        // is set, which the module guarantees (see `RustKsm`).
+        to_result(unsafe { bindings::ksm_register_engine(&ENGINE_OPS.0) })?;
+        Ok(Self)
+    }
+}
+
+impl Drop for EngineRegistration {
+    fn drop(&mut self) {
+        // SAFETY: registered in `new`; this waits for running hooks.
+        unsafe { bindings::ksm_unregister_engine(&ENGINE_OPS.0) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sysfs: /sys/kernel/mm/rust_ksm
+// ---------------------------------------------------------------------------
+
+/// Parses a sysfs write like the kernel's `kstrtouint(buf, 10, ...)`.
+///
+/// # Safety
+///
+/// `buf` is a NUL-terminated string (sysfs guarantees it for stores).
+unsafe fn parse_u32(buf: *const c_char) -> Result<u32> {
+    let mut value: c_uint = 0;
+    // SAFETY: `buf` is NUL-terminated by the safety requirements.
+    let err = unsafe { bindings::kstrtouint(buf, 10, &mut value) };
+    if err != 0 {
+        // Upstream turns every parse error, overflow included, into EINVAL.
+        return Err(EINVAL);
+    }
+    Ok(value)
+}
+
+/// # Safety
+///
+/// `buf` is a sysfs show buffer (PAGE_SIZE bytes).
+unsafe fn emit(buf: *mut c_char, value: u64) -> isize {
+    // SAFETY: `buf` is a sysfs buffer; the format takes one u64.
+    unsafe { bindings::sysfs_emit(buf, c_str!("%llu\n").as_char_ptr(), value) as isize }
+}
+
+/// Defines a sysfs show callback `$name` returning `$value(&Ksm) -> u64`.
+macro_rules! show {
+    ($name:ident, $value:expr) => {
+        /// # Safety
+        ///
+        /// Called by sysfs with a PAGE_SIZE buffer.
+        unsafe extern "C" fn $name(
+            _kobj: *mut bindings::kobject,
+            _attr: *mut bindings::kobj_attribute,
+            buf: *mut c_char,
+        ) -> isize {
+            let value: fn(&Ksm) -> u64 = $value;
+            // SAFETY: sysfs passes its buffer.
+            unsafe { emit(buf, value(ksm())) }
+        }
+    };
+}
+
+/// Defines a sysfs store callback `$name` applying `$apply(&Ksm, u32)`.
+macro_rules! store {
+    ($name:ident, $apply:expr) => {
+        /// # Safety
+        ///
+        /// Called by sysfs with a NUL-terminated buffer of `count` bytes.
+        unsafe extern "C" fn $name(
+            _kobj: *mut bindings::kobject,
+            _attr: *mut bindings::kobj_attribute,
+            buf: *const c_char,
+            count: usize,
+        ) -> isize {
+            let apply: fn(&Ksm, u32) -> Result = $apply;
+            // SAFETY: sysfs NUL-terminates store buffers.
+            match unsafe { parse_u32(buf) }.and_then(|v| apply(ksm(), v)) {
+                Ok(()) => count as isize,
+                Err(e) => e.to_errno() as isize,
+            }
+        }
+    };
+}
+
+show!(run_show, |k| k.control.lock().run as u64);
+store!(run_store, |k, v| {
+    let run = Run::from_knob(v)?;
+    // Unmerge (2) has nothing to undo while rust_ksm merges nothing; it
+    // stops the scanner like 0 does.
+    k.update(|c| c.run = run);
+    Ok(())
+});
+show!(pages_to_scan_show, |k| u64::from(
+    k.control.lock().pages_to_scan
+));
+store!(pages_to_scan_store, |k, v| {
+    k.update(|c| c.pages_to_scan = v);
+    Ok(())
+});
+show!(sleep_millisecs_show, |k| u64::from(
+    k.control.lock().sleep_millisecs
+));
+store!(sleep_millisecs_store, |k, v| {
+    k.update(|c| c.sleep_millisecs = v);
+    Ok(())
+});
+show!(pages_scanned_show, |k| k
+    .stats
+    .pages_scanned
+    .load(Ordering::Relaxed));
+show!(full_scans_show, |k| k
+    .stats
+    .full_scans
+    .load(Ordering::Relaxed));
+
+type ShowFn = unsafe extern "C" fn(
+    *mut bindings::kobject,
+    *mut bindings::kobj_attribute,
+    *mut c_char,
+) -> isize;
+type StoreFn = unsafe extern "C" fn(
+    *mut bindings::kobject,
+    *mut bindings::kobj_attribute,
+    *const c_char,
+    usize,
+) -> isize;
+
+const fn attr(
+    name: &'static CStr,
+    show: ShowFn,
+    store: Option<StoreFn>,
+) -> bindings::kobj_attribute {
+    // SAFETY: all-zero is a valid `kobj_attribute` (NULL pointers, no lockdep key).
+    let mut attr: bindings::kobj_attribute = unsafe { core::mem::zeroed() };
+    attr.attr.name = name.as_char_ptr();
+    attr.attr.mode = if store.is_some() { 0o644 } else { 0o444 };
+    attr.show = Some(show);
+    attr.store = store;
+    attr
+}
+
+const NR_ATTRS: usize = 5;
+
+/// The attributes and their group, in static storage: lockdep wants static
+/// keys for sysfs attributes, which `kobj_attribute` embeds.
+struct SysfsTables {
+    attrs: [bindings::kobj_attribute; NR_ATTRS],
+    list: [*mut bindings::attribute; NR_ATTRS + 1],
+    group: bindings::attribute_group,
+}
+
+/// Interior-mutable static: sysfs takes `*mut` pointers into the tables.
+struct SysfsStatic(core::cell::UnsafeCell<SysfsTables>);
+
+// SAFETY: only the module's init and exit touch the tables, and the kernel
+// only reads them.
+unsafe impl Sync for SysfsStatic {}
+
+static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables {
+    attrs: [
+        attr(c_str!("run"), run_show, Some(run_store)),
+        attr(
+            c_str!("pages_to_scan"),
+            pages_to_scan_show,
+            Some(pages_to_scan_store),
+        ),
+        attr(
+            c_str!("sleep_millisecs"),
+            sleep_millisecs_show,
+            Some(sleep_millisecs_store),
+        ),
+        attr(c_str!("pages_scanned"), pages_scanned_show, None),
+        attr(c_str!("full_scans"), full_scans_show, None),
+    ],
+    list: [ptr::null_mut(); NR_ATTRS + 1],
+    // SAFETY: all-zero is a valid (empty, unnamed) attribute group.
+    group: unsafe { core::mem::zeroed() },
+}));
+
+/// /sys/kernel/mm/rust_ksm; removed on drop.
+///
+/// # Invariants
+///
+/// `kobj` is a kobject we created, with `SYSFS`'s group on it.
+struct Sysfs {
+    kobj: NonNull<bindings::kobject>,
+}
+
+// SAFETY: kobject references may be dropped from any thread.
+unsafe impl Send for Sysfs {}
+
+// SAFETY: `&Sysfs` gives access to nothing.
+unsafe impl Sync for Sysfs {}
+
+impl Sysfs {
+    fn new() -> Result<Self> {
+        let tables = SYSFS.0.get();
+        // SAFETY: module init runs once, before sysfs can read the tables.
+        unsafe {
+            for i in 0..NR_ATTRS {
+                (*tables).list[i] = ptr::addr_of_mut!((*tables).attrs[i].attr);
+            }
+            (*tables).group.attrs = ptr::addr_of_mut!((*tables).list).cast();
+        }
+        // SAFETY: `mm_kobj` is /sys/kernel/mm, exported by the patch series.
+        let kobj = unsafe {
+            bindings::kobject_create_and_add(c_str!("rust_ksm").as_char_ptr(), bindings::mm_kobj)
+        };
+        let kobj = NonNull::new(kobj).ok_or(ENOMEM)?;
+        // SAFETY: `kobj` is ours; the group is static.
+        let err =
+            unsafe { bindings::sysfs_create_group(kobj.as_ptr(), ptr::addr_of!((*tables).group)) };
+        if err != 0 {
+            // SAFETY: drop the reference `kobject_create_and_add` gave us.
+            unsafe { bindings::kobject_put(kobj.as_ptr()) };
+            return Err(Error::from_errno(err));
+        }
+        // INVARIANT: created with the group above.
+        Ok(Self { kobj })
+    }
+}
+
+impl Drop for Sysfs {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant; removal waits for running callbacks.
+        unsafe {
+            bindings::sysfs_remove_group(self.kobj.as_ptr(), ptr::addr_of!((*SYSFS.0.get()).group));
+            bindings::kobject_put(self.kobj.as_ptr());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The module
+// ---------------------------------------------------------------------------
+
+/// The loaded module.  Fields drop in declaration order, which is the
+/// teardown order: sysfs first, then the thread, then the engine hooks; the
+/// state they all use goes last.
+struct RustKsm {
+    _sysfs: Sysfs,
+    _ksmd: KsmdStopper,
+    _engine: EngineRegistration,
+    _ksm: KsmOwner,
+}
+
+/// Owns the engine state and publishes it in [`KSM`] for its lifetime.
+struct KsmOwner(Pin<KBox<Ksm>>);
+
+impl KsmOwner {
+    fn new() -> Result<Self> {
+        let ksm = KBox::pin_init(Ksm::new(), GFP_KERNEL)?;
+        KSM.store(ptr::from_ref(&*ksm).cast_mut(), Ordering::Release);
+        Ok(Self(ksm))
+    }
+}
+
+impl Drop for KsmOwner {
+    fn drop(&mut self) {
+        // Every user is gone (see `RustKsm`); the registry's mm references
+        // drop with the state.
+        KSM.store(ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// Tells the thread to stop, then stops it (see `Control::stopping`).
+struct KsmdStopper {
+    ksmd: Option<Ksmd>,
+}
+
+impl Drop for KsmdStopper {
+    fn drop(&mut self) {
+        ksm().update(|c| c.stopping = true);
+        drop(self.ksmd.take());
+    }
+}
+
+impl kernel::Module for RustKsm {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // On an error below, what was set up already is torn down, in
+        // reverse order, by its drop.
+        let ksm = KsmOwner::new()?;
+        let engine = EngineRegistration::new()?;
+        let ksmd = KsmdStopper {
+            ksmd: Some(Ksmd::start(&ksm.0)?),
+        };
+        let sysfs = Sysfs::new()?;
+        pr_info!("rust_ksm loaded\n");
+        Ok(RustKsm {
+            _sysfs: sysfs,
+            _ksmd: ksmd,
+            _engine: engine,
+            _ksm: ksm,
+        })
+    }
+}
