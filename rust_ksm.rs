@@ -226,10 +226,9 @@ impl Ksmd {
         };
         // SAFETY: plain check of the returned pointer.
         if unsafe { bindings::IS_ERR(task.cast::<c_void>()) } {
-            // SAFETY: as above.
-            return Err(Error::from_errno(
-                unsafe { bindings::PTR_ERR(task.cast::<c_void>()) } as c_int,
-            ));
+            // SAFETY: `task` is an error pointer.
+            let err = unsafe { bindings::PTR_ERR(task.cast::<c_void>()) };
+            return Err(Error::from_errno(err as c_int));
         }
         // SAFETY: `task` is a valid new kthread; keep a reference for stop.
         unsafe {
