@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Helpers shared by the rust_ksm guest selftests. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ksm_util.h"
+#include "tap.h"
+
+size_t page_size = 4096;
+const char *rksm_dir = "/sys/kernel/mm/rust_ksm";
+const char *kthread_name = "rust_ksmd";
+
+__attribute__((constructor)) static void init_util(void)
+{
+	long ps = sysconf(_SC_PAGESIZE);
+
+	if (ps > 0)
+		page_size = (size_t)ps;
+	if (getenv("RUST_KSM_SYSFS"))
+		rksm_dir = getenv("RUST_KSM_SYSFS");
+	if (getenv("RUST_KSM_KTHREAD"))
+		kthread_name = getenv("RUST_KSM_KTHREAD");
+}
+
+static void knob_path(char *buf, size_t len, const char *dir, const char *knob)
+{
+	snprintf(buf, len, "%s/%s", dir, knob);
+}
+
+int knob_read(const char *dir, const char *knob, unsigned long long *val)
+{
+	char path[256], buf[64], *end;
+	ssize_t n;
+	int fd, err;
+
+	knob_path(path, sizeof(path), dir, knob);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	err = errno;
+	close(fd);
+	if (n < 0)
+		return -err;
+	buf[n] = '\0';
+	if (n < 2 || !isdigit((unsigned char)buf[0]) || buf[n - 1] != '\n')
+		return -EPROTO;
+	errno = 0;
+	*val = strtoull(buf, &end, 10);
+	if (errno || end != buf + n - 1)
+		return -EPROTO;
+	return 0;
+}
+
+unsigned long long knob_get(const char *dir, const char *knob)
+{
+	unsigned long long v;
+	int err = knob_read(dir, knob, &v);
+
+	if (err) {
+		tap_diag("reading %s/%s: %s", dir, knob, strerror(-err));
+		return KNOB_ERR;
+	}
+	return v;
+}
+
+unsigned long long rk_get(const char *knob)
+{
+	return knob_get(RKSM_DIR, knob);
+}
+
+int knob_write_raw(const char *dir, const char *knob, const void *buf,
+		   size_t len)
+{
+	char path[256];
+	ssize_t n;
+	int fd, err;
+
+	knob_path(path, sizeof(path), dir, knob);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = write(fd, buf, len);
+	err = errno;
+	close(fd);
+	if (n < 0)
+		return -err;
+	if ((size_t)n != len)
+		return -EIO;
+	return 0;
+}
+
+int knob_write_str(const char *dir, const char *knob, const char *s)
+{
+	return knob_write_raw(dir, knob, s, strlen(s));
+}
+
+int knob_write_ull(const char *dir, const char *knob, unsigned long long v)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), "%llu", v);
+	return knob_write_str(dir, knob, buf);
+}
+
+int rk_set(const char *knob, unsigned long long v)
+{
+	int err = knob_write_ull(RKSM_DIR, knob, v);
+
+	if (err)
+		tap_diag("writing %llu to %s/%s: %s", v, RKSM_DIR, knob,
+			 strerror(-err));
+	return err;
+}
+
+void rk_reset(void)
+{
+	if (access(RKSM_DIR, F_OK))
+		return;
+	rk_set("run", DEF_RUN);
+	rk_set("pages_to_scan", DEF_PAGES_TO_SCAN);
+	rk_set("sleep_millisecs", DEF_SLEEP_MILLISECS);
+}
+
+int rk_fast(void)
+{
+	int err = rk_set("pages_to_scan", 1000);
+
+	return err ? err : rk_set("sleep_millisecs", 0);
+}
+
+long wait_knob_ge(const char *dir, const char *knob, unsigned long long target,
+		  unsigned int timeout_ms, unsigned long long *last)
+{
+	uint64_t start = now_ms();
+	unsigned long long v = 0;
+
+	for (;;) {
+		if (knob_read(dir, knob, &v)) {
+			v = KNOB_ERR;
+			break;
+		}
+		if (v >= target) {
+			if (last)
+				*last = v;
+			return (long)(now_ms() - start);
+		}
+		if (now_ms() - start >= timeout_ms)
+			break;
+		msleep(5);
+	}
+	if (last)
+		*last = v;
+	return -1;
+}
+
+int module_load(void)
+{
+	int fd = open(MODULE_PATH, O_RDONLY | O_CLOEXEC);
+	int err = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (syscall(SYS_finit_module, fd, "", 0))
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+int module_unload(void)
+{
+	int tries;
+
+	for (tries = 0; tries < 200; tries++) {
+		if (!syscall(SYS_delete_module, MODULE_NAME, O_NONBLOCK))
+			return 0;
+		if (errno != EAGAIN && errno != EBUSY)
+			return -errno;
+		msleep(10);
+	}
+	return -errno;
+}
+
+bool module_loaded(void)
+{
+	return access("/sys/module/" MODULE_NAME, F_OK) == 0;
+}
+
+pid_t find_task(const char *name, int *count)
+{
+	char path[300], comm[64];
+	struct dirent *de;
+	pid_t found = 0;
+	DIR *d;
+	int n = 0;
+
+	d = opendir("/proc");
+	if (!d)
+		goto out;
+	while ((de = readdir(d))) {
+		ssize_t len;
+		int fd;
+
+		if (!isdigit((unsigned char)de->d_name[0]))
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		len = read(fd, comm, sizeof(comm) - 1);
+		close(fd);
+		if (len <= 0)
+			continue;
+		comm[len] = '\0';
+		comm[strcspn(comm, "\n")] = '\0';
+		if (!strcmp(comm, name)) {
+			n++;
+			found = atoi(de->d_name);
+		}
+	}
+	closedir(d);
+out:
+	if (count)
+		*count = n;
+	return found;
+}
+
+int proc_stat(pid_t pid, char *state, pid_t *ppid, unsigned long long *ticks)
+{
+	unsigned long long ut, st;
+	char path[64], buf[1024], *p;
+	ssize_t n;
+	int fd, pp;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = '\0';
+	/* comm may contain anything: the fields start after the last ')'. */
+	p = strrchr(buf, ')');
+	if (!p)
+		return -EPROTO;
+	/* state ppid pgrp session tty tpgid flags minflt cminflt majflt
+	 * cmajflt utime stime */
+	if (sscanf(p + 1, " %c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+		   state, &pp, &ut, &st) != 4)
+		return -EPROTO;
+	if (ppid)
+		*ppid = pp;
+	if (ticks)
+		*ticks = ut + st;
+	return 0;
+}
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void msleep(unsigned int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+void *map_populated(size_t pages, int fill_byte)
+{
+	void *p = mmap(NULL, pages * page_size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		tap_diag("mmap %zu pages: %s", pages, strerror(errno));
+		return NULL;
+	}
+	/* 4 KiB pages only, so page counts are exact whatever THP does. */
+	madvise(p, pages * page_size, MADV_NOHUGEPAGE);
+	memset(p, fill_byte, pages * page_size);
+	return p;
+}

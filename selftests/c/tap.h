@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Minimal kselftest-style TAP output for the rust_ksm guest selftests.
+ *
+ *	tap_plan(n);                      "TAP version 13" + "1..n"
+ *	tap_result(TAP_PASS, "name");     "ok N name"
+ *	tap_result(TAP_FAIL, "name");     "not ok N name"
+ *	tap_skip("name", "reason");       "ok N name # SKIP reason"
+ *	tap_diag("fmt", ...);             "# ..."
+ *	return tap_skip_because("why");   (in a test run by tap_run)
+ *	tap_finish();                     "# Totals: ..." and exit(0 / 1)
+ *
+ * A test function declares `int ret = TAP_PASS;` and uses CHECK(cond, fmt,
+ * ...): a false condition prints the location, the condition and the message
+ * as diagnostics and marks the test failed, but the test goes on (so it can
+ * clean up).  The exit status is 0 only if no test failed.
+ */
+#ifndef RUST_KSM_TAP_H
+#define RUST_KSM_TAP_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+enum { TAP_PASS = 0, TAP_FAIL = 1, TAP_SKIP = 2 };
+
+static struct {
+	unsigned int plan, num, pass, fail, skip;
+	const char *skip_reason;
+} tap_state __attribute__((unused));
+
+static inline void tap_plan(unsigned int n)
+{
+	/* Line-buffered even on a pipe/serial console; children must not
+	 * inherit unflushed output either. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	tap_state.plan = n;
+	printf("TAP version 13\n1..%u\n", n);
+	fflush(stdout);
+}
+
+__attribute__((format(printf, 1, 2)))
+static inline void tap_diag(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("# ", stdout);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	fputc('\n', stdout);
+	fflush(stdout);
+}
+
+static inline void tap_skip(const char *name, const char *reason)
+{
+	tap_state.skip++;
+	printf("ok %u %s # SKIP %s\n", ++tap_state.num, name, reason);
+	fflush(stdout);
+}
+
+static inline void tap_result(int res, const char *name)
+{
+	switch (res) {
+	case TAP_PASS:
+		tap_state.pass++;
+		printf("ok %u %s\n", ++tap_state.num, name);
+		break;
+	case TAP_SKIP:
+		tap_skip(name, tap_state.skip_reason ? tap_state.skip_reason :
+			 "no reason given");
+		tap_state.skip_reason = NULL;
+		return;
+	default:
+		tap_state.fail++;
+		printf("not ok %u %s\n", ++tap_state.num, name);
+		break;
+	}
+	fflush(stdout);
+}
+
+static inline void __attribute__((noreturn)) tap_finish(void)
+{
+	if (tap_state.num != tap_state.plan) {
+		tap_diag("planned %u tests but ran %u", tap_state.plan,
+			 tap_state.num);
+		tap_state.fail++;
+	}
+	printf("# Totals: pass:%u fail:%u xfail:0 xpass:0 skip:%u error:0\n",
+	       tap_state.pass, tap_state.fail, tap_state.skip);
+	fflush(stdout);
+	exit(tap_state.fail ? 1 : 0);
+}
+
+/* In a test: `return tap_skip_because("why");` */
+static inline int tap_skip_because(const char *reason)
+{
+	tap_state.skip_reason = reason;
+	return TAP_SKIP;
+}
+
+#define CHECK(cond, ...)						\
+	do {								\
+		if (!(cond)) {						\
+			tap_diag("%s:%d: check failed: %s", __FILE__,	\
+				 __LINE__, #cond);			\
+			tap_diag(__VA_ARGS__);				\
+			ret = TAP_FAIL;					\
+		}							\
+	} while (0)
+
+/* An unconditional CHECK failure. */
+#define FAILED(...)							\
+	do {								\
+		tap_diag("%s:%d: failed", __FILE__, __LINE__);		\
+		tap_diag(__VA_ARGS__);					\
+		ret = TAP_FAIL;						\
+	} while (0)
+
+/* A test: a name and a function returning TAP_PASS / TAP_FAIL / TAP_SKIP. */
+struct tap_test {
+	const char *name;
+	int (*fn)(void);
+};
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Run every test in order, calling after() (if any) after each one. */
+static inline void __attribute__((noreturn))
+tap_run(const struct tap_test *tests, unsigned int n, void (*after)(void))
+{
+	unsigned int i;
+
+	tap_plan(n);
+	for (i = 0; i < n; i++) {
+		tap_result(tests[i].fn(), tests[i].name);
+		if (after)
+			after();
+	}
+	tap_finish();
+}
+
+#endif /* RUST_KSM_TAP_H */
