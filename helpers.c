@@ -114,3 +114,274 @@ bool rust_ksm_folio_is_zone_device(struct folio *folio)
 {
 	return folio_is_zone_device(folio);
 }
+
+void rust_ksm_folio_get(struct folio *folio)
+{
+	folio_get(folio);
+}
+
+void rust_ksm_folio_put(struct folio *folio)
+{
+	folio_put(folio);
+}
+
+bool rust_ksm_folio_trylock(struct folio *folio)
+{
+	return folio_trylock(folio);
+}
+
+void rust_ksm_folio_lock(struct folio *folio)
+{
+	folio_lock(folio);
+}
+
+bool rust_ksm_folio_test_large(struct folio *folio)
+{
+	return folio_test_large(folio);
+}
+
+bool rust_ksm_folio_test_ksm(struct folio *folio)
+{
+	return folio_test_ksm(folio);
+}
+
+bool rust_ksm_folio_test_swapcache(struct folio *folio)
+{
+	return folio_test_swapcache(folio);
+}
+
+bool rust_ksm_folio_test_dirty(struct folio *folio)
+{
+	return folio_test_dirty(folio);
+}
+
+bool rust_ksm_folio_mapped(struct folio *folio)
+{
+	return folio_mapped(folio);
+}
+
+int rust_ksm_folio_mapcount(struct folio *folio)
+{
+	return folio_mapcount(folio);
+}
+
+int rust_ksm_folio_ref_count(struct folio *folio)
+{
+	return folio_ref_count(folio);
+}
+
+unsigned long rust_ksm_folio_pfn(struct folio *folio)
+{
+	return folio_pfn(folio);
+}
+
+struct folio *rust_ksm_pfn_folio(unsigned long pfn)
+{
+	return pfn_folio(pfn);
+}
+
+struct page *rust_ksm_folio_page(struct folio *folio)
+{
+	return folio_page(folio, 0);
+}
+
+void *rust_ksm_folio_mapping(struct folio *folio)
+{
+	return READ_ONCE(folio->mapping);
+}
+
+void rust_ksm_folio_set_mapping(struct folio *folio, void *mapping)
+{
+	WRITE_ONCE(folio->mapping, mapping);
+}
+
+int rust_ksm_split_huge_page(struct page *page)
+{
+	return split_huge_page(page);
+}
+
+bool rust_ksm_page_anon_exclusive(struct page *page)
+{
+	return PageAnonExclusive(page);
+}
+
+int rust_ksm_folio_try_share_anon_rmap_pte(struct folio *folio,
+					   struct page *page)
+{
+	return folio_try_share_anon_rmap_pte(folio, page);
+}
+
+void *rust_ksm_kmap_local_page(struct page *page)
+{
+	return kmap_local_page(page);
+}
+
+void rust_ksm_kunmap_local(void *addr)
+{
+	kunmap_local(addr);
+}
+
+void rust_ksm_pvmw_init(struct page_vma_mapped_walk *pvmw, struct folio *folio,
+			struct vm_area_struct *vma, unsigned long addr)
+{
+	DEFINE_FOLIO_VMA_WALK(walk, folio, vma, addr, 0);
+
+	*pvmw = walk;
+}
+
+void rust_ksm_pvmw_done(struct page_vma_mapped_walk *pvmw)
+{
+	page_vma_mapped_walk_done(pvmw);
+}
+
+void rust_ksm_mmu_notifier_clear_start(struct mmu_notifier_range *range,
+				       struct mm_struct *mm,
+				       unsigned long start, unsigned long end)
+{
+	mmu_notifier_range_init(range, MMU_NOTIFY_CLEAR, 0, mm, start, end);
+	mmu_notifier_invalidate_range_start(range);
+}
+
+void rust_ksm_mmu_notifier_end(struct mmu_notifier_range *range)
+{
+	mmu_notifier_invalidate_range_end(range);
+}
+
+bool rust_ksm_pte_write(pte_t pte)
+{
+	return pte_write(pte);
+}
+
+bool rust_ksm_pte_dirty(pte_t pte)
+{
+	return pte_dirty(pte);
+}
+
+bool rust_ksm_pte_same(pte_t a, pte_t b)
+{
+	return pte_same(a, b);
+}
+
+pte_t rust_ksm_pte_mkclean(pte_t pte)
+{
+	return pte_mkclean(pte);
+}
+
+pte_t rust_ksm_pte_wrprotect(pte_t pte)
+{
+	return pte_wrprotect(pte);
+}
+
+pte_t rust_ksm_mk_pte(struct page *page, struct vm_area_struct *vma)
+{
+	return mk_pte(page, vma->vm_page_prot);
+}
+
+void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
+			 pte_t pte)
+{
+	set_pte_at(mm, addr, ptep, pte);
+}
+
+bool rust_ksm_mm_tlb_flush_pending(struct mm_struct *mm)
+{
+	return mm_tlb_flush_pending(mm);
+}
+
+/* mm/rmap.c's mm_find_pmd(), which is not exported. */
+pmd_t *rust_ksm_mm_find_pmd(struct mm_struct *mm, unsigned long addr)
+{
+	pgd_t *pgd = pgd_offset(mm, addr);
+	p4d_t *p4d;
+	pud_t *pud;
+
+	if (!pgd_present(*pgd))
+		return NULL;
+	p4d = p4d_offset(pgd, addr);
+	if (!p4d_present(*p4d))
+		return NULL;
+	pud = pud_offset(p4d, addr);
+	if (!pud_present(*pud))
+		return NULL;
+	return pmd_offset(pud, addr);
+}
+
+void rust_ksm_folio_walk_end(struct folio_walk *fw, struct vm_area_struct *vma)
+{
+	folio_walk_end(fw, vma);
+}
+
+struct vm_area_struct *rust_ksm_vma_lookup(struct mm_struct *mm,
+					   unsigned long addr)
+{
+	return vma_lookup(mm, addr);
+}
+
+void rust_ksm_get_anon_vma(struct anon_vma *anon_vma)
+{
+	get_anon_vma(anon_vma);
+}
+
+void rust_ksm_put_anon_vma(struct anon_vma *anon_vma)
+{
+	put_anon_vma(anon_vma);
+}
+
+bool rust_ksm_folio_try_get(struct folio *folio)
+{
+	return folio_try_get(folio);
+}
+
+void rust_ksm_smp_rmb(void)
+{
+	/* Pairs with the smp_wmb() below: see the folio_migrate hook. */
+	smp_rmb();
+}
+
+void rust_ksm_smp_wmb(void)
+{
+	/* Orders a stable node's new pfn before the old folio's new mapping. */
+	smp_wmb();
+}
+
+void rust_ksm_rb_link_node(struct rb_node *node, struct rb_node *parent,
+			   struct rb_node **link)
+{
+	rb_link_node(node, parent, link);
+}
+
+unsigned long rust_ksm_linear_page_index(struct vm_area_struct *vma,
+					 unsigned long addr)
+{
+	return linear_page_index(vma, addr);
+}
+
+void rust_ksm_anon_vma_lock_read(struct anon_vma *anon_vma)
+{
+	anon_vma_lock_read(anon_vma);
+}
+
+bool rust_ksm_anon_vma_trylock_read(struct anon_vma *anon_vma)
+{
+	return anon_vma_trylock_read(anon_vma);
+}
+
+void rust_ksm_anon_vma_unlock_read(struct anon_vma *anon_vma)
+{
+	anon_vma_unlock_read(anon_vma);
+}
+
+void rust_ksm_vma_start_write(struct vm_area_struct *vma)
+{
+	vma_start_write(vma);
+}
+
+unsigned long rust_ksm_vma_start(const struct vm_area_struct *vma)
+{
+	return vma->vm_start;
+}
+
+unsigned long rust_ksm_vma_end(const struct vm_area_struct *vma)
+{
+	return vma->vm_end;
+}

@@ -18,9 +18,12 @@ use kernel::prelude::*;
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 use kernel::time::msecs_to_jiffies;
 
+mod rmap;
 mod scan;
+mod tree;
 
-use scan::{MmGrab, MmRegistry, Scanner, Stats};
+use core::sync::atomic::AtomicBool;
+use scan::{MmGrab, MmRegistry, ScanParams, ScanState, Stats};
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
 #[allow(
@@ -31,6 +34,7 @@ use scan::{MmGrab, MmRegistry, Scanner, Stats};
     non_snake_case,
     non_upper_case_globals,
     unreachable_pub,
+    unsafe_op_in_unsafe_fn,
     clippy::all,
     clippy::undocumented_unsafe_blocks
 )]
@@ -72,6 +76,7 @@ struct Control {
     run: Run,
     pages_to_scan: u32,
     sleep_millisecs: u32,
+    max_page_sharing: u32,
     /// Set once at unload, before the thread is stopped.
     stopping: bool,
 }
@@ -87,6 +92,12 @@ struct Ksm {
     /// Registered mms. Lock order: `control` before `registry`.
     #[pin]
     registry: Mutex<MmRegistry>,
+    /// rmap items and trees: held by rust_ksmd for a batch, by `run=2` and
+    /// unload to unmerge.  Taken with no other lock of ours held.
+    #[pin]
+    scan: Mutex<ScanState>,
+    /// Set while everything is being unmerged: swap-in must copy.
+    unmerging: AtomicBool,
     stats: Stats,
 }
 
@@ -111,10 +122,13 @@ impl Ksm {
                 run: Run::Stop,
                 pages_to_scan: 100,
                 sleep_millisecs: 20,
+                max_page_sharing: 256,
                 stopping: false,
             }),
             wake <- new_condvar!(),
             registry <- new_mutex!(MmRegistry::new()),
+            scan <- new_mutex!(ScanState::new()),
+            unmerging: AtomicBool::new(false),
             stats: Stats::default(),
         })
     }
@@ -161,20 +175,40 @@ impl Ksm {
         run == Run::Merge && !self.registry.lock().is_empty()
     }
 
+    /// Unmerges everything (`run=2`, unload).
+    fn unmerge_all(&self) -> Result {
+        self.unmerging.store(true, Ordering::Relaxed);
+        let result = self.scan.lock().unmerge_all(&self.registry, &self.stats);
+        self.unmerging.store(false, Ordering::Relaxed);
+        match result {
+            Ok(0) => Ok(()),
+            Ok(busy) => {
+                pr_warn!("{busy} KSM pages still mapped after unmerging\n");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The body of `rust_ksmd`.
     fn thread(&self) {
-        let mut scanner = Scanner::new();
         loop {
             let control = self.control.lock();
             if control.stopping {
                 return;
             }
-            let (run, batch, sleep) = (control.run, control.pages_to_scan, control.sleep_millisecs);
+            let (run, sleep) = (control.run, control.sleep_millisecs);
+            let params = ScanParams {
+                pages: control.pages_to_scan,
+                max_page_sharing: control.max_page_sharing as usize,
+            };
             drop(control);
 
             let scanning = self.should_scan(run);
             if scanning {
-                scanner.scan_batch(&self.registry, &self.stats, batch);
+                self.scan
+                    .lock()
+                    .scan_batch(&self.registry, &self.stats, params);
             }
             // SAFETY: called from the freezable kthread with no lock held.
             unsafe { bindings::rust_ksm_try_to_freeze() };
@@ -290,48 +324,71 @@ unsafe extern "C" fn engine_exit(mm: *mut bindings::mm_struct) {
     ksm().exit(mm);
 }
 
-/// rust_ksm does not merge pages yet, so no page in any range is one of its
-/// KSM pages and there is nothing to unmerge.
+/// MADV_UNMERGEABLE, mremap, prctl: break every KSM page of the range,
+/// walking only populated page tables.
 ///
 /// # Safety
 ///
 /// Called by the KSM core with a valid VMA, mmap lock held.
 unsafe extern "C" fn engine_unmerge_range(
-    _vma: *mut bindings::vm_area_struct,
-    _start: usize,
-    _end: usize,
-    _lock_vma: bool,
+    vma: *mut bindings::vm_area_struct,
+    start: usize,
+    end: usize,
+    lock_vma: bool,
 ) -> c_int {
-    0
+    let Some(vma) = NonNull::new(vma) else {
+        return EINVAL.to_errno();
+    };
+    // SAFETY: the core holds the mmap lock, as the hook requires.
+    match unsafe { scan::unmerge_range(vma, start, end, lock_vma) } {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
 }
 
-/// No KSM folio is rust_ksm's yet; any other one has no stable node left
-/// (the built-in KSM cleared it before an engine could register), and a
-/// folio without a stable node has no mappings for KSM to report.
-///
 /// # Safety
 ///
 /// Called by the KSM core with a locked KSM folio.
 unsafe extern "C" fn engine_rmap_walk(
-    _folio: *mut bindings::folio,
-    _rwc: *mut bindings::rmap_walk_control,
+    folio: *mut bindings::folio,
+    rwc: *mut bindings::rmap_walk_control,
 ) {
+    // SAFETY: as the core guarantees.
+    unsafe { rmap::walk::rmap_walk(folio, rwc) };
 }
 
-/// No stable node follows a migrated folio while rust_ksm merges nothing.
+/// folio_migrate_ksm(): the stable node follows the page to `new`.
 ///
 /// # Safety
 ///
-/// Called by the KSM core with two locked folios.
-unsafe extern "C" fn engine_folio_migrate(_new: *mut bindings::folio, _old: *mut bindings::folio) {}
+/// Called by the KSM core with two locked folios, `new` already carrying
+/// `old`'s mapping.
+unsafe extern "C" fn engine_folio_migrate(new: *mut bindings::folio, old: *mut bindings::folio) {
+    // SAFETY: locked folios.
+    unsafe {
+        if let Some(node) = tree::StableNode::of_folio(old) {
+            node.as_ref().migrated(bindings::rust_ksm_folio_pfn(new));
+            // The new pfn must be visible before the old folio looks stale:
+            // pairs with the read barrier in the stale check.
+            bindings::rust_ksm_smp_wmb();
+            bindings::rust_ksm_folio_set_mapping(
+                old,
+                bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
+            );
+        }
+    }
+}
 
-/// A KSM folio without a stable node must be copied on swap-in.
+/// Swap-in of a KSM folio may map it again if it still has its node and
+/// we are not unmerging everything; otherwise the fault handler copies it.
 ///
 /// # Safety
 ///
 /// Called by the KSM core with a KSM folio.
-unsafe extern "C" fn engine_folio_mappable(_folio: *mut bindings::folio) -> bool {
-    false
+unsafe extern "C" fn engine_folio_mappable(folio: *mut bindings::folio) -> bool {
+    // SAFETY: as the core guarantees.
+    unsafe { tree::StableNode::of_folio(folio) }.is_some()
+        && !ksm().unmerging.load(Ordering::Relaxed)
 }
 
 /// /proc/PID/ksm_stat's profit, from the per-mm counters the engine keeps.
@@ -347,11 +404,8 @@ unsafe extern "C" fn engine_process_profit(mm: *mut bindings::mm_struct) -> c_lo
         (mm.ksm_merging_pages, mm.ksm_rmap_items)
     };
     (merging as c_long) * (PAGE_SIZE as c_long)
-        - (rmap_items as c_long) * (RMAP_ITEM_BYTES as c_long)
+        - (rmap_items as c_long) * (rmap::RMAP_ITEM_BYTES as c_long)
 }
-
-/// Size of an rmap item: the per-page cost of merging, as upstream's 64 bytes.
-const RMAP_ITEM_BYTES: usize = 64;
 
 /// `Sync` wrapper for the ops table, which holds a C string pointer.
 struct EngineOps(bindings::ksm_engine_ops);
@@ -460,10 +514,65 @@ macro_rules! store {
 show!(run_show, |k| k.control.lock().run as u64);
 store!(run_store, |k, v| {
     let run = Run::from_knob(v)?;
-    // Unmerge (2) has nothing to undo while rust_ksm merges nothing; it
-    // stops the scanner like 0 does.
     k.update(|c| c.run = run);
+    if run == Run::Unmerge {
+        // As upstream: unmerge synchronously; on failure run goes back to 0.
+        if let Err(e) = k.unmerge_all() {
+            k.update(|c| c.run = Run::Stop);
+            return Err(e);
+        }
+    }
     Ok(())
+});
+show!(max_page_sharing_show, |k| u64::from(
+    k.control.lock().max_page_sharing
+));
+store!(max_page_sharing_store, |k, v| {
+    if v < 2 {
+        return Err(EINVAL);
+    }
+    let stats = &k.stats;
+    let mut control = k.control.lock();
+    if control.max_page_sharing != v {
+        if stats.pages_shared.load(Ordering::Relaxed) != 0 {
+            return Err(EBUSY);
+        }
+        control.max_page_sharing = v;
+    }
+    Ok(())
+});
+show!(
+    pages_shared_show,
+    |k| k.stats.pages_shared.load(Ordering::Relaxed) as u64
+);
+show!(
+    pages_sharing_show,
+    |k| k.stats.pages_sharing.load(Ordering::Relaxed) as u64
+);
+show!(
+    pages_unshared_show,
+    |k| k.stats.pages_unshared.load(Ordering::Relaxed) as u64
+);
+show!(pages_volatile_show, |k| {
+    let s = &k.stats;
+    let merged = s.pages_shared.load(Ordering::Relaxed)
+        + s.pages_sharing.load(Ordering::Relaxed)
+        + s.pages_unshared.load(Ordering::Relaxed);
+    s.rmap_items.load(Ordering::Relaxed).saturating_sub(merged) as u64
+});
+show!(
+    stable_node_chains_show,
+    |k| k.stats.stable_node_chains.load(Ordering::Relaxed) as u64
+);
+show!(
+    stable_node_dups_show,
+    |k| k.stats.stable_node_dups.load(Ordering::Relaxed) as u64
+);
+show!(general_profit_show, |k| {
+    let s = &k.stats;
+    let profit = (s.pages_sharing.load(Ordering::Relaxed) * PAGE_SIZE) as i64
+        - (s.rmap_items.load(Ordering::Relaxed) * rmap::RMAP_ITEM_BYTES) as i64;
+    profit as u64
 });
 show!(pages_to_scan_show, |k| u64::from(
     k.control.lock().pages_to_scan
@@ -514,7 +623,7 @@ const fn attr(
     attr
 }
 
-const NR_ATTRS: usize = 5;
+const NR_ATTRS: usize = 13;
 
 /// The attributes and their group, in static storage: lockdep wants static
 /// keys for sysfs attributes, which `kobj_attribute` embeds.
@@ -546,6 +655,18 @@ static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables 
         ),
         attr(c_str!("pages_scanned"), pages_scanned_show, None),
         attr(c_str!("full_scans"), full_scans_show, None),
+        attr(
+            c_str!("max_page_sharing"),
+            max_page_sharing_show,
+            Some(max_page_sharing_store),
+        ),
+        attr(c_str!("pages_shared"), pages_shared_show, None),
+        attr(c_str!("pages_sharing"), pages_sharing_show, None),
+        attr(c_str!("pages_unshared"), pages_unshared_show, None),
+        attr(c_str!("pages_volatile"), pages_volatile_show, None),
+        attr(c_str!("general_profit"), general_profit_show, None),
+        attr(c_str!("stable_node_chains"), stable_node_chains_show, None),
+        attr(c_str!("stable_node_dups"), stable_node_dups_show, None),
     ],
     list: [ptr::null_mut(); NR_ATTRS + 1],
     // SAFETY: all-zero is a valid (empty, unnamed) attribute group.
@@ -638,7 +759,9 @@ impl Drop for KsmOwner {
     }
 }
 
-/// Tells the thread to stop, then stops it (see `Control::stopping`).
+/// Tells the thread to stop, stops it (see `Control::stopping`), then
+/// unmerges everything: no KSM page may point into the module once the
+/// engine is unregistered.
 struct KsmdStopper {
     ksmd: Option<Ksmd>,
 }
@@ -647,6 +770,9 @@ impl Drop for KsmdStopper {
     fn drop(&mut self) {
         ksm().update(|c| c.stopping = true);
         drop(self.ksmd.take());
+        if let Err(e) = ksm().unmerge_all() {
+            pr_err!("unmerging at unload failed: {e:?}\n");
+        }
     }
 }
 

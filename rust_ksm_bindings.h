@@ -5,12 +5,17 @@
  * kernel::bindings already has are reused, not regenerated.
  */
 #include <linux/freezer.h>
+#include <linux/highmem.h>
+#include <linux/huge_mm.h>
 #include <linux/ksm_engine.h>
 #include <linux/kthread.h>
+#include <linux/mm_inline.h>
+#include <linux/mmu_notifier.h>
 #include <linux/mm.h>
 #include <linux/pagewalk.h>
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
+#include <linux/xxhash.h>
 
 /* helpers.c: out-of-line copies of static inline kernel functions. */
 void rust_ksm_mmgrab(struct mm_struct *mm);
@@ -36,3 +41,66 @@ bool rust_ksm_pte_present(pte_t pte);
 struct folio *rust_ksm_page_folio(struct page *page);
 bool rust_ksm_folio_test_anon(struct folio *folio);
 bool rust_ksm_folio_is_zone_device(struct folio *folio);
+
+/* Merging: folios. */
+void rust_ksm_folio_get(struct folio *folio);
+void rust_ksm_folio_put(struct folio *folio);
+bool rust_ksm_folio_trylock(struct folio *folio);
+void rust_ksm_folio_lock(struct folio *folio);
+bool rust_ksm_folio_test_large(struct folio *folio);
+bool rust_ksm_folio_test_ksm(struct folio *folio);
+bool rust_ksm_folio_test_swapcache(struct folio *folio);
+bool rust_ksm_folio_test_dirty(struct folio *folio);
+bool rust_ksm_folio_mapped(struct folio *folio);
+int rust_ksm_folio_mapcount(struct folio *folio);
+int rust_ksm_folio_ref_count(struct folio *folio);
+unsigned long rust_ksm_folio_pfn(struct folio *folio);
+struct folio *rust_ksm_pfn_folio(unsigned long pfn);
+struct page *rust_ksm_folio_page(struct folio *folio);
+void *rust_ksm_folio_mapping(struct folio *folio);
+void rust_ksm_folio_set_mapping(struct folio *folio, void *mapping);
+int rust_ksm_split_huge_page(struct page *page);
+bool rust_ksm_page_anon_exclusive(struct page *page);
+int rust_ksm_folio_try_share_anon_rmap_pte(struct folio *folio,
+					   struct page *page);
+void *rust_ksm_kmap_local_page(struct page *page);
+void rust_ksm_kunmap_local(void *addr);
+
+/* Merging: page tables. */
+void rust_ksm_pvmw_init(struct page_vma_mapped_walk *pvmw, struct folio *folio,
+			struct vm_area_struct *vma, unsigned long addr);
+void rust_ksm_pvmw_done(struct page_vma_mapped_walk *pvmw);
+void rust_ksm_mmu_notifier_clear_start(struct mmu_notifier_range *range,
+				       struct mm_struct *mm,
+				       unsigned long start, unsigned long end);
+void rust_ksm_mmu_notifier_end(struct mmu_notifier_range *range);
+bool rust_ksm_pte_write(pte_t pte);
+bool rust_ksm_pte_dirty(pte_t pte);
+bool rust_ksm_pte_same(pte_t a, pte_t b);
+pte_t rust_ksm_pte_mkclean(pte_t pte);
+pte_t rust_ksm_pte_wrprotect(pte_t pte);
+pte_t rust_ksm_mk_pte(struct page *page, struct vm_area_struct *vma);
+void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
+			 pte_t pte);
+bool rust_ksm_mm_tlb_flush_pending(struct mm_struct *mm);
+pmd_t *rust_ksm_mm_find_pmd(struct mm_struct *mm, unsigned long addr);
+void rust_ksm_folio_walk_end(struct folio_walk *fw, struct vm_area_struct *vma);
+
+/* Merging: VMAs and anon_vmas. */
+struct vm_area_struct *rust_ksm_vma_lookup(struct mm_struct *mm,
+					   unsigned long addr);
+void rust_ksm_get_anon_vma(struct anon_vma *anon_vma);
+void rust_ksm_put_anon_vma(struct anon_vma *anon_vma);
+bool rust_ksm_folio_try_get(struct folio *folio);
+void rust_ksm_smp_rmb(void);
+void rust_ksm_smp_wmb(void);
+void rust_ksm_rb_link_node(struct rb_node *node, struct rb_node *parent,
+			   struct rb_node **link);
+unsigned long rust_ksm_linear_page_index(struct vm_area_struct *vma,
+					 unsigned long addr);
+void rust_ksm_anon_vma_lock_read(struct anon_vma *anon_vma);
+bool rust_ksm_anon_vma_trylock_read(struct anon_vma *anon_vma);
+void rust_ksm_anon_vma_unlock_read(struct anon_vma *anon_vma);
+void rust_ksm_vma_start_write(struct vm_area_struct *vma);
+unsigned long rust_ksm_vma_start(const struct vm_area_struct *vma);
+unsigned long rust_ksm_vma_end(const struct vm_area_struct *vma);

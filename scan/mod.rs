@@ -8,17 +8,22 @@
 //! page-table holes cost nothing: a 32 TiB mapping with one page populated is
 //! one page of work, not eight billion lookups.
 
+pub(crate) mod merge;
 mod mm;
 
 pub(crate) use mm::MmGrab;
 
 use crate::bindings;
+use crate::rmap::{ItemState, MmItems, RmapItem};
+use crate::tree::Trees;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::ffi::{c_int, c_ulong, c_void};
 use kernel::page::PAGE_SIZE;
+use kernel::prelude::*;
 use kernel::rbtree::{self, RBTree, RBTreeNodeReservation};
 use kernel::sync::Mutex;
+use merge::PageRef;
 
 /// The mms that became mergeable (`__ksm_enter()`), keyed by address.
 ///
@@ -59,6 +64,19 @@ impl MmRegistry {
         self.mms.remove(&(mm as usize))
     }
 
+    fn contains(&self, key: usize) -> bool {
+        self.mms.get(&key).is_some()
+    }
+
+    /// Every registered mm (for unmerge-all).
+    fn all(&self) -> Result<KVec<MmGrab>> {
+        let mut all = KVec::new();
+        for mm in self.mms.values() {
+            all.push(mm.clone(), GFP_KERNEL)?;
+        }
+        Ok(all)
+    }
+
     /// The first mm at or after `key`, if any.
     fn at_or_after(&mut self, key: usize) -> Option<(usize, MmGrab)> {
         let cursor = self.mms.cursor_lower_bound(&key)?;
@@ -67,126 +85,552 @@ impl MmRegistry {
     }
 }
 
-/// Scanner statistics shown in sysfs.
+/// Counters shown in sysfs, published by the scan-lock holder.
 #[derive(Default)]
 pub(crate) struct Stats {
     /// Pages visited (`pages_scanned`).
     pub(crate) pages_scanned: AtomicU64,
     /// Completed passes over all registered mms (`full_scans`).
     pub(crate) full_scans: AtomicU64,
+    pub(crate) pages_shared: AtomicUsize,
+    pub(crate) pages_sharing: AtomicUsize,
+    pub(crate) pages_unshared: AtomicUsize,
+    pub(crate) rmap_items: AtomicUsize,
+    pub(crate) stable_node_chains: AtomicUsize,
+    pub(crate) stable_node_dups: AtomicUsize,
 }
 
-/// Where the scan resumes: an mm (by registry key) and an address in it.
-pub(crate) struct Scanner {
+/// The items of one mm the scanner has seen.
+struct MmScan {
+    mm: MmGrab,
+    items: MmItems,
+}
+
+/// Everything the scanner owns: cursor, per-mm items, trees.  Lives in the
+/// scan lock, which `rust_ksmd` holds for a batch and `run=2` for unmerging.
+pub(crate) struct ScanState {
     mm_key: usize,
     address: usize,
+    mms: RBTree<usize, MmScan>,
+    pub(crate) trees: Trees,
 }
 
-impl Scanner {
+/// Knob values a batch runs with.
+#[derive(Clone, Copy)]
+pub(crate) struct ScanParams {
+    pub(crate) pages: u32,
+    pub(crate) max_page_sharing: usize,
+}
+
+impl ScanState {
     pub(crate) fn new() -> Self {
         Self {
             mm_key: 0,
             address: 0,
+            mms: RBTree::new(),
+            trees: Trees::new(),
         }
     }
 
-    /// Scans up to `budget` pages, moving on through the mms as each is
-    /// finished.  Returns early at the end of a full scan.
-    pub(crate) fn scan_batch(&mut self, registry: &Mutex<MmRegistry>, stats: &Stats, budget: u32) {
-        let mut budget = budget;
+    fn publish(&self, stats: &Stats) {
+        let c = &self.trees.counters;
+        stats.pages_shared.store(c.pages_shared, Ordering::Relaxed);
+        stats
+            .pages_sharing
+            .store(c.pages_sharing, Ordering::Relaxed);
+        stats
+            .pages_unshared
+            .store(c.pages_unshared, Ordering::Relaxed);
+        stats.rmap_items.store(c.rmap_items, Ordering::Relaxed);
+        stats.stable_node_chains.store(c.chains, Ordering::Relaxed);
+        stats.stable_node_dups.store(c.dups, Ordering::Relaxed);
+    }
+
+    /// Scans up to `params.pages` pages, merging what it can.  Ends early
+    /// at the end of a full scan, as ksmd does.
+    pub(crate) fn scan_batch(
+        &mut self,
+        registry: &Mutex<MmRegistry>,
+        stats: &Stats,
+        params: ScanParams,
+    ) {
+        let mut budget = params.pages;
         while budget > 0 {
             let Some(mm) = self.current_mm(registry, stats) else {
-                return;
+                break;
             };
-            let mut walk = WalkState {
-                budget,
-                visited: 0,
-                resume: 0,
-            };
-            // An exiting mm has nothing left to scan; the exit hook removes
-            // it from the registry.
-            let finished = match mm.users() {
-                None => true,
+            let found = match mm.users() {
+                None => None,
                 Some(users) => {
                     let lock = users.read_lock();
-                    // SAFETY: the mmap lock is held for read, as SCAN_OPS
-                    // says (PGWALK_RDLOCK); `walk` outlives the call.
-                    let ret = unsafe {
-                        bindings::walk_page_range(
-                            lock.mm(),
-                            self.address as c_ulong,
-                            c_ulong::MAX,
-                            &SCAN_OPS,
-                            ptr::from_mut(&mut walk).cast::<c_void>(),
-                        )
-                    };
+                    // SAFETY: the mmap lock is held.
+                    let found = unsafe { find_page(lock.mm(), self.address, usize::MAX, false) };
                     drop(lock);
-                    // `users` drops here, outside every lock: if it was the
-                    // last user, the exit hook runs from this thread.
-                    ret != WALK_BUDGET_SPENT
+                    found
                 }
             };
-            stats
-                .pages_scanned
-                .fetch_add(u64::from(walk.visited), Ordering::Relaxed);
-            budget -= walk.visited.min(budget);
-            if finished {
+            let Some((addr, page)) = found else {
+                // Done with this mm: drop items past the last page.
+                self.prune_items(self.address, usize::MAX);
                 self.mm_key = self.mm_key.wrapping_add(1);
                 self.address = 0;
-            } else {
-                self.address = walk.resume;
+                continue;
+            };
+            self.prune_items(self.address, addr);
+            self.address = addr + PAGE_SIZE;
+            budget -= 1;
+            stats.pages_scanned.fetch_add(1, Ordering::Relaxed);
+            if let Some(item) = self.item_at(addr) {
+                // SAFETY: the item lives in its mm's tree, which nothing else
+                // touches while we hold the scan lock.
+                self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, &page, params);
             }
-            // SAFETY: plain call, we hold no spinlock.
+            drop(page);
+            self.publish(stats);
+            // SAFETY: no spinlock held.
             unsafe { bindings::rust_ksm_cond_resched() };
         }
+        self.publish(stats);
     }
 
     /// The mm under the cursor, or the next one.  Past the last mm a full
-    /// scan is complete: count it, rewind, and end the batch (None), as
-    /// ksmd does, so that a pass over mms with few pages still sleeps.
+    /// scan is complete: count it, reset the unstable tree, forget the items
+    /// of mms that went away, rewind and end the batch (None).
     fn current_mm(&mut self, registry: &Mutex<MmRegistry>, stats: &Stats) -> Option<MmGrab> {
         let mut reg = registry.lock();
         let Some((key, mm)) = reg.at_or_after(self.mm_key) else {
             if self.mm_key != 0 && !reg.is_empty() {
                 stats.full_scans.fetch_add(1, Ordering::Relaxed);
             }
+            drop(reg);
             self.mm_key = 0;
             self.address = 0;
+            self.trees.new_scan();
+            self.drop_gone_mms(registry);
             return None;
         };
+        drop(reg);
+        if self.mm_key == 0 {
+            // A pass begins.  Freshly faulted pages sit in per-CPU LRU
+            // batches, whose references make write_protect_page() refuse
+            // them: drain them, as ksmd does.
+            // SAFETY: plain call, no lock held.
+            unsafe { bindings::lru_add_drain_all() };
+        }
         if key != self.mm_key {
             self.mm_key = key;
             self.address = 0;
         }
+        if self.mms.get(&key).is_none() {
+            let node = RBTreeNodeReservation::new(GFP_KERNEL).ok()?;
+            self.mms.insert(node.into_node(
+                key,
+                MmScan {
+                    mm: mm.clone(),
+                    items: RBTree::new(),
+                },
+            ));
+        }
         Some(mm)
+    }
+
+    /// Frees the items of mms no longer registered (they exited).
+    fn drop_gone_mms(&mut self, registry: &Mutex<MmRegistry>) {
+        loop {
+            let gone = {
+                let reg = registry.lock();
+                self.mms.keys().copied().find(|k| !reg.contains(*k))
+            };
+            let Some(key) = gone else {
+                return;
+            };
+            if let Some(mut mm) = self.mms.remove(&key) {
+                self.free_items(&mut mm.items, 0, usize::MAX);
+            }
+        }
+    }
+
+    /// Frees the items of `items` in `[from, to)`.
+    fn free_items(&mut self, items: &mut MmItems, from: usize, to: usize) {
+        loop {
+            let key = match items.cursor_lower_bound(&from) {
+                Some(c) if *c.current().0 < to => *c.current().0,
+                _ => return,
+            };
+            // Out of the trees first, in place: they link to the item where
+            // it lives, in its node of `items`.
+            if let Some(item) = items.get_mut(&key) {
+                self.trees.remove_item(item);
+            }
+            if let Some(item) = items.remove(&key) {
+                self.trees.counters.rmap_items -= 1;
+                // SAFETY: the item's mm is allocated (MmScan's MmGrab).
+                unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
+            }
+        }
+    }
+
+    /// Frees the current mm's items in `[from, to)`: pages gone since.
+    fn prune_items(&mut self, from: usize, to: usize) {
+        let Some(mut mm) = self.mms.remove(&self.mm_key) else {
+            return;
+        };
+        self.free_items(&mut mm.items, from, to);
+        if let Ok(node) = RBTreeNodeReservation::new(GFP_KERNEL) {
+            self.mms.insert(node.into_node(self.mm_key, mm));
+        } else {
+            // Out of memory: forget the rest of this mm's items too.
+            self.free_items(&mut mm.items, 0, usize::MAX);
+        }
+    }
+
+    /// The current mm's item for `addr`, created if needed.
+    fn item_at(&mut self, addr: usize) -> Option<NonNull<RmapItem>> {
+        let mm = self.mms.get_mut(&self.mm_key)?;
+        if let Some(item) = mm.items.get_mut(&addr) {
+            return Some(NonNull::from(item));
+        }
+        let node = RBTreeNodeReservation::new(GFP_KERNEL).ok()?;
+        let mm_ptr = NonNull::new(mm.mm.as_ptr())?;
+        mm.items
+            .insert(node.into_node(addr, RmapItem::new(mm_ptr, addr)));
+        // SAFETY: the mm is allocated.
+        unsafe { (*mm_ptr.as_ptr()).__bindgen_anon_1.ksm_rmap_items += 1 };
+        self.trees.counters.rmap_items += 1;
+        mm.items.get_mut(&addr).map(NonNull::from)
+    }
+
+    /// cmp_and_merge_page(): the heart of KSM, after mm/ksm.c.
+    fn cmp_and_merge(&mut self, item: &mut RmapItem, page: &PageRef, params: ScanParams) {
+        // Already merged with this very page?
+        if let ItemState::Stable { node, .. } = item.state {
+            // SAFETY: referenced page.
+            if unsafe { crate::tree::StableNode::of_folio(page.folio()) } == Some(node) {
+                return;
+            }
+        }
+        let found = self.trees.stable_search(page, params.max_page_sharing);
+        self.trees.remove_item(item);
+        if let Some((node, kpage)) = found {
+            if let Ok((anon_vma, index)) = merge_with(item, page, Some(&kpage)) {
+                self.append(item, node, &kpage, anon_vma, index);
+            }
+            return;
+        }
+
+        // Pages that change between scans stay out of the unstable tree.
+        let sum = merge::checksum(page);
+        if item.checksum != sum {
+            item.checksum = sum;
+            return;
+        }
+
+        let Some((tree_item, tree_page)) = self.trees.unstable_search_insert(item, page) else {
+            return;
+        };
+        // SAFETY: unstable items live in their mm's tree, scan-lock owned;
+        // `tree_item` is not `item` (it was found in the tree, `item` not).
+        let tree_item = unsafe { &mut *tree_item.as_ptr() };
+        // Two subpages of one huge page: splitting it fails while we hold
+        // both references, so merging fails; split with one dropped.
+        let same_huge = page.folio() == tree_page.folio()
+            // SAFETY: referenced folio.
+            && unsafe { bindings::rust_ksm_folio_test_large(page.folio()) };
+        let Ok((av_item, idx_item)) = merge_with(item, page, None) else {
+            if same_huge {
+                drop(tree_page);
+                split_huge(page);
+            }
+            return;
+        };
+        let Ok((av_tree, idx_tree)) = merge_with(tree_item, &tree_page, Some(page)) else {
+            // SAFETY: taken by merge_with().
+            unsafe { bindings::rust_ksm_put_anon_vma(av_item.as_ptr()) };
+            break_cow(item);
+            return;
+        };
+        self.trees.remove_item(tree_item);
+        // SAFETY: referenced folio; lock it for the stable tree insert.
+        unsafe { bindings::rust_ksm_folio_lock(page.folio()) };
+        let appended = match self.trees.stable_insert(page) {
+            // SAFETY: the folio is locked; items alive; references taken.
+            Ok(node) => unsafe {
+                self.trees
+                    .stable_append(tree_item, node, av_tree, idx_tree)
+                    .is_ok()
+                    && self
+                        .trees
+                        .stable_append(item, node, av_item, idx_item)
+                        .is_ok()
+            },
+            Err(_) => false,
+        };
+        // SAFETY: locked above.
+        unsafe { bindings::folio_unlock(page.folio()) };
+        if !appended {
+            // Leave no KSM page outside the stable tree.
+            for (it, av) in [(&mut *tree_item, av_tree), (&mut *item, av_item)] {
+                if !it.is_stable() {
+                    // SAFETY: taken by merge_with().
+                    unsafe { bindings::rust_ksm_put_anon_vma(av.as_ptr()) };
+                }
+                self.trees.remove_item(it);
+                break_cow(it);
+            }
+        }
+    }
+
+    /// stable_tree_append() under the KSM folio's lock.
+    fn append(
+        &mut self,
+        item: &mut RmapItem,
+        node: NonNull<crate::tree::StableNode>,
+        kpage: &PageRef,
+        anon_vma: NonNull<bindings::anon_vma>,
+        index: usize,
+    ) {
+        // SAFETY: referenced folio.
+        unsafe { bindings::rust_ksm_folio_lock(kpage.folio()) };
+        // The node may have lost the folio (stale) since the search.
+        // SAFETY: referenced, locked folio.
+        let ok = unsafe { crate::tree::StableNode::of_folio(kpage.folio()) } == Some(node)
+            // SAFETY: folio locked, item alive, anon_vma referenced.
+            && unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok();
+        // SAFETY: locked above.
+        unsafe { bindings::folio_unlock(kpage.folio()) };
+        if !ok {
+            // SAFETY: taken by merge_with().
+            unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
+            break_cow(item);
+        }
+    }
+
+    /// Unmerges everything (`run=2`, unload): every KSM page in every
+    /// registered mm is replaced by a private copy, then all items and
+    /// stable nodes are dropped.  Returns the KSM pages still mapped.
+    pub(crate) fn unmerge_all(
+        &mut self,
+        registry: &Mutex<MmRegistry>,
+        stats: &Stats,
+    ) -> Result<usize> {
+        let mms = registry.lock().all()?;
+        let mut result = Ok(());
+        for mm in mms.iter() {
+            let Some(users) = mm.users() else {
+                continue;
+            };
+            let lock = users.read_lock();
+            let mut addr = 0;
+            // SAFETY: the mmap lock is held.
+            while let Some(vma) = NonNull::new(unsafe { bindings::find_vma(lock.mm(), addr) }) {
+                // SAFETY: the VMA is stable under the mmap lock.
+                let (start, end) = unsafe {
+                    (
+                        bindings::rust_ksm_vma_start(vma.as_ptr()),
+                        bindings::rust_ksm_vma_end(vma.as_ptr()),
+                    )
+                };
+                // SAFETY: as above.
+                if unsafe { bindings::rust_ksm_vm_flags(vma.as_ptr()) }
+                    & bindings::VM_MERGEABLE as c_ulong
+                    != 0
+                {
+                    // SAFETY: mmap lock held.
+                    if let Err(e) = unsafe { unmerge_range(vma, start, end, false) } {
+                        result = Err(e);
+                    }
+                }
+                addr = end;
+            }
+        }
+        drop(mms);
+        loop {
+            let Some(key) = self.mms.keys().next().copied() else {
+                break;
+            };
+            if let Some(mut mm) = self.mms.remove(&key) {
+                self.free_items(&mut mm.items, 0, usize::MAX);
+            }
+        }
+        let busy = self.trees.remove_all_nodes();
+        self.trees.new_scan();
+        self.mm_key = 0;
+        self.address = 0;
+        self.publish(stats);
+        result.map(|()| busy)
     }
 }
 
-/// `walk_page_range()` callbacks return this to stop with the budget spent.
-const WALK_BUDGET_SPENT: c_int = 1;
+/// try_to_merge_with_ksm_page(): merge `item`'s page into `kpage` (or make
+/// it a KSM page), returning the anon_vma (referenced) and linear page
+/// index the item keeps while stable.
+fn merge_with(
+    item: &RmapItem,
+    page: &PageRef,
+    kpage: Option<&PageRef>,
+) -> Result<(NonNull<bindings::anon_vma>, usize)> {
+    // SAFETY: items keep their mm allocated.
+    let mm = unsafe { MmGrab::new(item.mm) };
+    let users = mm.users().ok_or(EFAULT)?;
+    let lock = users.read_lock();
+    // SAFETY: the mmap lock is held.
+    let vma = unsafe { merge::mergeable_vma(lock.mm(), item.address) }.ok_or(EFAULT)?;
+    // mlock'ed pages would need munlock/mlock of the folios, which the
+    // kernel does not export: leave VM_LOCKED memory alone.
+    // SAFETY: as above.
+    if unsafe { bindings::rust_ksm_vm_flags(vma.as_ptr()) } & bindings::VM_LOCKED as c_ulong != 0 {
+        return Err(EFAULT);
+    }
+    // SAFETY: mmap lock held.
+    unsafe { merge::merge_one_page(vma, page, kpage, item.address) }?;
+    // SAFETY: the VMA has an anon_vma (mergeable_vma); reference it while
+    // the mmap lock still pins it.
+    unsafe {
+        let anon_vma =
+            NonNull::new_unchecked((*vma.as_ptr()).anon_vma.cast::<bindings::anon_vma>());
+        bindings::rust_ksm_get_anon_vma(anon_vma.as_ptr());
+        Ok((
+            anon_vma,
+            bindings::rust_ksm_linear_page_index(vma.as_ptr(), item.address),
+        ))
+    }
+}
+
+/// Splits the huge page `page` is part of, if its folio lock is free.
+fn split_huge(page: &PageRef) {
+    let folio = page.folio();
+    // SAFETY: referenced folio; after the split the lock (and our
+    // reference) belong to the page's new small folio.
+    unsafe {
+        if bindings::rust_ksm_folio_trylock(folio) {
+            bindings::rust_ksm_split_huge_page(page.page());
+            bindings::folio_unlock(page.folio());
+        }
+    }
+}
+
+/// break_cow(): undo a merge of `item`'s page.
+fn break_cow(item: &RmapItem) {
+    // SAFETY: items keep their mm allocated.
+    let mm = unsafe { MmGrab::new(item.mm) };
+    let Some(users) = mm.users() else {
+        return;
+    };
+    let lock = users.read_lock();
+    // SAFETY: the mmap lock is held.
+    if let Some(vma) = unsafe { merge::mergeable_vma(lock.mm(), item.address) } {
+        // SAFETY: as above.
+        let _ = unsafe { merge::break_ksm(vma, item.address, false) };
+    }
+}
+
+/// The unmerge_range hook: break every KSM page in `[start, end)` of `vma`,
+/// visiting only populated page tables.
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held (for write with `lock_vma`).
+pub(crate) unsafe fn unmerge_range(
+    vma: NonNull<bindings::vm_area_struct>,
+    start: usize,
+    end: usize,
+    lock_vma: bool,
+) -> Result {
+    let mut addr = start;
+    while addr < end {
+        // SAFETY: the mmap lock is held.
+        let Some((found, page)) = (unsafe { find_page_in_vma(vma, addr, end, true) }) else {
+            return Ok(());
+        };
+        drop(page);
+        // SAFETY: plain check.
+        if unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
+            return Err(ERESTARTSYS);
+        }
+        // SAFETY: the mmap lock is held.
+        unsafe { merge::break_ksm(vma, found, lock_vma) }?;
+        addr = found + PAGE_SIZE;
+    }
+    Ok(())
+}
+
+/// The first present anonymous page at or after `start` in the mergeable
+/// VMAs of `mm` (`ksm_only`: KSM pages only), referenced.
+///
+/// # Safety
+///
+/// The mmap lock of `mm` must be held for read.
+unsafe fn find_page(
+    mm: *mut bindings::mm_struct,
+    start: usize,
+    end: usize,
+    ksm_only: bool,
+) -> Option<(usize, PageRef)> {
+    let mut walk = WalkState {
+        ksm_only,
+        found: None,
+    };
+    // SAFETY: by the function's safety requirements; `walk` outlives the call.
+    unsafe {
+        bindings::walk_page_range(
+            mm,
+            start,
+            end,
+            &SCAN_OPS,
+            ptr::from_mut(&mut walk).cast::<c_void>(),
+        );
+    }
+    walk.found
+}
+
+/// As [`find_page`] within one VMA (mergeable or not).
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held.
+unsafe fn find_page_in_vma(
+    vma: NonNull<bindings::vm_area_struct>,
+    start: usize,
+    end: usize,
+    ksm_only: bool,
+) -> Option<(usize, PageRef)> {
+    let mut walk = WalkState {
+        ksm_only,
+        found: None,
+    };
+    // SAFETY: by the function's safety requirements; `walk` outlives the call.
+    unsafe {
+        bindings::walk_page_range_vma(
+            vma.as_ptr(),
+            start,
+            end,
+            &RANGE_OPS,
+            ptr::from_mut(&mut walk).cast::<c_void>(),
+        );
+    }
+    walk.found
+}
+
+/// `walk_page_range()` callbacks return this to stop at the page found.
+const WALK_FOUND: c_int = 1;
 
 /// The walk's private data.
 struct WalkState {
-    /// Pages still to visit in this batch.
-    budget: u32,
-    /// Pages visited so far.
-    visited: u32,
-    /// Where to resume when the budget ran out.
-    resume: usize,
-}
-
-impl WalkState {
-    /// Counts `nr` pages from `addr`; true when the budget is spent.
-    fn visit(&mut self, addr: usize, nr: u32) -> bool {
-        let nr = nr.min(self.budget - self.visited);
-        self.visited += nr;
-        self.resume = addr + nr as usize * PAGE_SIZE;
-        self.visited == self.budget
-    }
+    /// Only KSM pages count (unmerging).
+    ksm_only: bool,
+    /// The first page found, and its address.
+    found: Option<(usize, PageRef)>,
 }
 
 static SCAN_OPS: bindings::mm_walk_ops = bindings::mm_walk_ops {
     test_walk: Some(scan_test_walk),
+    pmd_entry: Some(scan_pmd_entry),
+    walk_lock: bindings::page_walk_lock_PGWALK_RDLOCK,
+    // SAFETY: all other callbacks absent (NULL) is valid.
+    ..unsafe { core::mem::zeroed() }
+};
+
+static RANGE_OPS: bindings::mm_walk_ops = bindings::mm_walk_ops {
     pmd_entry: Some(scan_pmd_entry),
     walk_lock: bindings::page_walk_lock_PGWALK_RDLOCK,
     // SAFETY: all other callbacks absent (NULL) is valid.
@@ -212,24 +656,26 @@ unsafe extern "C" fn scan_test_walk(
     c_int::from(!mergeable || anon_vma.is_null())
 }
 
-/// Is `page` an anonymous page KSM could merge?
+/// Is `page` one the walk looks for?
 ///
 /// # Safety
 ///
 /// `page` must be a page mapped under a held page-table lock.
-unsafe fn mergeable_page(page: *mut bindings::page) -> bool {
+unsafe fn wanted_page(page: *mut bindings::page, ksm_only: bool) -> bool {
     if page.is_null() {
         return false;
     }
     // SAFETY: a mapped page has a valid folio while the PTL is held.
     unsafe {
         let folio = bindings::rust_ksm_page_folio(page);
-        !bindings::rust_ksm_folio_is_zone_device(folio) && bindings::rust_ksm_folio_test_anon(folio)
+        !bindings::rust_ksm_folio_is_zone_device(folio)
+            && bindings::rust_ksm_folio_test_anon(folio)
+            && (!ksm_only || bindings::rust_ksm_folio_test_ksm(folio))
     }
 }
 
-/// Visits the present anonymous pages mapped by one PMD, like mm/ksm.c's
-/// ksm_next_page_pmd_entry(): huge PMDs are counted in place (no split).
+/// Finds the first wanted page mapped by one PMD, like mm/ksm.c's
+/// ksm_next_page_pmd_entry(): huge PMDs are looked at in place (no split).
 ///
 /// # Safety
 ///
@@ -242,7 +688,7 @@ unsafe extern "C" fn scan_pmd_entry(
 ) -> c_int {
     // SAFETY: `walk` is valid during the callback.
     let walk = unsafe { &mut *walk };
-    // SAFETY: `private` is the `WalkState` passed by `Scanner::scan_batch`.
+    // SAFETY: `private` is the `WalkState` passed by `find_page*()`.
     let state = unsafe { &mut *walk.private.cast::<WalkState>() };
     let (mm, vma) = (walk.mm, walk.vma);
 
@@ -265,13 +711,21 @@ unsafe extern "C" fn scan_pmd_entry(
         // SAFETY: `pmd` is a value.
         if unsafe { bindings::rust_ksm_pmd_present(pmd) && bindings::rust_ksm_pmd_leaf(pmd) } {
             // SAFETY: the PMD lock is held, so the mapping is stable.
-            let head = unsafe { bindings::vm_normal_page_pmd(vma, addr as c_ulong, pmd) };
+            let head = unsafe { bindings::vm_normal_page_pmd(vma, addr, pmd) };
             // SAFETY: as above.
-            let spent = unsafe { mergeable_page(head) }
-                && state.visit(addr, ((end - addr) / PAGE_SIZE) as u32);
+            let found = unsafe { wanted_page(head, state.ksm_only) };
+            if found {
+                // The subpage at `addr`: a huge page's struct pages are
+                // contiguous.
+                // SAFETY: `addr` lies in the huge page mapped by this PMD.
+                let page =
+                    unsafe { head.add((addr & ((1usize << bindings::PMD_SHIFT) - 1)) / PAGE_SIZE) };
+                // SAFETY: mapped under the held PMD lock.
+                state.found = Some((addr, unsafe { PageRef::get(NonNull::new_unchecked(page)) }));
+            }
             // SAFETY: we took it above.
             unsafe { bindings::spin_unlock(ptl) };
-            return if spent { WALK_BUDGET_SPENT } else { 0 };
+            return if found { WALK_FOUND } else { 0 };
         }
         // Split meanwhile: fall through to the PTEs.
         // SAFETY: we took it above.
@@ -280,12 +734,10 @@ unsafe extern "C" fn scan_pmd_entry(
 
     let mut ptl = ptr::null_mut();
     // SAFETY: `pmdp` belongs to `mm`, whose mmap lock is held.
-    let Some(ptes) = NonNull::new(unsafe {
-        bindings::rust_ksm_pte_offset_map_lock(mm, pmdp, addr as c_ulong, &mut ptl)
-    }) else {
+    let ptes = unsafe { bindings::rust_ksm_pte_offset_map_lock(mm, pmdp, addr, &mut ptl) };
+    let Some(ptes) = NonNull::new(ptes) else {
         return 0;
     };
-    let mut spent = false;
     for (i, page_addr) in (addr..end).step_by(PAGE_SIZE).enumerate() {
         // SAFETY: the PTE table covers `addr..end` and is locked.
         let pte = unsafe { bindings::rust_ksm_ptep_get(ptes.as_ptr().add(i)) };
@@ -294,17 +746,20 @@ unsafe extern "C" fn scan_pmd_entry(
             continue;
         }
         // SAFETY: the PTE lock is held, so the mapping is stable.
-        let page = unsafe { bindings::vm_normal_page(vma, page_addr as c_ulong, pte) };
+        let page = unsafe { bindings::vm_normal_page(vma, page_addr, pte) };
         // SAFETY: as above.
-        if unsafe { mergeable_page(page) } && state.visit(page_addr, 1) {
-            spent = true;
+        if unsafe { wanted_page(page, state.ksm_only) } {
+            // SAFETY: mapped under the held PTE lock.
+            state.found = Some((page_addr, unsafe {
+                PageRef::get(NonNull::new_unchecked(page))
+            }));
             break;
         }
     }
     // SAFETY: mapped and locked above.
     unsafe { bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl) };
-    if spent {
-        WALK_BUDGET_SPENT
+    if state.found.is_some() {
+        WALK_FOUND
     } else {
         0
     }

@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Page-table work of merging and unmerging, after mm/ksm.c (6.12):
+//! write-protect a candidate PTE, replace it with the KSM page, and break
+//! sharing again through the fault handler.
+
+use crate::bindings;
+use core::mem::MaybeUninit;
+use core::ptr::{self, NonNull};
+use kernel::error::code::*;
+use kernel::ffi::{c_ulong, c_void};
+use kernel::page::PAGE_SIZE;
+use kernel::prelude::*;
+
+/// `FW_MIGRATION` of <linux/pagewalk.h> (a cast macro bindgen skips): also
+/// report migration entries' folios.
+const FW_MIGRATION: bindings::folio_walk_flags_t = 1 << 0;
+
+/// `RMAP_NONE` of <linux/rmap.h> (a cast macro bindgen skips).
+const RMAP_NONE: bindings::rmap_t = 0;
+
+/// A page with a reference held on its folio.
+///
+/// # Invariants
+///
+/// `page` is valid and we own one reference on its folio.
+pub(crate) struct PageRef {
+    page: NonNull<bindings::page>,
+}
+
+impl PageRef {
+    /// Takes a reference on `page`'s folio.
+    ///
+    /// # Safety
+    ///
+    /// `page` must be a valid page whose folio cannot be freed during the
+    /// call (mapped under a held PTL, or already referenced).
+    pub(crate) unsafe fn get(page: NonNull<bindings::page>) -> Self {
+        // SAFETY: by the function's safety requirements.
+        unsafe { bindings::rust_ksm_folio_get(bindings::rust_ksm_page_folio(page.as_ptr())) };
+        // INVARIANT: reference taken above.
+        Self { page }
+    }
+
+    /// Adopts a reference the caller owns on the folio of `page`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one reference on `page`'s folio and gives it up.
+    pub(crate) unsafe fn adopt(page: NonNull<bindings::page>) -> Self {
+        // INVARIANT: by the function's safety requirements.
+        Self { page }
+    }
+
+    pub(crate) fn page(&self) -> *mut bindings::page {
+        self.page.as_ptr()
+    }
+
+    /// The page's current folio (it changes when a large folio is split).
+    pub(crate) fn folio(&self) -> *mut bindings::folio {
+        // SAFETY: the reference keeps the page's folio association stable
+        // but for splits, which keep the reference on the page's new folio.
+        unsafe { bindings::rust_ksm_page_folio(self.page()) }
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: the type invariant says we own a reference.
+        unsafe { bindings::rust_ksm_folio_put(self.folio()) };
+    }
+}
+
+/// xxhash of a page's contents.
+pub(crate) fn hash(page: &PageRef) -> u64 {
+    // SAFETY: the page is referenced; the mapping is released below.
+    unsafe {
+        let addr = bindings::rust_ksm_kmap_local_page(page.page());
+        let sum = bindings::xxh64(addr, PAGE_SIZE, 0);
+        bindings::rust_ksm_kunmap_local(addr);
+        sum
+    }
+}
+
+/// Checksum of a page's contents (the unstable-tree gate), as upstream's
+/// calc_checksum(): xxhash, truncated to 32 bits.
+pub(crate) fn checksum(page: &PageRef) -> u32 {
+    hash(page) as u32
+}
+
+/// memcmp of two pages' contents.
+pub(crate) fn compare(a: &PageRef, b: &PageRef) -> i32 {
+    // SAFETY: both pages are referenced.
+    unsafe { bindings::memcmp_pages(a.page(), b.page()) }
+}
+
+/// find_mergeable_vma(): the VM_MERGEABLE VMA at `addr` with an anon_vma.
+///
+/// # Safety
+///
+/// The mmap lock of `mm` must be held.
+pub(crate) unsafe fn mergeable_vma(
+    mm: *mut bindings::mm_struct,
+    addr: usize,
+) -> Option<NonNull<bindings::vm_area_struct>> {
+    // SAFETY: mmap lock held by the caller.
+    let vma = NonNull::new(unsafe { bindings::rust_ksm_vma_lookup(mm, addr) })?;
+    // SAFETY: the VMA is stable under the mmap lock.
+    let (flags, anon_vma) = unsafe {
+        (
+            bindings::rust_ksm_vm_flags(vma.as_ptr()),
+            (*vma.as_ptr()).anon_vma,
+        )
+    };
+    if flags & bindings::VM_MERGEABLE as c_ulong == 0 || anon_vma.is_null() {
+        return None;
+    }
+    Some(vma)
+}
+
+/// The anonymous page mapped at `addr` of `vma`, referenced.
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held.
+pub(crate) unsafe fn anon_page_at(
+    vma: NonNull<bindings::vm_area_struct>,
+    addr: usize,
+) -> Option<PageRef> {
+    let mut fw = MaybeUninit::<bindings::folio_walk>::zeroed();
+    // SAFETY: the mmap lock is held; `fw` is ours.
+    let folio = unsafe { bindings::folio_walk_start(fw.as_mut_ptr(), vma.as_ptr(), addr, 0) };
+    if folio.is_null() {
+        return None;
+    }
+    // SAFETY: folio_walk_start() succeeded: `fw` is initialized, the PTL held.
+    unsafe {
+        let page = (*fw.as_ptr()).page;
+        let ok = !page.is_null()
+            && !bindings::rust_ksm_folio_is_zone_device(folio)
+            && bindings::rust_ksm_folio_test_anon(folio);
+        let result = if ok {
+            Some(PageRef::get(NonNull::new_unchecked(page)))
+        } else {
+            None
+        };
+        bindings::rust_ksm_folio_walk_end(fw.as_mut_ptr(), vma.as_ptr());
+        result
+    }
+}
+
+/// The engine's KSM folio at `addr` of `vma`, if one is mapped there.
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held.
+unsafe fn ksm_page_mapped(vma: NonNull<bindings::vm_area_struct>, addr: usize) -> bool {
+    let mut fw = MaybeUninit::<bindings::folio_walk>::zeroed();
+    // SAFETY: the mmap lock is held; `fw` is ours.
+    let folio =
+        unsafe { bindings::folio_walk_start(fw.as_mut_ptr(), vma.as_ptr(), addr, FW_MIGRATION) };
+    if folio.is_null() {
+        return false;
+    }
+    // SAFETY: as above; the PTL is held until folio_walk_end().
+    unsafe {
+        let ksm =
+            !bindings::rust_ksm_folio_test_large(folio) && bindings::rust_ksm_folio_test_ksm(folio);
+        bindings::rust_ksm_folio_walk_end(fw.as_mut_ptr(), vma.as_ptr());
+        ksm
+    }
+}
+
+/// break_ksm(): replace a KSM page at `addr` by a private copy, through an
+/// unsharing fault, until no KSM page is mapped there.
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held.
+pub(crate) unsafe fn break_ksm(
+    vma: NonNull<bindings::vm_area_struct>,
+    addr: usize,
+    lock_vma: bool,
+) -> Result {
+    if lock_vma {
+        // SAFETY: the mmap lock is held for write when `lock_vma` is set.
+        unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
+    }
+    loop {
+        // SAFETY: plain call, no spinlock held.
+        unsafe { bindings::rust_ksm_cond_resched() };
+        // SAFETY: the mmap lock is held.
+        if !unsafe { ksm_page_mapped(vma, addr) } {
+            return Ok(());
+        }
+        // SAFETY: the mmap lock is held; a remote unsharing fault, as
+        // mm/ksm.c does from ksmd and madvise.
+        let ret = unsafe {
+            bindings::handle_mm_fault(
+                vma.as_ptr(),
+                addr,
+                bindings::fault_flag_FAULT_FLAG_UNSHARE | bindings::fault_flag_FAULT_FLAG_REMOTE,
+                ptr::null_mut(),
+            )
+        };
+        if ret & bindings::vm_fault_reason_VM_FAULT_OOM != 0 {
+            return Err(ENOMEM);
+        }
+        if ret
+            & (bindings::vm_fault_reason_VM_FAULT_SIGBUS
+                | bindings::vm_fault_reason_VM_FAULT_SIGSEGV)
+            != 0
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// write_protect_page(): make the PTE of `folio` at `addr` read-only and
+/// clean, checking no one else (GUP, O_DIRECT) holds a reference.
+/// Returns the PTE value to expect in [`replace_page`].
+///
+/// # Safety
+///
+/// mmap lock held; `folio` locked, referenced once by us, small.
+unsafe fn write_protect_page(
+    vma: NonNull<bindings::vm_area_struct>,
+    folio: *mut bindings::folio,
+    addr: usize,
+) -> Option<bindings::pte_t> {
+    // SAFETY: the VMA is stable under the mmap lock.
+    let mm = unsafe { (*vma.as_ptr()).vm_mm };
+    let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
+    let mut pvmw = MaybeUninit::<bindings::page_vma_mapped_walk>::zeroed();
+    // SAFETY: locks as required; `range` and `pvmw` are ours, and both are
+    // finished below on every path.
+    unsafe {
+        bindings::rust_ksm_mmu_notifier_clear_start(range.as_mut_ptr(), mm, addr, addr + PAGE_SIZE);
+        bindings::rust_ksm_pvmw_init(pvmw.as_mut_ptr(), folio, vma.as_ptr(), addr);
+        let mut result = None;
+        if bindings::page_vma_mapped_walk(pvmw.as_mut_ptr()) {
+            let pte = (*pvmw.as_ptr()).pte;
+            if !pte.is_null() {
+                result = write_protect_pte(vma, mm, folio, addr, pte);
+            }
+            bindings::rust_ksm_pvmw_done(pvmw.as_mut_ptr());
+        }
+        bindings::rust_ksm_mmu_notifier_end(range.as_mut_ptr());
+        result
+    }
+}
+
+/// The body of [`write_protect_page`] under the PTE lock.
+///
+/// # Safety
+///
+/// As [`write_protect_page`], with `pte` mapping `folio` at `addr`, locked.
+unsafe fn write_protect_pte(
+    vma: NonNull<bindings::vm_area_struct>,
+    mm: *mut bindings::mm_struct,
+    folio: *mut bindings::folio,
+    addr: usize,
+    pte: *mut bindings::pte_t,
+) -> Option<bindings::pte_t> {
+    // SAFETY: by the function's safety requirements.
+    unsafe {
+        let page = bindings::rust_ksm_folio_page(folio);
+        let anon_exclusive = bindings::rust_ksm_page_anon_exclusive(page);
+        let mut entry = bindings::rust_ksm_ptep_get(pte);
+        if bindings::rust_ksm_pte_write(entry)
+            || bindings::rust_ksm_pte_dirty(entry)
+            || anon_exclusive
+            || bindings::rust_ksm_mm_tlb_flush_pending(mm)
+        {
+            let swapped = i32::from(bindings::rust_ksm_folio_test_swapcache(folio));
+            // Clear and flush first: GUP-fast cannot take a new reference
+            // after this, so the count check below is reliable.
+            entry = bindings::ptep_clear_flush(vma.as_ptr(), addr, pte);
+            // Our reference, one per mapping, one for the swap cache: any
+            // other is I/O or a pin in progress.
+            if bindings::rust_ksm_folio_mapcount(folio) + 1 + swapped
+                != bindings::rust_ksm_folio_ref_count(folio)
+            {
+                bindings::rust_ksm_set_pte_at(mm, addr, pte, entry);
+                return None;
+            }
+            if anon_exclusive && bindings::rust_ksm_folio_try_share_anon_rmap_pte(folio, page) != 0
+            {
+                bindings::rust_ksm_set_pte_at(mm, addr, pte, entry);
+                return None;
+            }
+            if bindings::rust_ksm_pte_dirty(entry) {
+                bindings::folio_mark_dirty(folio);
+            }
+            entry = bindings::rust_ksm_pte_mkclean(entry);
+            if bindings::rust_ksm_pte_write(entry) {
+                entry = bindings::rust_ksm_pte_wrprotect(entry);
+            }
+            bindings::rust_ksm_set_pte_at(mm, addr, pte, entry);
+        }
+        Some(entry)
+    }
+}
+
+/// replace_page(): map `kpage` at `addr` instead of `page`, whose PTE must
+/// still be `orig_pte`.
+///
+/// # Safety
+///
+/// mmap lock held; `page`'s folio locked; both pages referenced.
+unsafe fn replace_page(
+    vma: NonNull<bindings::vm_area_struct>,
+    page: &PageRef,
+    kpage: &PageRef,
+    addr: usize,
+    orig_pte: bindings::pte_t,
+) -> Result {
+    // SAFETY: by the function's safety requirements.
+    unsafe {
+        let mm = (*vma.as_ptr()).vm_mm;
+        let pmd = bindings::rust_ksm_mm_find_pmd(mm, addr);
+        if pmd.is_null() {
+            return Err(EFAULT);
+        }
+        let pmde = bindings::rust_ksm_pmdp_get_lockless(pmd);
+        if !bindings::rust_ksm_pmd_present(pmde) || bindings::rust_ksm_pmd_leaf(pmde) {
+            return Err(EFAULT);
+        }
+        let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
+        bindings::rust_ksm_mmu_notifier_clear_start(range.as_mut_ptr(), mm, addr, addr + PAGE_SIZE);
+        let mut ptl = ptr::null_mut();
+        let ptep = bindings::rust_ksm_pte_offset_map_lock(mm, pmd, addr, &mut ptl);
+        let mut result = Err(EFAULT);
+        if !ptep.is_null() {
+            if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(ptep), orig_pte) {
+                let kfolio = kpage.folio();
+                bindings::rust_ksm_folio_get(kfolio);
+                bindings::folio_add_anon_rmap_ptes(
+                    kfolio,
+                    kpage.page(),
+                    1,
+                    vma.as_ptr(),
+                    addr,
+                    RMAP_NONE,
+                );
+                let newpte = bindings::rust_ksm_mk_pte(kpage.page(), vma.as_ptr());
+                bindings::ptep_clear_flush(vma.as_ptr(), addr, ptep);
+                bindings::rust_ksm_set_pte_at(mm, addr, ptep, newpte);
+                let folio = page.folio();
+                bindings::folio_remove_rmap_ptes(folio, page.page(), 1, vma.as_ptr());
+                // The reference of the mapping just removed.
+                bindings::rust_ksm_folio_put(folio);
+                result = Ok(());
+            }
+            bindings::rust_ksm_pte_unmap_unlock(ptep, ptl);
+        }
+        bindings::rust_ksm_mmu_notifier_end(range.as_mut_ptr());
+        result
+    }
+}
+
+/// try_to_merge_one_page(): merge `page`, mapped at `addr` of `vma`, into
+/// `kpage`; or, with no `kpage`, turn `page` itself into a KSM page (its
+/// stable node is set by the caller).
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held.
+pub(crate) unsafe fn merge_one_page(
+    vma: NonNull<bindings::vm_area_struct>,
+    page: &PageRef,
+    kpage: Option<&PageRef>,
+    addr: usize,
+) -> Result {
+    if let Some(kpage) = kpage {
+        if kpage.page() == page.page() {
+            // A KSM page forked into this mm: nothing to replace.
+            return Ok(());
+        }
+    }
+    let mut folio = page.folio();
+    // SAFETY: referenced folio.
+    if !unsafe { bindings::rust_ksm_folio_test_anon(folio) } {
+        return Err(EFAULT);
+    }
+    // Trylock: rather scan on and come back than wait for the folio.
+    // SAFETY: referenced folio.
+    if !unsafe { bindings::rust_ksm_folio_trylock(folio) } {
+        return Err(EBUSY);
+    }
+    let mut result = Err(EFAULT);
+    // SAFETY: locked and referenced.
+    let small = if unsafe { bindings::rust_ksm_folio_test_large(folio) } {
+        // SAFETY: locked and referenced; the lock and our reference follow
+        // the page into its new small folio.
+        let ok = unsafe { bindings::rust_ksm_split_huge_page(page.page()) } == 0;
+        folio = page.folio();
+        ok
+    } else {
+        true
+    };
+    if small {
+        // SAFETY: mmap lock held, folio locked, referenced and small.
+        if let Some(orig_pte) = unsafe { write_protect_page(vma, folio, addr) } {
+            result = match kpage {
+                None => {
+                    // SAFETY: locked folio; it becomes a KSM folio whose
+                    // stable node the caller sets under the same lock.
+                    unsafe {
+                        bindings::rust_ksm_folio_set_mapping(
+                            folio,
+                            bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
+                        );
+                        bindings::folio_mark_accessed(folio);
+                        if !bindings::rust_ksm_folio_test_dirty(folio) {
+                            bindings::folio_mark_dirty(folio);
+                        }
+                    }
+                    Ok(())
+                }
+                Some(kpage) if compare(page, kpage) == 0 => {
+                    // SAFETY: as required by replace_page().
+                    unsafe { replace_page(vma, page, kpage, addr, orig_pte) }
+                }
+                Some(_) => Err(EFAULT),
+            };
+        }
+    }
+    // SAFETY: locked above.
+    unsafe { bindings::folio_unlock(folio) };
+    result
+}

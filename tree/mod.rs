@@ -1,0 +1,603 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The content-ordered trees: unstable (rmap items whose pages did not change
+//! for a scan) and stable (KSM pages, one [`StableNode`] each).
+//!
+//! They are intrusive red-black trees over `rb_node`, because their order is
+//! page content, which is read (and for the unstable tree may even change)
+//! during the search: not a fixed `Ord` that `kernel::rbtree` could use.
+
+use crate::bindings;
+use crate::rmap::{ItemState, RmapItem};
+use crate::scan::merge::{self, PageRef};
+use core::cell::UnsafeCell;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use kernel::ffi::c_void;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+/// A KSM page: its folio's `mapping` points here (with `PAGE_MAPPING_KSM`).
+///
+/// A node stays allocated while its folio may point to it: it is freed only
+/// once found stale (the folio freed or moved on) or after its folio's
+/// mapping was cleared under the folio lock.
+#[repr(C)]
+pub(crate) struct StableNode {
+    /// Link in the stable tree; first, so a node pointer is an rb_node one.
+    rb: Opaque<bindings::rb_node>,
+    /// The KSM folio's pfn; migration moves it (folio_migrate hook).
+    kpfn: AtomicUsize,
+    /// Hash of the (write-protected, so fixed) contents: equal nodes sit
+    /// next to each other, so a run of equal hashes is a chain of dups.
+    hash: u64,
+    /// The stable items mapping the page.  Changed only under the scan lock
+    /// with the KSM folio locked, so a folio-lock holder may read it.
+    items: UnsafeCell<KVec<NonNull<RmapItem>>>,
+}
+
+impl StableNode {
+    /// The stable node a KSM folio points to (NULL when it has none).
+    ///
+    /// # Safety
+    ///
+    /// `folio` is a valid folio.
+    pub(crate) unsafe fn of_folio(folio: *mut bindings::folio) -> Option<NonNull<StableNode>> {
+        // SAFETY: by the function's safety requirements.
+        let mapping = unsafe { bindings::rust_ksm_folio_mapping(folio) } as usize;
+        if mapping & bindings::PAGE_MAPPING_FLAGS as usize != bindings::PAGE_MAPPING_KSM as usize {
+            return None;
+        }
+        NonNull::new((mapping & !(bindings::PAGE_MAPPING_FLAGS as usize)) as *mut StableNode)
+    }
+
+    fn mapping(node: NonNull<StableNode>) -> *mut c_void {
+        (node.as_ptr() as usize | bindings::PAGE_MAPPING_KSM as usize) as *mut c_void
+    }
+
+    /// The items of the node.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the KSM folio's lock or the scan lock, and nobody
+    /// changes the list meanwhile (see `items`).
+    pub(crate) unsafe fn items(&self) -> &KVec<NonNull<RmapItem>> {
+        // SAFETY: by the function's safety requirements.
+        unsafe { &*self.items.get() }
+    }
+
+    /// folio_migrate_ksm(): the page moved to `new_pfn`.
+    pub(crate) fn migrated(&self, new_pfn: usize) {
+        self.kpfn.store(new_pfn, Ordering::Release);
+    }
+
+    fn pfn(&self) -> usize {
+        self.kpfn.load(Ordering::Acquire)
+    }
+}
+
+/// How to get a stable node's folio.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GetFolio {
+    /// Referenced.
+    NoLock,
+    /// Referenced and locked.
+    Lock,
+}
+
+/// Global merge counters (sysfs).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) pages_shared: usize,
+    pub(crate) pages_sharing: usize,
+    pub(crate) pages_unshared: usize,
+    pub(crate) rmap_items: usize,
+    pub(crate) stable_nodes: usize,
+    /// Groups of more than one node with the same contents (a node per
+    /// `max_page_sharing` mappings), and the nodes in them.
+    pub(crate) chains: usize,
+    pub(crate) dups: usize,
+}
+
+/// Both trees and their counters; owned by the scan state, so only the
+/// scan-lock holder touches them.
+pub(crate) struct Trees {
+    stable: bindings::rb_root,
+    unstable: bindings::rb_root,
+    /// Scan number; unstable items of older scans are no longer linked.
+    pub(crate) seqnr: u32,
+    pub(crate) counters: Counters,
+    /// Offset of the unstable link inside an `RmapItem`.
+    unstable_link_offset: usize,
+}
+
+// SAFETY: the trees are only reachable through the scan lock.
+unsafe impl Send for Trees {}
+
+/// Offset of `ItemState::Unstable::link` in `RmapItem` (enum field offsets
+/// are not available to `offset_of!`, but a type's layout is fixed).
+fn unstable_link_offset() -> usize {
+    let item = RmapItem {
+        mm: NonNull::dangling(),
+        address: 0,
+        checksum: 0,
+        state: ItemState::Unstable {
+            link: Opaque::uninit(),
+            seqnr: 0,
+        },
+    };
+    match &item.state {
+        ItemState::Unstable { link, .. } => link.get() as usize - ptr::from_ref(&item) as usize,
+        _ => unreachable!(),
+    }
+}
+
+impl Trees {
+    pub(crate) fn new() -> Self {
+        Self {
+            stable: bindings::rb_root {
+                rb_node: ptr::null_mut(),
+            },
+            unstable: bindings::rb_root {
+                rb_node: ptr::null_mut(),
+            },
+            seqnr: 0,
+            counters: Counters::default(),
+            unstable_link_offset: unstable_link_offset(),
+        }
+    }
+
+    /// A full scan ended: forget the unstable tree (its items are unlinked
+    /// lazily: their `seqnr` is now old).
+    pub(crate) fn new_scan(&mut self) {
+        self.unstable.rb_node = ptr::null_mut();
+        self.seqnr = self.seqnr.wrapping_add(1);
+    }
+
+    fn unstable_item(&self, rb: *mut bindings::rb_node) -> NonNull<RmapItem> {
+        // SAFETY: every node of the unstable tree is the link of an item.
+        unsafe {
+            NonNull::new_unchecked(
+                rb.cast::<u8>()
+                    .sub(self.unstable_link_offset)
+                    .cast::<RmapItem>(),
+            )
+        }
+    }
+
+    /// The page of an unstable item, if it is still mapped and mergeable.
+    fn item_page(item: &RmapItem) -> Option<PageRef> {
+        // SAFETY: items keep their mm allocated (the scanner's MmGrab).
+        let mm = unsafe { crate::scan::MmGrab::new(item.mm) };
+        let users = mm.users()?;
+        let lock = users.read_lock();
+        // SAFETY: the mmap lock is held.
+        let vma = unsafe { merge::mergeable_vma(lock.mm(), item.address) }?;
+        // SAFETY: as above.
+        unsafe { merge::anon_page_at(vma, item.address) }
+    }
+
+    /// unstable_tree_search_insert(): an item with the same contents as
+    /// `page`, with its page; or insert `item` and return None.
+    pub(crate) fn unstable_search_insert(
+        &mut self,
+        item: &mut RmapItem,
+        page: &PageRef,
+    ) -> Option<(NonNull<RmapItem>, PageRef)> {
+        let mut parent = ptr::null_mut();
+        let mut link: *mut *mut bindings::rb_node = &mut self.unstable.rb_node;
+        // SAFETY: `link` points into the tree we own.
+        while !unsafe { *link }.is_null() {
+            // SAFETY: as above.
+            parent = unsafe { *link };
+            let tree_item = self.unstable_item(parent);
+            // SAFETY: items in the tree are alive (scan-lock owned).
+            let tree_page = Self::item_page(unsafe { tree_item.as_ref() })?;
+            if tree_page.page() == page.page() {
+                // Don't merge a page with itself (a forked page).
+                return None;
+            }
+            // SAFETY: `parent` is a node of the tree.
+            link = unsafe {
+                match merge::compare(page, &tree_page).cmp(&0) {
+                    core::cmp::Ordering::Less => &mut (*parent).rb_left,
+                    core::cmp::Ordering::Greater => &mut (*parent).rb_right,
+                    core::cmp::Ordering::Equal => return Some((tree_item, tree_page)),
+                }
+            };
+        }
+        item.state = ItemState::Unstable {
+            link: Opaque::uninit(),
+            seqnr: self.seqnr,
+        };
+        let ItemState::Unstable { link: node, .. } = &item.state else {
+            unreachable!()
+        };
+        // SAFETY: `node` is the item's link, in place for as long as the item
+        // lives in its mm's tree; `link` and `parent` come from the search.
+        unsafe {
+            bindings::rust_ksm_rb_link_node(node.get(), parent, link);
+            bindings::rb_insert_color(node.get(), &mut self.unstable);
+        }
+        self.counters.pages_unshared += 1;
+        None
+    }
+
+    /// Takes `item` out of whichever tree it is in (remove_rmap_item_from_tree()).
+    pub(crate) fn remove_item(&mut self, item: &mut RmapItem) {
+        let (node, anon_vma) = match &item.state {
+            ItemState::Volatile => return,
+            ItemState::Unstable { link, seqnr } => {
+                // Items of an older scan are not linked any more.
+                if *seqnr == self.seqnr {
+                    // SAFETY: the link is in the unstable tree, in place.
+                    unsafe { bindings::rb_erase(link.get(), &mut self.unstable) };
+                }
+                self.counters.pages_unshared -= 1;
+                item.state = ItemState::Volatile;
+                return;
+            }
+            ItemState::Stable { node, anon_vma, .. } => (*node, *anon_vma),
+        };
+        // If the node is stale, get_folio() removes it, and that takes the
+        // item out (with its anon_vma reference) already.
+        if let Some(folio) = self.get_folio(node, GetFolio::Lock) {
+            // SAFETY: scan lock and folio lock held.
+            let items = unsafe { &mut *node.as_ref().items.get() };
+            if let Some(i) = items.iter().position(|p| p.as_ptr() == ptr::from_mut(item)) {
+                let last = items.len() - 1;
+                items.as_mut_slice().swap(i, last);
+                // SAFETY: shrinking; the element dropped is a plain pointer.
+                unsafe { items.set_len(last) };
+                if items.is_empty() {
+                    self.counters.pages_shared -= 1;
+                } else {
+                    self.counters.pages_sharing -= 1;
+                }
+                // SAFETY: the item's mm is allocated; we took the anon_vma
+                // reference when merging.
+                unsafe {
+                    (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1;
+                    bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr());
+                }
+                item.state = ItemState::Volatile;
+            }
+            // SAFETY: locked by get_folio().
+            unsafe { bindings::folio_unlock(folio.folio()) };
+        }
+    }
+
+    /// ksm_get_folio(): the node's folio, referenced (and locked), or None if
+    /// the node is stale, in which case it is removed.
+    pub(crate) fn get_folio(
+        &mut self,
+        node: NonNull<StableNode>,
+        how: GetFolio,
+    ) -> Option<PageRef> {
+        let expected = StableNode::mapping(node);
+        loop {
+            // SAFETY: nodes in the tree are alive.
+            let kpfn = unsafe { node.as_ref() }.pfn();
+            // SAFETY: a pfn once of a KSM page stays a valid pfn.
+            let folio = unsafe { bindings::rust_ksm_pfn_folio(kpfn) };
+            // SAFETY: `folio` is a valid struct folio (maybe free).
+            let live = unsafe {
+                if bindings::rust_ksm_folio_mapping(folio) != expected {
+                    false
+                } else {
+                    let mut got = false;
+                    // Refcount 0: free, or frozen; frozen swapcache may
+                    // still be ours (migration): wait for it.
+                    loop {
+                        if bindings::rust_ksm_folio_try_get(folio) {
+                            got = true;
+                            break;
+                        }
+                        if !bindings::rust_ksm_folio_test_swapcache(folio) {
+                            break;
+                        }
+                        bindings::rust_ksm_cond_resched();
+                    }
+                    if got && bindings::rust_ksm_folio_mapping(folio) != expected {
+                        bindings::rust_ksm_folio_put(folio);
+                        got = false;
+                    }
+                    got
+                }
+            };
+            if live {
+                // SAFETY: we hold a reference on the folio.
+                let page = unsafe {
+                    PageRef::adopt(NonNull::new_unchecked(bindings::rust_ksm_folio_page(folio)))
+                };
+                if how == GetFolio::Lock {
+                    // SAFETY: referenced.
+                    unsafe { bindings::rust_ksm_folio_lock(folio) };
+                    // SAFETY: as above.
+                    if unsafe { bindings::rust_ksm_folio_mapping(folio) } != expected {
+                        // SAFETY: locked above.
+                        unsafe { bindings::folio_unlock(folio) };
+                        drop(page);
+                        continue;
+                    }
+                }
+                return Some(page);
+            }
+            // Stale, unless migration moved the node meanwhile: the barrier
+            // pairs with the one in the folio_migrate hook.
+            // SAFETY: plain barrier.
+            unsafe { bindings::rust_ksm_smp_rmb() };
+            // SAFETY: nodes in the tree are alive.
+            if unsafe { node.as_ref() }.pfn() != kpfn {
+                continue;
+            }
+            self.remove_node(node);
+            return None;
+        }
+    }
+
+    /// remove_node_from_stable_tree(): free a node whose folio no longer
+    /// points to it (or whose pointer was cleared), dropping its items.
+    fn remove_node(&mut self, node: NonNull<StableNode>) {
+        // SAFETY: the node is alive and linked; we own it from now on.
+        let node = unsafe { KBox::from_raw(node.as_ptr()) };
+        // SAFETY: scan lock held; no folio points to the node any more.
+        let items = unsafe { &mut *node.items.get() };
+        for (i, item) in items.iter().enumerate() {
+            // SAFETY: stable items are alive while in a node.
+            let item = unsafe { &mut *item.as_ptr() };
+            if let ItemState::Stable { anon_vma, .. } =
+                core::mem::replace(&mut item.state, ItemState::Volatile)
+            {
+                // SAFETY: we took this reference when merging.
+                unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
+            }
+            // SAFETY: the item's mm is allocated.
+            unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
+            if i == 0 {
+                self.counters.pages_shared -= 1;
+            } else {
+                self.counters.pages_sharing -= 1;
+            }
+        }
+        match Self::group_size(&node) {
+            1 => {}
+            2 => {
+                self.counters.chains -= 1;
+                self.counters.dups -= 2;
+            }
+            _ => self.counters.dups -= 1,
+        }
+        // SAFETY: the node is linked in the stable tree.
+        unsafe { bindings::rb_erase(node.rb.get(), &mut self.stable) };
+        self.counters.stable_nodes -= 1;
+    }
+
+    /// How many nodes (this one included) have this node's contents.
+    fn group_size(node: &StableNode) -> usize {
+        type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
+        let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
+        let mut size = 1;
+        for next in steps {
+            // SAFETY: the node is linked in our tree (scan lock held).
+            let mut rb = unsafe { next(node.rb.get()) };
+            // SAFETY: as above, for each neighbour.
+            while !rb.is_null() && unsafe { Self::node_of(rb).as_ref() }.hash == node.hash {
+                size += 1;
+                // SAFETY: as above.
+                rb = unsafe { next(rb) };
+            }
+        }
+        size
+    }
+
+    fn node_of(rb: *mut bindings::rb_node) -> NonNull<StableNode> {
+        // SAFETY: `rb` is the first field of a `#[repr(C)]` StableNode.
+        unsafe { NonNull::new_unchecked(rb.cast::<StableNode>()) }
+    }
+
+    /// stable_tree_search(): a stable node with `page`'s contents that can
+    /// take one more mapping (`max_sharing`), with its page referenced.
+    pub(crate) fn stable_search(
+        &mut self,
+        page: &PageRef,
+        max_sharing: usize,
+    ) -> Option<(NonNull<StableNode>, PageRef)> {
+        // A page that is already ours: its own node, full or not.  (While we
+        // are the engine, a KSM folio with a node points to one of ours: the
+        // built-in KSM had none left when we registered.)
+        // SAFETY: referenced page.
+        if let Some(own) = unsafe { StableNode::of_folio(page.folio()) } {
+            if let Some(kpage) = self.get_folio(own, GetFolio::NoLock) {
+                return Some((own, kpage));
+            }
+        }
+        'restart: loop {
+            let mut rb = self.stable.rb_node;
+            while !rb.is_null() {
+                let node = Self::node_of(rb);
+                let Some(tree_page) = self.get_folio(node, GetFolio::NoLock) else {
+                    // Stale node removed: the tree changed under the walk.
+                    continue 'restart;
+                };
+                let ret = merge::compare(page, &tree_page);
+                if ret != 0 {
+                    // SAFETY: `rb` is in the tree.
+                    rb = unsafe {
+                        if ret < 0 {
+                            (*rb).rb_left
+                        } else {
+                            (*rb).rb_right
+                        }
+                    };
+                    continue;
+                }
+                // Equal contents: this node or an equal neighbour with room.
+                return self.equal_with_room(node, tree_page, page, max_sharing);
+            }
+            return None;
+        }
+    }
+
+    fn full(node: NonNull<StableNode>, max_sharing: usize) -> bool {
+        // SAFETY: scan lock held.
+        unsafe { node.as_ref().items() }.len() >= max_sharing
+    }
+
+    /// Among the equal nodes around `node` (duplicates sit next to each
+    /// other in order: they are inserted beside an equal one), one not full.
+    fn equal_with_room(
+        &mut self,
+        node: NonNull<StableNode>,
+        tree_page: PageRef,
+        page: &PageRef,
+        max_sharing: usize,
+    ) -> Option<(NonNull<StableNode>, PageRef)> {
+        if !Self::full(node, max_sharing) {
+            return Some((node, tree_page));
+        }
+        drop(tree_page);
+        type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
+        let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
+        for next in steps {
+            // SAFETY: `node` is in the tree.
+            let mut rb = unsafe { next(node.as_ref().rb.get()) };
+            while !rb.is_null() {
+                let dup = Self::node_of(rb);
+                // SAFETY: `rb` is in the tree; keep the neighbour before a
+                // possible stale removal of `dup`.
+                let after = unsafe { next(rb) };
+                let Some(dup_page) = self.get_folio(dup, GetFolio::NoLock) else {
+                    rb = after;
+                    continue;
+                };
+                if merge::compare(page, &dup_page) != 0 {
+                    break;
+                }
+                if !Self::full(dup, max_sharing) {
+                    return Some((dup, dup_page));
+                }
+                rb = after;
+            }
+        }
+        None
+    }
+
+    /// stable_tree_insert(): a new node for the locked KSM folio of `kpage`.
+    pub(crate) fn stable_insert(&mut self, kpage: &PageRef) -> Result<NonNull<StableNode>> {
+        let node = KBox::new(
+            StableNode {
+                rb: Opaque::uninit(),
+                // SAFETY: referenced folio.
+                kpfn: AtomicUsize::new(unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) }),
+                hash: merge::hash(kpage),
+                items: UnsafeCell::new(KVec::new()),
+            },
+            GFP_KERNEL,
+        )?;
+        'restart: loop {
+            let mut parent = ptr::null_mut();
+            let mut link: *mut *mut bindings::rb_node = &mut self.stable.rb_node;
+            // SAFETY: walking our own tree.
+            while !unsafe { *link }.is_null() {
+                // SAFETY: as above.
+                parent = unsafe { *link };
+                let Some(tree_page) = self.get_folio(Self::node_of(parent), GetFolio::NoLock)
+                else {
+                    continue 'restart;
+                };
+                // Equal contents go right: duplicates (max_page_sharing)
+                // stay next to each other in order.
+                // SAFETY: `parent` is in the tree.
+                link = unsafe {
+                    if merge::compare(kpage, &tree_page) < 0 {
+                        &mut (*parent).rb_left
+                    } else {
+                        &mut (*parent).rb_right
+                    }
+                };
+            }
+            let node = NonNull::from(KBox::leak(node));
+            // SAFETY: the node is new and pinned in its box from now on.
+            unsafe {
+                bindings::rust_ksm_rb_link_node(node.as_ref().rb.get(), parent, link);
+                bindings::rb_insert_color(node.as_ref().rb.get(), &mut self.stable);
+                bindings::rust_ksm_folio_set_mapping(kpage.folio(), StableNode::mapping(node));
+            }
+            self.counters.stable_nodes += 1;
+            // SAFETY: just linked.
+            match Self::group_size(unsafe { node.as_ref() }) {
+                1 => {}
+                2 => {
+                    self.counters.chains += 1;
+                    self.counters.dups += 2;
+                }
+                _ => self.counters.dups += 1,
+            }
+            return Ok(node);
+        }
+    }
+
+    /// stable_tree_append(): `item` now maps `node`'s page.
+    ///
+    /// # Safety
+    ///
+    /// The node's folio is locked; `item` lives in its mm's tree; `anon_vma`
+    /// is referenced for the item.
+    pub(crate) unsafe fn stable_append(
+        &mut self,
+        item: &mut RmapItem,
+        node: NonNull<StableNode>,
+        anon_vma: NonNull<bindings::anon_vma>,
+        index: usize,
+    ) -> Result {
+        // SAFETY: scan lock and folio lock held.
+        let items = unsafe { &mut *node.as_ref().items.get() };
+        items.push(NonNull::from(&mut *item), GFP_KERNEL)?;
+        if items.len() == 1 {
+            self.counters.pages_shared += 1;
+        } else {
+            self.counters.pages_sharing += 1;
+        }
+        // SAFETY: the item's mm is allocated.
+        unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages += 1 };
+        item.state = ItemState::Stable {
+            node,
+            anon_vma,
+            index,
+        };
+        Ok(())
+    }
+
+    /// Unlinks every stable node (unload, or `run=2`): the folios still
+    /// alive get their stable node cleared (`PAGE_MAPPING_KSM` alone), which
+    /// the core treats as a KSM page that belongs to nobody.  Returns how
+    /// many were still mapped.
+    pub(crate) fn remove_all_nodes(&mut self) -> usize {
+        let mut busy = 0;
+        loop {
+            // SAFETY: walking our own tree.
+            let rb = unsafe { bindings::rb_first(&self.stable) };
+            if rb.is_null() {
+                return busy;
+            }
+            let node = Self::node_of(rb);
+            if let Some(kpage) = self.get_folio(node, GetFolio::Lock) {
+                let folio = kpage.folio();
+                // SAFETY: locked and referenced.
+                unsafe {
+                    if bindings::rust_ksm_folio_mapped(folio) {
+                        busy += 1;
+                    }
+                    bindings::rust_ksm_folio_set_mapping(
+                        folio,
+                        bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
+                    );
+                    bindings::folio_unlock(folio);
+                }
+                self.remove_node(node);
+            }
+            // else: stale, already removed by get_folio().
+        }
+    }
+}
