@@ -1,0 +1,417 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Helpers for the merge selftests and the benchmark (ksm_merge_util.h). */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ksm_merge_util.h"
+#include "ksm_util.h"
+#include "tap.h"
+
+int ksm_parse_args(int argc, char **argv)
+{
+	const char *dir = getenv("KSM_DIR"), *kt = getenv("RUST_KSM_KTHREAD");
+	int i, out = 1;
+
+	if (!dir)
+		dir = getenv("RUST_KSM_SYSFS");
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--ksm-dir") && i + 1 < argc) {
+			dir = argv[++i];
+		} else if (!strncmp(argv[i], "--ksm-dir=", 10)) {
+			dir = argv[i] + 10;
+		} else if (!strcmp(argv[i], "--kthread") && i + 1 < argc) {
+			kt = argv[++i];
+		} else if (!strncmp(argv[i], "--kthread=", 10)) {
+			kt = argv[i] + 10;
+		} else {
+			argv[out++] = argv[i];
+		}
+	}
+	argv[out] = NULL;
+	if (dir)
+		rksm_dir = dir;
+	if (kt) {
+		kthread_name = kt;
+	} else {
+		const char *base = strrchr(rksm_dir, '/');
+
+		base = base ? base + 1 : rksm_dir;
+		kthread_name = strcmp(base, "ksm") ? "rust_ksmd" : "ksmd";
+	}
+	return out;
+}
+
+int knob_read_signed(const char *dir, const char *knob, long long *val)
+{
+	char path[256], buf[64], *end;
+	ssize_t n;
+	int fd, err;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, knob);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	err = errno;
+	close(fd);
+	if (n < 0)
+		return -err;
+	buf[n] = '\0';
+	if (n < 2 || buf[n - 1] != '\n')
+		return -EPROTO;
+	errno = 0;
+	*val = strtoll(buf, &end, 10);
+	if (errno || end != buf + n - 1 || end == buf)
+		return -EPROTO;
+	return 0;
+}
+
+int ksm_set(const char *dir, const char *knob, unsigned long long v)
+{
+	int err = knob_write_ull(dir, knob, v);
+
+	if (err)
+		tap_diag("writing %llu to %s/%s: %s", v, dir, knob,
+			 strerror(-err));
+	return err;
+}
+
+void ksm_knobs_save(const char *dir, struct ksm_knobs *k)
+{
+	unsigned long long v = 0;
+
+	k->pages_to_scan = knob_get(dir, "pages_to_scan");
+	k->sleep_millisecs = knob_get(dir, "sleep_millisecs");
+	k->have_max_page_sharing = !knob_read(dir, "max_page_sharing", &v);
+	k->max_page_sharing = v;
+}
+
+static void restore_one(const char *dir, const char *knob,
+			unsigned long long v)
+{
+	unsigned long long cur;
+
+	if (v == KNOB_ERR || (!knob_read(dir, knob, &cur) && cur == v))
+		return;
+	ksm_set(dir, knob, v);
+}
+
+void ksm_knobs_restore(const char *dir, const struct ksm_knobs *k)
+{
+	restore_one(dir, "pages_to_scan", k->pages_to_scan);
+	restore_one(dir, "sleep_millisecs", k->sleep_millisecs);
+	/* (EBUSY while pages are shared: call after run=2) */
+	if (k->have_max_page_sharing)
+		restore_one(dir, "max_page_sharing", k->max_page_sharing);
+}
+
+static unsigned long long quiet_get(const char *dir, const char *knob)
+{
+	unsigned long long v;
+
+	return knob_read(dir, knob, &v) ? KNOB_ERR : v;
+}
+
+void ksm_counters_read(const char *dir, struct ksm_counters *c)
+{
+	c->shared = quiet_get(dir, "pages_shared");
+	c->sharing = quiet_get(dir, "pages_sharing");
+	c->unshared = quiet_get(dir, "pages_unshared");
+	c->volatile_ = quiet_get(dir, "pages_volatile");
+	c->chains = quiet_get(dir, "stable_node_chains");
+	c->dups = quiet_get(dir, "stable_node_dups");
+	c->full_scans = quiet_get(dir, "full_scans");
+	c->pages_scanned = quiet_get(dir, "pages_scanned");
+	if (knob_read_signed(dir, "general_profit", &c->general_profit))
+		c->general_profit = LLONG_MIN;
+}
+
+static long long sv(unsigned long long v)
+{
+	return v == KNOB_ERR ? -1 : (long long)v;
+}
+
+void ksm_counters_diag(const char *what, const struct ksm_counters *c)
+{
+	tap_diag("%s: shared %lld sharing %lld unshared %lld volatile %lld profit %lld chains %lld dups %lld full_scans %lld (-1: unreadable)",
+		 what, sv(c->shared), sv(c->sharing), sv(c->unshared),
+		 sv(c->volatile_),
+		 c->general_profit == LLONG_MIN ? -1 : c->general_profit,
+		 sv(c->chains), sv(c->dups), sv(c->full_scans));
+}
+
+int ksm_unmerge_stop(const char *dir)
+{
+	int err = ksm_set(dir, "run", 2);
+
+	return ksm_set(dir, "run", 0) ?: err;
+}
+
+int ksm_fast(const char *dir, unsigned int pts)
+{
+	return ksm_set(dir, "pages_to_scan", pts) ?:
+		ksm_set(dir, "sleep_millisecs", 0);
+}
+
+int ksm_run_scans(const char *dir, unsigned int scans, unsigned int timeout_ms)
+{
+	unsigned long long fs0, fs1 = 0;
+	uint64_t t0 = now_ms();
+
+	fs0 = knob_get(dir, "full_scans");
+	if (fs0 == KNOB_ERR || ksm_set(dir, "run", 1))
+		return -1;
+	if (wait_knob_ge(dir, "full_scans", fs0 + scans, timeout_ms, &fs1) < 0) {
+		tap_diag("full_scans %llu -> %llu, not +%u within %u ms", fs0,
+			 fs1 == KNOB_ERR ? 0 : fs1, scans, timeout_ms);
+		return -1;
+	}
+	tap_diag("%u full scans in %llu ms", scans,
+		 (unsigned long long)(now_ms() - t0));
+	return 0;
+}
+
+long ksm_wait_merged(const char *dir, unsigned long long n,
+		     unsigned int timeout_ms, unsigned long long *last)
+{
+	uint64_t start = now_ms();
+	unsigned long long a = 0, b = 0, sum = 0;
+
+	for (;;) {
+		if (knob_read(dir, "pages_shared", &a) ||
+		    knob_read(dir, "pages_sharing", &b)) {
+			sum = KNOB_ERR;
+			break;
+		}
+		sum = a + b;
+		if (sum == n) {
+			if (last)
+				*last = sum;
+			return (long)(now_ms() - start);
+		}
+		if (now_ms() - start >= timeout_ms)
+			break;
+		msleep(2);
+	}
+	if (last)
+		*last = sum;
+	return -1;
+}
+
+long ksm_wait_counters(const char *dir, unsigned long long shared,
+		       unsigned long long sharing, unsigned int timeout_ms)
+{
+	uint64_t start = now_ms();
+	unsigned long long a = KNOB_ERR, b = KNOB_ERR;
+
+	for (;;) {
+		if (knob_read(dir, "pages_shared", &a) ||
+		    knob_read(dir, "pages_sharing", &b))
+			break;
+		if (a == shared && b == sharing)
+			return (long)(now_ms() - start);
+		if (now_ms() - start >= timeout_ms)
+			break;
+		msleep(5);
+	}
+	tap_diag("pages_shared %lld pages_sharing %lld, not %llu %llu within %u ms",
+		 a == KNOB_ERR ? -1LL : (long long)a,
+		 b == KNOB_ERR ? -1LL : (long long)b, shared, sharing,
+		 timeout_ms);
+	return -1;
+}
+
+long long pagemap_pfn(pid_t pid, const void *addr)
+{
+	char path[64];
+	uint64_t ent;
+	ssize_t n;
+	int fd;
+
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	else
+		snprintf(path, sizeof(path), "/proc/self/pagemap");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = pread(fd, &ent, sizeof(ent),
+		  (off_t)((uintptr_t)addr / page_size * sizeof(ent)));
+	close(fd);
+	if (n != sizeof(ent))
+		return -1;
+	if (!(ent >> 63))		/* not present */
+		return 0;
+	return (long long)(ent & ((1ULL << 55) - 1));
+}
+
+static int cmp_ull(const void *a, const void *b)
+{
+	unsigned long long x = *(const unsigned long long *)a;
+	unsigned long long y = *(const unsigned long long *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+size_t distinct_pfns(const void *addr, size_t npages, size_t *np)
+{
+	unsigned long long *pfns = calloc(npages, sizeof(*pfns));
+	size_t i, n = 0, d = 0, notp = 0;
+	uint64_t *ents;
+	int fd;
+
+	ents = calloc(npages, sizeof(*ents));
+	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (!pfns || !ents || fd < 0 ||
+	    pread(fd, ents, npages * sizeof(*ents),
+		  (off_t)((uintptr_t)addr / page_size * sizeof(*ents))) !=
+		    (ssize_t)(npages * sizeof(*ents))) {
+		tap_diag("reading pagemap failed");
+		if (fd >= 0)
+			close(fd);
+		free(pfns);
+		free(ents);
+		return 0;
+	}
+	close(fd);
+	for (i = 0; i < npages; i++) {
+		unsigned long long pfn = ents[i] & ((1ULL << 55) - 1);
+
+		if (!(ents[i] >> 63) || !pfn)
+			notp++;
+		else
+			pfns[n++] = pfn;
+	}
+	qsort(pfns, n, sizeof(*pfns), cmp_ull);
+	for (i = 0; i < n; i++)
+		if (!i || pfns[i] != pfns[i - 1])
+			d++;
+	free(pfns);
+	free(ents);
+	if (np)
+		*np = notp;
+	return d;
+}
+
+int ksm_stat_read(pid_t pid, struct ksm_stat *st)
+{
+	char path[64], buf[1024], *line, *save;
+	int fd, seen = 0;
+	ssize_t n;
+
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/ksm_stat", (int)pid);
+	else
+		snprintf(path, sizeof(path), "/proc/self/ksm_stat");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = '\0';
+	memset(st, 0, sizeof(*st));
+	for (line = strtok_r(buf, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char key[64];
+		long long v;
+
+		if (sscanf(line, "%63s %lld", key, &v) != 2)
+			continue;
+		if (!strcmp(key, "ksm_rmap_items"))
+			st->rmap_items = v, seen |= 1;
+		else if (!strcmp(key, "ksm_zero_pages"))
+			st->zero_pages = v, seen |= 2;
+		else if (!strcmp(key, "ksm_merging_pages"))
+			st->merging_pages = v, seen |= 4;
+		else if (!strcmp(key, "ksm_process_profit"))
+			st->process_profit = v, seen |= 8;
+	}
+	return seen == 15 ? 0 : -EPROTO;
+}
+
+long long ksm_merging_pages(pid_t pid)
+{
+	char path[64], buf[64];
+	ssize_t n;
+	int fd;
+
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages",
+			 (int)pid);
+	else
+		snprintf(path, sizeof(path), "/proc/self/ksm_merging_pages");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	return atoll(buf);
+}
+
+void *map_anon(size_t pages)
+{
+	void *p = mmap(NULL, pages * page_size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		tap_diag("mmap %zu pages: %s", pages, strerror(errno));
+		return NULL;
+	}
+	madvise(p, pages * page_size, MADV_NOHUGEPAGE);
+	return p;
+}
+
+static inline uint64_t pattern_word(unsigned long p, size_t i)
+{
+	/* Every 8-byte word differs between patterns; no byte is zero. */
+	return ((p + 1) * 0x9e3779b97f4a7c15ULL ^ i * 0xff51afd7ed558ccdULL) |
+		0x0101010101010101ULL;
+}
+
+unsigned char pattern_byte(unsigned long p, size_t off)
+{
+	return (unsigned char)(pattern_word(p, off / 8) >> ((off % 8) * 8));
+}
+
+void fill_pattern(void *page, unsigned long p)
+{
+	uint64_t *w = page;
+	size_t i;
+
+	for (i = 0; i < page_size / 8; i++)
+		w[i] = pattern_word(p, i);
+}
+
+bool check_pattern(const void *page, unsigned long p)
+{
+	const uint64_t *w = page;
+	size_t i;
+
+	for (i = 0; i < page_size / 8; i++)
+		if (w[i] != pattern_word(p, i))
+			return false;
+	return true;
+}
+
+uint64_t rnd_next(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}

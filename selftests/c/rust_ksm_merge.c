@@ -1,0 +1,1046 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * rust_ksm_merge: merging, as seen from user space, for any KSM engine.
+ *
+ *   rust_ksm_merge [--ksm-dir DIR] [--kthread NAME] [TEST_NUMBER...]
+ *
+ * DIR is /sys/kernel/mm/rust_ksm unless --ksm-dir, $KSM_DIR or
+ * $RUST_KSM_SYSFS say otherwise; with --ksm-dir /sys/kernel/mm/ksm (guest
+ * booted with --no-module) the same tests run against the built-in KSM,
+ * which they must pass.  TEST_NUMBERs (1-based) run a subset.
+ *
+ * "Merged" means: the pages map the same PFN in /proc/self/pagemap (needs
+ * root), that PFN is a KSM page in /proc/kpageflags, and the counters of DIR
+ * agree.  Every test starts from run=2 then run=0 (all unmerged, scan
+ * cursor reset), sets pages_to_scan=1000 sleep_millisecs=0 and calls a
+ * range merged after run=1 and 2 more full_scans (upstream's criterion; 3
+ * when the scanner was already running mid-pass).  Every wait is bounded.
+ * After each test: run=2, the saved knobs restored, run=0.
+ *
+ * Assumes no other process in the guest has MADV_MERGEABLE memory.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ksm_merge_util.h"
+#include "ksm_util.h"
+#include "tap.h"
+
+#define TIMEOUT_MS	30000
+#define PS		page_size
+/*
+ * Per-page cost of an rmap item in general_profit and ksm_process_profit:
+ * 64 bytes for the built-in KSM (sizeof(struct ksm_rmap_item)); another
+ * engine may differ (rust_ksm adds its per-mm tree node), so the tests learn
+ * it from general_profit once (rmap_item_cost()) and then require both
+ * profit figures to agree with it everywhere.
+ */
+static long long rmap_item_size = -1;
+
+/* Learn or check the per-item cost from one general_profit reading. */
+static int rmap_item_cost(const char *dir, long long sharing, long long items,
+			  long long profit)
+{
+	long long charged = sharing * (long long)page_size - profit;
+
+	if (items <= 0 || charged % items) {
+		tap_diag("general_profit %lld is not sharing*PAGE_SIZE - items*size (items %lld)",
+			 profit, items);
+		return -1;
+	}
+	if (rmap_item_size < 0)
+		rmap_item_size = charged / items;
+	tap_diag("rmap item cost %lld bytes", charged / items);
+	if (charged / items != rmap_item_size || rmap_item_size < 32 ||
+	    rmap_item_size > 128 ||
+	    (strstr(dir, "/mm/ksm") && rmap_item_size != 64)) {
+		tap_diag("rmap item cost %lld, want %lld (64 for the built-in, 32..128)",
+			 charged / items, rmap_item_size);
+		return -1;
+	}
+	return 0;
+}
+#define RMAP_ITEM_SIZE	rmap_item_size
+
+static struct ksm_knobs saved;
+
+/* The PFN all NPAGES pages at ADDR share, or 0 (with a diagnostic). */
+static long long common_pfn(const char *what, const char *addr,
+			    size_t npages)
+{
+	long long pfn = pagemap_pfn(0, addr), p;
+	size_t i, bad = 0;
+
+	if (pfn <= 0) {
+		tap_diag("%s: page 0 has no PFN (%lld)", what, pfn);
+		return 0;
+	}
+	for (i = 1; i < npages; i++) {
+		p = pagemap_pfn(0, addr + i * PS);
+		if (p != pfn)
+			bad++;
+	}
+	if (bad) {
+		tap_diag("%s: %zu of %zu pages do not map PFN %#llx (distinct PFNs: %zu)",
+			 what, bad, npages, pfn, distinct_pfns(addr, npages, NULL));
+		return 0;
+	}
+	return pfn;
+}
+
+/* How many of NPAGES pages at ADDR map PFN. */
+static size_t pages_on_pfn(const char *addr, size_t npages, long long pfn)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < npages; i++)
+		if (pagemap_pfn(0, addr + i * PS) == pfn)
+			n++;
+	return n;
+}
+
+/* Pages of NPAGES at ADDR that do not hold byte B throughout. */
+static size_t bad_bytes_pages(const char *addr, size_t npages, int b)
+{
+	size_t i, j, bad = 0;
+
+	for (i = 0; i < npages; i++)
+		for (j = 0; j < PS; j++)
+			if ((unsigned char)addr[i * PS + j] != b) {
+				bad++;
+				break;
+			}
+	return bad;
+}
+
+#define CHECK_COUNTERS(c, sh, shg)					\
+	CHECK((c).shared == (sh) && (c).sharing == (shg),		\
+	      "pages_shared %llu pages_sharing %llu, want %llu and %llu", \
+	      (c).shared, (c).sharing, (unsigned long long)(sh),	\
+	      (unsigned long long)(shg))
+
+/* ------------------------------------------------------------------ */
+
+static int test_identical_distinct(const char *dir)
+{
+	const size_t n = 128;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn;
+	size_t i, d, np;
+	char *p;
+
+	p = map_anon(2 * n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x5a, n * PS);
+	for (i = n; i < 2 * n; i++)
+		fill_pattern(p + i * PS, 1000000 + i);
+	CHECK(!madvise(p, 2 * n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("after merge", &c);
+
+	pfn = common_pfn("identical pages", p, n);
+	CHECK(pfn > 0, "the %zu identical pages do not share one PFN", n);
+	d = distinct_pfns(p + n * PS, n, &np);
+	CHECK(d == n && np == 0, "%zu distinct pages: %zu distinct PFNs, %zu not present",
+	      n, d, np);
+	if (pfn > 0)
+		CHECK(pages_on_pfn(p + n * PS, n, pfn) == 0,
+		      "a distinct page maps the merged PFN");
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(ksm_merging_pages(0) == (long long)n,
+	      "/proc/self/ksm_merging_pages %lld, want %zu",
+	      ksm_merging_pages(0), n);
+	CHECK(bad_bytes_pages(p, n, 0x5a) == 0, "identical pages corrupted");
+	for (i = n; i < 2 * n; i++)
+		if (!check_pattern(p + i * PS, 1000000 + i)) {
+			FAILED("distinct page %zu corrupted", i);
+			break;
+		}
+	munmap(p, 2 * n * PS);
+	return ret;
+}
+
+static int test_partial(const char *dir)
+{
+	const size_t per = 64, npat = 4, nuniq = 64;
+	const size_t n = per * npat + nuniq;
+	long long pfns[4], expect_profit;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	size_t i, k, d, np;
+	char *p, *u;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	u = p + per * npat * PS;
+	/* Patterns interleaved: page i holds pattern i % 4. */
+	for (i = 0; i < per * npat; i++)
+		fill_pattern(p + i * PS, i % npat);
+	for (i = 0; i < nuniq; i++)
+		fill_pattern(u + i * PS, 2000000 + i);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	/* Stopped: pages_unshared moves while passes rebuild the unstable
+	 * tree, and the counters are read one by one. */
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("after merge", &c);
+
+	CHECK_COUNTERS(c, npat, npat * (per - 1));
+	for (k = 0; k < npat; k++) {
+		pfns[k] = pagemap_pfn(0, p + k * PS);
+		for (i = k; i < per * npat; i += npat)
+			if (pagemap_pfn(0, p + i * PS) != pfns[k]) {
+				FAILED("pattern %zu: page %zu not on PFN %#llx",
+				       k, i, pfns[k]);
+				break;
+			}
+		CHECK(pfns[k] > 0, "pattern %zu: page %zu absent", k, k);
+	}
+	d = distinct_pfns(p, per * npat, NULL);
+	CHECK(d == npat, "%zu patterns on %zu distinct PFNs", npat, d);
+	d = distinct_pfns(u, nuniq, &np);
+	CHECK(d == nuniq && np == 0, "%zu unique pages on %zu PFNs (%zu absent)",
+	      nuniq, d, np);
+	for (k = 0; k < npat; k++)
+		CHECK(pages_on_pfn(u, nuniq, pfns[k]) == 0,
+		      "a unique page maps pattern %zu's PFN", k);
+	/* Every page has an rmap item: unshared/volatile account for the
+	 * unique ones, and general_profit charges all of them. */
+	CHECK(c.shared + c.sharing + c.unshared + c.volatile_ == n,
+	      "shared+sharing+unshared+volatile = %llu, want %zu",
+	      c.shared + c.sharing + c.unshared + c.volatile_, n);
+	/* (Not pages_unshared == 64: the built-in shows 63 + 1 volatile
+	 * after 2 scans.) */
+	CHECK(c.unshared <= nuniq, "pages_unshared %llu > %zu unique pages",
+	      c.unshared, nuniq);
+	CHECK(rmap_item_cost(dir, (long long)(npat * (per - 1)), (long long)n,
+			     c.general_profit) == 0,
+	      "general_profit %lld inconsistent", c.general_profit);
+	expect_profit = (long long)(npat * (per - 1)) * (long long)PS -
+			(long long)n * RMAP_ITEM_SIZE;
+	CHECK(c.general_profit == expect_profit,
+	      "general_profit %lld, want %lld (sharing*4096 - %zu rmap items*%lld)",
+	      c.general_profit, expect_profit, n, RMAP_ITEM_SIZE);
+	for (i = 0; i < per * npat; i++)
+		if (!check_pattern(p + i * PS, i % npat)) {
+			FAILED("pattern page %zu corrupted", i);
+			break;
+		}
+	for (i = 0; i < nuniq; i++)
+		if (!check_pattern(u + i * PS, 2000000 + i)) {
+			FAILED("unique page %zu corrupted", i);
+			break;
+		}
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_cow(const char *dir)
+{
+	const size_t n = 64, w = 10, off = 100;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn, q;
+	size_t i, j;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x33, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	pfn = common_pfn("before the write", p, n);
+	CHECK(pfn > 0, "pages not merged");
+
+	p[w * PS + off] = (char)0xcc;	/* COW break of one page */
+	q = pagemap_pfn(0, p + w * PS);
+	CHECK(q > 0 && q != pfn, "written page on PFN %#llx, merged PFN %#llx",
+	      q, pfn);
+	for (i = 0; i < n; i++)
+		if (i != w && pagemap_pfn(0, p + i * PS) != pfn) {
+			FAILED("page %zu left the merged PFN", i);
+			break;
+		}
+	for (i = 0; i < n; i++)
+		for (j = 0; j < PS; j++) {
+			int want = (i == w && j == off) ? 0xcc : 0x33;
+
+			if ((unsigned char)p[i * PS + j] != want) {
+				FAILED("page %zu byte %zu is %#x, want %#x", i,
+				       j, (unsigned char)p[i * PS + j], want);
+				i = n;
+				break;
+			}
+		}
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("after the write and 3 scans", &c);
+	CHECK_COUNTERS(c, 1, n - 2);
+	CHECK((unsigned char)p[w * PS + off] == 0xcc &&
+	      bad_bytes_pages(p, w, 0x33) == 0 &&
+	      bad_bytes_pages(p + (w + 1) * PS, n - w - 1, 0x33) == 0,
+	      "content changed after more scans");
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_unmergeable(const char *dir)
+{
+	const size_t n = 256, h = n / 2;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn;
+	size_t d;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x44, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	pfn = common_pfn("merged", p, n);
+	CHECK(pfn > 0, "pages not merged");
+
+	/* First half: private again, at once. */
+	CHECK(!madvise(p, h * PS, MADV_UNMERGEABLE), "MADV_UNMERGEABLE: %s",
+	      strerror(errno));
+	d = distinct_pfns(p, h, NULL);
+	CHECK(d == h, "unmerged half: %zu distinct PFNs of %zu", d, h);
+	CHECK(pages_on_pfn(p, h, pfn) == 0,
+	      "an unmerged page still maps the KSM page");
+	CHECK(common_pfn("still mergeable half", p + h * PS, n - h) == pfn,
+	      "the other half left the KSM page");
+	CHECK(bad_bytes_pages(p, n, 0x44) == 0, "content changed");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("right after MADV_UNMERGEABLE of half", &c);
+
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("3 scans later", &c);
+	CHECK_COUNTERS(c, 1, n - h - 1);
+	CHECK(ksm_merging_pages(0) == (long long)(n - h),
+	      "ksm_merging_pages %lld, want %zu", ksm_merging_pages(0), n - h);
+
+	/* The rest. */
+	CHECK(!madvise(p + h * PS, (n - h) * PS, MADV_UNMERGEABLE),
+	      "MADV_UNMERGEABLE: %s", strerror(errno));
+	d = distinct_pfns(p, n, NULL);
+	CHECK(d == n, "all unmerged: %zu distinct PFNs of %zu", d, n);
+	/* No VM_MERGEABLE VMA left: the built-in drops the mm on its next
+	 * pass and then idles, so wait for the counters, not for scans. */
+	CHECK(ksm_wait_counters(dir, 0, 0, TIMEOUT_MS) >= 0,
+	      "counters do not drop to 0 with nothing mergeable left");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("all unmerged", &c);
+	CHECK(ksm_merging_pages(0) == 0, "ksm_merging_pages %lld, want 0",
+	      ksm_merging_pages(0));
+	CHECK(bad_bytes_pages(p, n, 0x44) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_run2(const char *dir)
+{
+	const size_t n = 256;
+	struct ksm_counters c;
+	struct ksm_stat st;
+	int ret = TAP_PASS, err;
+	long long pfn;
+	size_t d, np;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x55, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	pfn = common_pfn("merged", p, n);
+	CHECK(pfn > 0, "pages not merged");
+
+	err = knob_write_str(dir, "run", "2");
+	CHECK(!err, "run=2: %s", strerror(-err));
+	/* Synchronous: everything is private and forgotten when it returns. */
+	CHECK(knob_get(dir, "run") == 2, "run reads %llu after run=2, want 2",
+	      knob_get(dir, "run"));
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == n && !np, "after run=2: %zu distinct PFNs of %zu, %zu absent",
+	      d, n, np);
+	CHECK(bad_bytes_pages(p, n, 0x55) == 0, "content changed");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("right after run=2", &c);
+	CHECK_COUNTERS(c, 0, 0);
+	CHECK(c.unshared == 0 && c.volatile_ == 0 && c.general_profit == 0,
+	      "unshared %llu volatile %llu general_profit %lld, want 0 0 0",
+	      c.unshared, c.volatile_, c.general_profit);
+	CHECK(!ksm_stat_read(0, &st) && st.rmap_items == 0 &&
+	      st.merging_pages == 0,
+	      "ksm_stat: rmap_items %lld merging_pages %lld, want 0 0",
+	      st.rmap_items, st.merging_pages);
+	CHECK(!ksm_set(dir, "run", 0), "run=0 after run=2");
+
+	/* The area stays registered: run=1 merges it again. */
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(common_pfn("merged again", p, n) > 0,
+	      "run=1 after run=2 does not merge again");
+	CHECK(bad_bytes_pages(p, n, 0x55) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_fork(const char *dir)
+{
+	const size_t n = 128;
+	int c2p[2], p2c[2], status, ret = TAP_PASS;
+	struct ksm_counters c;
+	char ok = 0, cmd;
+	long long pfn;
+	pid_t pid;
+	size_t i;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x5a, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	pfn = common_pfn("parent, before fork", p, n);
+	if (pfn <= 0) {
+		munmap(p, n * PS);
+		FAILED("pages not merged before fork");
+		return ret;
+	}
+	if (pipe(c2p) || pipe(p2c)) {
+		munmap(p, n * PS);
+		FAILED("pipe: %s", strerror(errno));
+		return ret;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		char r;
+
+		/* Sees the merged data, on the same KSM page. */
+		r = bad_bytes_pages(p, n, 0x5a) == 0 &&
+		    pages_on_pfn(p, n, pfn) == n;
+		if (write(c2p[1], &r, 1) != 1 || read(p2c[0], &cmd, 1) != 1)
+			_exit(2);
+		/* Writes stay private to the child. */
+		for (i = 0; i < n; i++)
+			p[i * PS] = (char)(0x80 + i);
+		r = pages_on_pfn(p, n, pfn) == 0;
+		for (i = 0; i < n; i++) {
+			size_t j;
+
+			if ((unsigned char)p[i * PS] != 0x80 + i)
+				r = 0;
+			for (j = 1; j < PS; j++)
+				if (p[i * PS + j] != 0x5a)
+					r = 0;
+		}
+		if (write(c2p[1], &r, 1) != 1 || read(p2c[0], &cmd, 1) != 1)
+			_exit(2);
+		_exit(0);
+	}
+	if (pid < 0) {
+		FAILED("fork: %s", strerror(errno));
+		munmap(p, n * PS);
+		return ret;
+	}
+	CHECK(read(c2p[0], &ok, 1) == 1 && ok,
+	      "child does not see the merged data on the merged PFN");
+	/* The child's mm is registered too; its pages join the KSM page. */
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("parent + child, 3 scans", &c);
+	CHECK_COUNTERS(c, 1, 2 * n - 1);
+	CHECK(ksm_merging_pages(pid) == (long long)n,
+	      "child's ksm_merging_pages %lld, want %zu", ksm_merging_pages(pid),
+	      n);
+
+	cmd = 'w';
+	ok = 0;
+	CHECK(write(p2c[1], &cmd, 1) == 1 && read(c2p[0], &ok, 1) == 1 && ok,
+	      "child's writes are wrong or on the KSM page");
+	CHECK(bad_bytes_pages(p, n, 0x5a) == 0, "child's writes leaked to the parent");
+	CHECK(pages_on_pfn(p, n, pfn) == n, "parent left the KSM page");
+
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("child wrote its pages, 3 scans", &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+
+	cmd = 'x';
+	CHECK(write(p2c[1], &cmd, 1) == 1, "cannot tell the child to exit");
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0, "child status %#x", status);
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("child gone, 3 scans", &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(bad_bytes_pages(p, n, 0x5a) == 0, "parent data changed");
+	close(c2p[0]);
+	close(c2p[1]);
+	close(p2c[0]);
+	close(p2c[1]);
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_exit(const char *dir)
+{
+	const size_t n = 256;
+	int c2p[2], p2c[2], status, ret = TAP_PASS;
+	struct ksm_counters c;
+	struct ksm_stat st;
+	char ok = 0;
+	pid_t pid;
+
+	if (pipe(c2p) || pipe(p2c)) {
+		FAILED("pipe: %s", strerror(errno));
+		return ret;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		char *p = map_anon(n), r = 1;
+
+		close(p2c[1]);
+		if (!p || madvise(p, n * PS, MADV_MERGEABLE))
+			r = 0;
+		else
+			memset(p, 0x66, n * PS);
+		if (write(c2p[1], &r, 1) != 1)
+			_exit(2);
+		/* Until the parent says so (or dies). */
+		while (read(p2c[0], &r, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	if (pid < 0) {
+		FAILED("fork: %s", strerror(errno));
+		return ret;
+	}
+	close(p2c[0]);
+	CHECK(read(c2p[0], &ok, 1) == 1 && ok, "child could not set up");
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("child merged", &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(!ksm_stat_read(pid, &st) && st.merging_pages == (long long)n &&
+	      st.rmap_items == (long long)n,
+	      "child's ksm_stat: merging_pages %lld rmap_items %lld, want %zu",
+	      st.merging_pages, st.rmap_items, n);
+
+	close(p2c[1]);		/* the child exits */
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      WEXITSTATUS(status) == 0, "child status %#x", status);
+	/* The only registered mm is gone: no scan need come. */
+	CHECK(ksm_wait_counters(dir, 0, 0, TIMEOUT_MS) >= 0,
+	      "counters do not return to 0 after the exit");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("child exited", &c);
+	CHECK(c.unshared == 0 && c.volatile_ == 0 && c.general_profit == 0,
+	      "unshared %llu volatile %llu general_profit %lld, want 0 0 0",
+	      c.unshared, c.volatile_, c.general_profit);
+	close(c2p[0]);
+	close(c2p[1]);
+	return ret;
+}
+
+static int test_mremap(const char *dir)
+{
+	const size_t n = 128;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn, npfn;
+	char *p, *q, *r;
+	size_t d;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x77, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	pfn = common_pfn("before mremap", p, n);
+	CHECK(pfn > 0, "pages not merged");
+	/* Stopped, so that nothing re-merges before we look. */
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+
+	/* A destination that is surely elsewhere. */
+	q = mmap(NULL, n * PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (q == MAP_FAILED) {
+		munmap(p, n * PS);
+		FAILED("mmap: %s", strerror(errno));
+		return ret;
+	}
+	r = mremap(p, n * PS, n * PS, MREMAP_MAYMOVE | MREMAP_FIXED, q);
+	if (r != q) {
+		munmap(p, n * PS);
+		munmap(q, n * PS);
+		FAILED("mremap: %s", strerror(errno));
+		return ret;
+	}
+	CHECK(bad_bytes_pages(q, n, 0x77) == 0, "data changed by the move");
+	/* The move unmerges (mm/mremap.c move_vma: ksm_madvise UNMERGEABLE)
+	 * but keeps VM_MERGEABLE. */
+	d = distinct_pfns(q, n, NULL);
+	CHECK(d == n, "right after the move: %zu distinct PFNs of %zu", d, n);
+	CHECK(pagemap_pfn(0, p) == 0, "old address still mapped");
+
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("moved, 3 scans", &c);
+	npfn = common_pfn("after the move and 3 scans", q, n);
+	CHECK(npfn > 0, "not merged again at the new address");
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(ksm_merging_pages(0) == (long long)n,
+	      "ksm_merging_pages %lld, want %zu", ksm_merging_pages(0), n);
+	CHECK(bad_bytes_pages(q, n, 0x77) == 0, "data changed");
+	munmap(q, n * PS);
+	return ret;
+}
+
+static int test_dontneed_munmap(const char *dir)
+{
+	const size_t n = 256, k = 64;	/* [0,k) DONTNEED, [k,2k) munmap */
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn;
+	size_t i;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x88, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	pfn = common_pfn("merged", p, n);
+	CHECK(pfn > 0, "pages not merged");
+
+	CHECK(!madvise(p, k * PS, MADV_DONTNEED), "MADV_DONTNEED: %s",
+	      strerror(errno));
+	CHECK(!munmap(p + k * PS, k * PS), "munmap: %s", strerror(errno));
+	for (i = 0; i < k; i++)
+		if (pagemap_pfn(0, p + i * PS) != 0) {
+			FAILED("page %zu still present after MADV_DONTNEED", i);
+			break;
+		}
+	CHECK(common_pfn("the rest", p + 2 * k * PS, n - 2 * k) == pfn,
+	      "remaining pages left the KSM page");
+	CHECK(bad_bytes_pages(p + 2 * k * PS, n - 2 * k, 0x88) == 0,
+	      "remaining data changed");
+	CHECK(bad_bytes_pages(p, k, 0) == 0,
+	      "discarded pages do not read as zero");
+
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("after DONTNEED + munmap, 3 scans", &c);
+	CHECK_COUNTERS(c, 1, n - 2 * k - 1);
+	CHECK(ksm_merging_pages(0) == (long long)(n - 2 * k),
+	      "ksm_merging_pages %lld, want %zu", ksm_merging_pages(0),
+	      n - 2 * k);
+	CHECK(bad_bytes_pages(p + 2 * k * PS, n - 2 * k, 0x88) == 0,
+	      "remaining data changed");
+	munmap(p, k * PS);
+	munmap(p + 2 * k * PS, (n - 2 * k) * PS);
+	return ret;
+}
+
+static int test_prot_none(const char *dir)
+{
+	const size_t n = 512, h = n / 2;	/* 2 MiB, like upstream */
+	unsigned long long mps, kp;
+	struct ksm_counters c;
+	unsigned char *buf;
+	int ret = TAP_PASS, fd;
+	size_t i, j, d;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x11, n * PS);
+	CHECK(!mprotect(p, n * PS, PROT_NONE), "mprotect: %s", strerror(errno));
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("PROT_NONE area merged", &c);
+	/* 512 mappings, at most max_page_sharing (256 by default) per KSM
+	 * page: a chain of 2. */
+	mps = knob_get(dir, "max_page_sharing");
+	if (mps == KNOB_ERR || mps < 2)
+		mps = 256;
+	kp = (n + mps - 1) / mps;
+	CHECK_COUNTERS(c, kp, n - kp);
+	CHECK(ksm_merging_pages(0) == (long long)n,
+	      "ksm_merging_pages %lld, want %zu", ksm_merging_pages(0), n);
+	d = distinct_pfns(p, n, NULL);
+	CHECK(d == kp, "%zu pages on %zu PFNs, want %llu", n, d, kp);
+
+	/* Like upstream: a unique value in each page of one half via
+	 * /proc/self/mem (FOLL_FORCE), MADV_UNMERGEABLE on the other. */
+	fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+	CHECK(fd >= 0, "open /proc/self/mem: %s", strerror(errno));
+	for (i = 0; fd >= 0 && i < h; i++) {
+		unsigned int v = (unsigned int)i;
+
+		if (pwrite(fd, &v, sizeof(v), (off_t)(uintptr_t)(p + i * PS)) !=
+		    sizeof(v)) {
+			FAILED("write via /proc/self/mem: %s", strerror(errno));
+			break;
+		}
+	}
+	CHECK(!madvise(p + h * PS, (n - h) * PS, MADV_UNMERGEABLE),
+	      "MADV_UNMERGEABLE: %s", strerror(errno));
+	d = distinct_pfns(p, n, NULL);
+	CHECK(d == n, "%zu distinct PFNs of %zu after unsharing", d, n);
+
+	buf = malloc(PS);
+	for (i = 0; fd >= 0 && buf && i < n; i++) {
+		if (pread(fd, buf, PS, (off_t)(uintptr_t)(p + i * PS)) !=
+		    (ssize_t)PS) {
+			FAILED("read via /proc/self/mem: %s", strerror(errno));
+			break;
+		}
+		j = 0;
+		if (i < h) {
+			unsigned int v;
+
+			memcpy(&v, buf, sizeof(v));
+			if (v != i) {
+				FAILED("page %zu: %#x, want %#zx", i, v, i);
+				break;
+			}
+			j = sizeof(v);
+		}
+		for (; j < PS; j++)
+			if (buf[j] != 0x11)
+				break;
+		if (j < PS) {
+			FAILED("page %zu byte %zu is %#x", i, j, buf[j]);
+			break;
+		}
+	}
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_readonly(const char *dir)
+{
+	const size_t n = 256;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	size_t d;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x22, n * PS);
+	CHECK(!mprotect(p, n * PS, PROT_READ), "mprotect: %s", strerror(errno));
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("read-only area merged", &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(common_pfn("read-only", p, n) > 0, "PFNs differ");
+	CHECK(bad_bytes_pages(p, n, 0x22) == 0, "content changed");
+
+	CHECK(!madvise(p, n * PS, MADV_UNMERGEABLE), "MADV_UNMERGEABLE: %s",
+	      strerror(errno));
+	d = distinct_pfns(p, n, NULL);
+	CHECK(d == n, "%zu distinct PFNs of %zu after MADV_UNMERGEABLE", d, n);
+	CHECK(bad_bytes_pages(p, n, 0x22) == 0, "content changed");
+	CHECK(!mprotect(p, n * PS, PROT_READ | PROT_WRITE), "mprotect: %s",
+	      strerror(errno));
+	memset(p, 0x23, PS);
+	CHECK(bad_bytes_pages(p + PS, n - 1, 0x22) == 0,
+	      "a write to page 0 changed other pages");
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_chains(const char *dir)
+{
+	const size_t n = 2000;
+	const unsigned long long mps = 256;
+	unsigned long long min_dups = (n + mps - 1) / mps;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	size_t d;
+	char *p;
+
+	if (ksm_set(dir, "max_page_sharing", mps))
+		return TAP_FAIL;
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x99, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("2000 identical pages, max_page_sharing 256", &c);
+	/* Each KSM page (a dup of the chain) takes at most max_page_sharing
+	 * mappings: >= 8 KSM pages, all in one chain. */
+	CHECK(c.shared + c.sharing == n, "shared + sharing = %llu, want %zu",
+	      c.shared + c.sharing, n);
+	CHECK(c.chains == 1, "stable_node_chains %llu, want 1", c.chains);
+	CHECK(c.dups > 1 && c.dups >= min_dups,
+	      "stable_node_dups %llu, want >= %llu", c.dups, min_dups);
+	CHECK(c.dups == c.shared, "stable_node_dups %llu != pages_shared %llu",
+	      c.dups, c.shared);
+	CHECK(c.sharing <= c.shared * (mps - 1),
+	      "pages_sharing %llu > pages_shared %llu * (max_page_sharing-1)",
+	      c.sharing, c.shared);
+	d = distinct_pfns(p, n, NULL);
+	CHECK(d == c.shared, "%zu distinct PFNs, pages_shared %llu", d,
+	      c.shared);
+	CHECK(bad_bytes_pages(p, n, 0x99) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+static int test_ksm_stat(const char *dir)
+{
+	const size_t n = 256, nuniq = 64;
+	long long want_profit, want_general;
+	struct ksm_counters c;
+	struct ksm_stat st;
+	int ret = TAP_PASS;
+	size_t i;
+	char *p;
+
+	p = map_anon(n + nuniq);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0xab, n * PS);
+	for (i = 0; i < nuniq; i++)
+		fill_pattern(p + (n + i) * PS, 3000000 + i);
+	CHECK(!madvise(p, (n + nuniq) * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("merged", &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	memset(&st, 0, sizeof(st));
+	CHECK(!ksm_stat_read(0, &st), "cannot read /proc/self/ksm_stat");
+	tap_diag("ksm_stat: rmap_items %lld zero_pages %lld merging_pages %lld process_profit %lld",
+		 st.rmap_items, st.zero_pages, st.merging_pages,
+		 st.process_profit);
+	/* One rmap item per scanned page; every mapping of a KSM page
+	 * (including the first) counts as merging in the process. */
+	CHECK(st.rmap_items == (long long)(n + nuniq),
+	      "ksm_rmap_items %lld, want %zu", st.rmap_items, n + nuniq);
+	CHECK(st.merging_pages == (long long)n,
+	      "ksm_merging_pages %lld, want %zu", st.merging_pages, n);
+	CHECK(st.zero_pages == 0, "ksm_zero_pages %lld", st.zero_pages);
+	CHECK(rmap_item_cost(dir, (long long)(n - 1), (long long)(n + nuniq),
+			     c.general_profit) == 0,
+	      "general_profit %lld inconsistent", c.general_profit);
+	want_profit = st.merging_pages * (long long)PS -
+		      st.rmap_items * RMAP_ITEM_SIZE;
+	CHECK(st.process_profit == want_profit,
+	      "ksm_process_profit %lld, want merging*%zu - rmap_items*%lld = %lld",
+	      st.process_profit, PS, RMAP_ITEM_SIZE, want_profit);
+	CHECK(ksm_merging_pages(0) == (long long)n,
+	      "/proc/self/ksm_merging_pages %lld, want %zu",
+	      ksm_merging_pages(0), n);
+	want_general = (long long)(n - 1) * (long long)PS -
+		       (long long)(n + nuniq) * RMAP_ITEM_SIZE;
+	CHECK(c.general_profit == want_general,
+	      "general_profit %lld, want %lld", c.general_profit, want_general);
+	munmap(p, (n + nuniq) * PS);
+	return ret;
+}
+
+static int test_integrity(const char *dir)
+{
+	const size_t n = 2048, npat = 8, nwrites = 4096;
+	struct ksm_counters c;
+	unsigned char *p, *shadow;
+	uint64_t seed, s;
+	int ret = TAP_PASS;
+	size_t i, bad, first = 0, d;
+
+	seed = getenv("RUST_KSM_SEED") ? strtoull(getenv("RUST_KSM_SEED"), NULL, 0)
+				       : (uint64_t)time(NULL) * 2654435761ULL;
+	if (!seed)
+		seed = 1;
+	tap_diag("seed %llu (RUST_KSM_SEED=%llu replays it)",
+		 (unsigned long long)seed, (unsigned long long)seed);
+	p = map_anon(n);
+	shadow = malloc(n * PS);
+	if (!p || !shadow)
+		return TAP_FAIL;
+	for (i = 0; i < n; i++)
+		fill_pattern(p + i * PS, 100 + i % npat);
+	memcpy(shadow, p, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("merged", &c);
+	CHECK_COUNTERS(c, npat, n - npat);
+	d = distinct_pfns(p, n, NULL);
+	CHECK(d == npat, "%zu distinct PFNs, want %zu", d, npat);
+
+	/* Random single-byte writes while the scanner keeps running. */
+	s = seed;
+	for (i = 0; i < nwrites; i++) {
+		uint64_t r = rnd_next(&s);
+		size_t at = (size_t)(r % (n * PS));
+		unsigned char v = (unsigned char)(r >> 56);
+
+		p[at] = v;
+		shadow[at] = v;
+	}
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner stopped");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("after the writes, 3 scans", &c);
+	for (i = 0, bad = 0; i < n * PS; i++)
+		if (p[i] != shadow[i] && !bad++)
+			first = i;
+	CHECK(!bad, "%zu bytes differ from the shadow copy, first at page %zu offset %zu",
+	      bad, first / PS, first % PS);
+	CHECK(c.shared + c.sharing <= n && c.shared >= 1,
+	      "shared %llu sharing %llu for %zu pages", c.shared, c.sharing, n);
+
+	CHECK(!ksm_set(dir, "run", 2), "run=2");
+	for (i = 0, bad = 0; i < n * PS; i++)
+		if (p[i] != shadow[i] && !bad++)
+			first = i;
+	CHECK(!bad, "after run=2: %zu bytes differ, first at page %zu offset %zu",
+	      bad, first / PS, first % PS);
+	free(shadow);
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct mtest {
+	const char *name;
+	int (*fn)(const char *dir);
+};
+
+static const struct mtest tests[] = {
+	{ "identical pages merge onto one KSM page, distinct pages do not", test_identical_distinct },
+	{ "4 patterns x 64 + 64 unique: shared 4, sharing 252, unique PFNs distinct", test_partial },
+	{ "a write breaks sharing, both sides keep their content", test_cow },
+	{ "MADV_UNMERGEABLE restores private pages, counters drop", test_unmergeable },
+	{ "run=2 unmerges everything at once; run=1 merges again", test_run2 },
+	{ "fork: child shares, child writes stay private", test_fork },
+	{ "process exit while merged: counters return to 0", test_exit },
+	{ "mremap(MAYMOVE|FIXED) of a merged range keeps data, re-merges", test_mremap },
+	{ "MADV_DONTNEED and munmap of merged pages", test_dontneed_munmap },
+	{ "PROT_NONE area merges, MADV_UNMERGEABLE works (upstream test_prot_none)", test_prot_none },
+	{ "read-only area merges and unmerges", test_readonly },
+	{ "max_page_sharing=256, 2000 identical pages: one chain of dups", test_chains },
+	{ "/proc/self/ksm_stat agrees with the region", test_ksm_stat },
+	{ "2048 pages x 8 patterns, 4096 random byte writes: every byte intact", test_integrity },
+};
+
+static void setup(const char *dir)
+{
+	struct ksm_counters c;
+
+	ksm_unmerge_stop(dir);
+	ksm_fast(dir, 1000);
+	ksm_counters_read(dir, &c);
+	if (c.shared || c.sharing)
+		ksm_counters_diag("not clean before the test", &c);
+}
+
+static void teardown(const char *dir)
+{
+	ksm_set(dir, "run", 2);
+	ksm_knobs_restore(dir, &saved);
+	ksm_set(dir, "run", 0);
+}
+
+int main(int argc, char **argv)
+{
+	bool sel[ARRAY_SIZE(tests)];
+	unsigned int i, nsel = 0;
+	const char *dir;
+	int n;
+
+	n = ksm_parse_args(argc, argv);
+	dir = RKSM_DIR;
+	for (i = 0; i < ARRAY_SIZE(tests); i++)
+		sel[i] = n == 1;
+	for (i = 1; i < (unsigned int)n; i++) {
+		unsigned long t = strtoul(argv[i], NULL, 10);
+
+		if (t < 1 || t > ARRAY_SIZE(tests)) {
+			fprintf(stderr, "usage: %s [--ksm-dir DIR] [--kthread NAME] [1-%zu...]\n",
+				argv[0], ARRAY_SIZE(tests));
+			return 2;
+		}
+		sel[t - 1] = true;
+	}
+	for (i = 0; i < ARRAY_SIZE(tests); i++)
+		nsel += sel[i];
+
+	tap_plan(nsel);
+	tap_diag("KSM directory %s", dir);
+	if (access(dir, F_OK) || geteuid()) {
+		tap_diag(geteuid() ? "must run as root (pagemap PFNs)" :
+			 "no such directory");
+		for (i = 0; i < ARRAY_SIZE(tests); i++)
+			if (sel[i])
+				tap_result(TAP_FAIL, tests[i].name);
+		tap_finish();
+	}
+	ksm_knobs_save(dir, &saved);
+	for (i = 0; i < ARRAY_SIZE(tests); i++) {
+		int res;
+
+		if (!sel[i])
+			continue;
+		tap_diag("[RUN] %u %s", i + 1, tests[i].name);
+		setup(dir);
+		res = tests[i].fn(dir);
+		teardown(dir);
+		tap_result(res, tests[i].name);
+	}
+	tap_finish();
+}
