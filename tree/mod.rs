@@ -433,7 +433,7 @@ impl Trees {
                     continue;
                 }
                 // Equal contents: this node or an equal neighbour with room.
-                return self.equal_with_room(node, tree_page, page, max_sharing);
+                return self.equal_with_room(node, tree_page, max_sharing);
             }
             return None;
         }
@@ -446,17 +446,20 @@ impl Trees {
 
     /// Among the equal nodes around `node` (duplicates sit next to each
     /// other in order: they are inserted beside an equal one), one not full.
+    /// Neighbours are told equal by their hash, without reading their pages:
+    /// the merge compares the chosen page in full anyway.
     fn equal_with_room(
         &mut self,
         node: NonNull<StableNode>,
         tree_page: PageRef,
-        page: &PageRef,
         max_sharing: usize,
     ) -> Option<(NonNull<StableNode>, PageRef)> {
         if !Self::full(node, max_sharing) {
             return Some((node, tree_page));
         }
         drop(tree_page);
+        // SAFETY: nodes in the tree are alive.
+        let hash = unsafe { node.as_ref() }.hash;
         type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
         let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
         for next in steps {
@@ -464,20 +467,18 @@ impl Trees {
             let mut rb = unsafe { next(node.as_ref().rb.get()) };
             while !rb.is_null() {
                 let dup = Self::node_of(rb);
-                // SAFETY: `rb` is in the tree; keep the neighbour before a
-                // possible stale removal of `dup`.
-                let after = unsafe { next(rb) };
-                let Some(dup_page) = self.get_folio(dup, GetFolio::NoLock) else {
-                    rb = after;
-                    continue;
-                };
-                if merge::compare(page, &dup_page) != 0 {
+                // SAFETY: `rb` is in the tree.
+                if unsafe { dup.as_ref() }.hash != hash {
                     break;
                 }
-                if !Self::full(dup, max_sharing) {
+                // SAFETY: as above; step on before a stale `dup` goes away.
+                rb = unsafe { next(rb) };
+                if Self::full(dup, max_sharing) {
+                    continue;
+                }
+                if let Some(dup_page) = self.get_folio(dup, GetFolio::NoLock) {
                     return Some((dup, dup_page));
                 }
-                rb = after;
             }
         }
         None
