@@ -21,6 +21,9 @@ run:
 check:
 	scripts/check
 
+bench:
+	scripts/bench
+
 clippy:
 	scripts/module-build clippy
 
