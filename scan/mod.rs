@@ -252,35 +252,13 @@ impl ScanState {
 
     /// Frees the items of `items` in `[from, to)`.
     fn free_items(&mut self, items: &mut MmItems, from: usize, to: usize) {
-        loop {
-            let key = match items.cursor_lower_bound(&from) {
-                Some(c) if *c.current().0 < to => *c.current().0,
-                _ => return,
-            };
-            // Out of the trees first, in place: they link to the item where
-            // it lives, in its node of `items`.
-            if let Some(item) = items.get_mut(&key) {
-                self.trees.remove_item(item);
-            }
-            if let Some(item) = items.remove(&key) {
-                self.trees.counters.rmap_items -= 1;
-                // SAFETY: the item's mm is allocated (MmScan's MmGrab).
-                unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
-            }
-        }
+        free_items(&mut self.trees, items, from, to);
     }
 
     /// Frees the current mm's items in `[from, to)`: pages gone since.
     fn prune_items(&mut self, from: usize, to: usize) {
-        let Some(mut mm) = self.mms.remove(&self.mm_key) else {
-            return;
-        };
-        self.free_items(&mut mm.items, from, to);
-        if let Ok(node) = RBTreeNodeReservation::new(GFP_KERNEL) {
-            self.mms.insert(node.into_node(self.mm_key, mm));
-        } else {
-            // Out of memory: forget the rest of this mm's items too.
-            self.free_items(&mut mm.items, 0, usize::MAX);
+        if let Some(mm) = self.mms.get_mut(&self.mm_key) {
+            free_items(&mut self.trees, &mut mm.items, from, to);
         }
     }
 
@@ -458,6 +436,26 @@ impl ScanState {
         self.address = 0;
         self.publish(stats);
         result.map(|()| busy)
+    }
+}
+
+/// Frees the items of `items` in `[from, to)`, taking them out of `trees`.
+fn free_items(trees: &mut Trees, items: &mut MmItems, from: usize, to: usize) {
+    loop {
+        let key = match items.cursor_lower_bound(&from) {
+            Some(c) if *c.current().0 < to => *c.current().0,
+            _ => return,
+        };
+        // Out of the trees first, in place: they link to the item where it
+        // lives, in its node of `items`.
+        if let Some(item) = items.get_mut(&key) {
+            trees.remove_item(item);
+        }
+        if let Some(item) = items.remove(&key) {
+            trees.counters.rmap_items -= 1;
+            // SAFETY: the item's mm is allocated (MmScan's MmGrab).
+            unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
+        }
     }
 }
 
