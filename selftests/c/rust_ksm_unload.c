@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * rust_ksm-only tests of unmerging around the module's life and of the
+ * range walk: rmmod with merged pages must hand every page back, intact;
+ * MADV_UNMERGEABLE over a sparse 32 TiB area must only visit what is there.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ksm_merge_util.h"
+#include "ksm_util.h"
+#include "tap.h"
+
+#define DIR_	"/sys/kernel/mm/rust_ksm"
+#define TIMEOUT_MS	30000
+
+#define ps page_size
+
+/* Merge N pages of NPAT patterns; all must share NPAT PFNs. */
+static char *merged_area(size_t n, size_t npat)
+{
+	char *p = map_anon(n);
+	size_t i;
+
+	if (!p)
+		return NULL;
+	for (i = 0; i < n; i++)
+		fill_pattern(p + i * ps, i % npat);
+	if (madvise(p, n * ps, MADV_MERGEABLE) || ksm_fast(DIR_, 1000) ||
+	    ksm_run_scans(DIR_, 2, TIMEOUT_MS)) {
+		munmap(p, n * ps);
+		return NULL;
+	}
+	return p;
+}
+
+static int test_rmmod_merged(void)
+{
+	const size_t n = 1024, npat = 4;
+	int ret = TAP_PASS;
+	size_t i, d, np;
+	char *p = merged_area(n, npat);
+
+	if (!p)
+		return TAP_FAIL;
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == npat && np == 0, "before rmmod: %zu PFNs, want %zu", d, npat);
+	CHECK(knob_get(DIR_, "pages_sharing") >= n - npat,
+	      "pages_sharing %llu", knob_get(DIR_, "pages_sharing"));
+
+	CHECK(module_unload() == 0, "rmmod with merged pages failed");
+	/* Every page private again, with its own PFN, and its data. */
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == n && np == 0, "after rmmod: %zu distinct PFNs (%zu absent), want %zu",
+	      d, np, n);
+	for (i = 0; i < n; i++)
+		if (!check_pattern(p + i * ps, i % npat)) {
+			FAILED("page %zu lost its data over rmmod", i);
+			break;
+		}
+	/* Writing works and stays private. */
+	p[0] ^= 0xff;
+	CHECK(check_pattern(p + 4 * ps, 0), "a write leaked to another page");
+
+	CHECK(module_load() == 0, "insmod after rmmod failed");
+	munmap(p, n * ps);
+	return ret;
+}
+
+static int test_sparse_unmerge(void)
+{
+	const size_t size = 32ULL << 40;	/* 32 TiB, as upstream's report */
+	const size_t touched = 64;
+	int ret = TAP_PASS;
+	uint64_t t0, ms;
+	size_t i, d, np;
+	char *p;
+
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return tap_skip_because("cannot map 32 TiB");
+	madvise(p, size, MADV_NOHUGEPAGE);
+	/* A few identical pages spread over the area. */
+	for (i = 0; i < touched; i++)
+		memset(p + i * (size / touched), 0x3c, ps);
+	CHECK(!madvise(p, size, MADV_MERGEABLE), "madvise: %s", strerror(errno));
+	CHECK(!ksm_fast(DIR_, 1000) && !ksm_run_scans(DIR_, 2, TIMEOUT_MS),
+	      "scanner not scanning");
+	CHECK(knob_get(DIR_, "pages_sharing") == touched - 1,
+	      "pages_sharing %llu, want %zu", knob_get(DIR_, "pages_sharing"),
+	      touched - 1);
+	ksm_set(DIR_, "run", 0);
+
+	t0 = now_ms();
+	CHECK(!madvise(p, size, MADV_UNMERGEABLE), "MADV_UNMERGEABLE: %s",
+	      strerror(errno));
+	ms = now_ms() - t0;
+	tap_diag("MADV_UNMERGEABLE over 32 TiB took %llu ms",
+		 (unsigned long long)ms);
+	/* A walk over every address would take hours: holes are skipped. */
+	CHECK(ms < 1000, "MADV_UNMERGEABLE took %llu ms", (unsigned long long)ms);
+	for (i = 0, d = 0; i < touched; i++) {
+		const char *q = p + i * (size / touched);
+		long long pfn = pagemap_pfn(0, q);
+
+		np = pfn > 0;
+		d += np && pfn != pagemap_pfn(0, p);
+		if (q[0] != 0x3c || q[ps - 1] != 0x3c) {
+			FAILED("page %zu corrupted", i);
+			break;
+		}
+	}
+	CHECK(d == touched - 1, "after unmerge %zu of %zu pages have their own PFN",
+	      d, touched - 1);
+	ksm_unmerge_stop(DIR_);
+	munmap(p, size);
+	return ret;
+}
+
+static int run_rmmod(void) { return test_rmmod_merged(); }
+static int run_sparse(void) { return test_sparse_unmerge(); }
+
+static const struct tap_test tests[] = {
+	{ "rmmod with merged pages: every page private again, data intact", run_rmmod },
+	{ "MADV_UNMERGEABLE over a sparse 32 TiB area: under a second", run_sparse },
+};
+
+static void after(void)
+{
+	if (!module_loaded())
+		module_load();
+	ksm_unmerge_stop(DIR_);
+}
+
+int main(void)
+{
+	if (geteuid())
+		fprintf(stderr, "must run as root (pagemap PFNs)\n");
+	tap_run(tests, ARRAY_SIZE(tests), after);
+}
