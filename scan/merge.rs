@@ -71,7 +71,8 @@ impl Drop for PageRef {
     }
 }
 
-/// xxhash of a page's contents.
+/// xxhash of a page's contents: the stable tree's key, and truncated to 32
+/// bits the unstable-tree gate and key (upstream's calc_checksum()).
 pub(crate) fn hash(page: &PageRef) -> u64 {
     // SAFETY: the page is referenced; the mapping is released below.
     unsafe {
@@ -80,12 +81,6 @@ pub(crate) fn hash(page: &PageRef) -> u64 {
         bindings::rust_ksm_kunmap_local(addr);
         sum
     }
-}
-
-/// Checksum of a page's contents (the unstable-tree gate), as upstream's
-/// calc_checksum(): xxhash, truncated to 32 bits.
-pub(crate) fn checksum(page: &PageRef) -> u32 {
-    hash(page) as u32
 }
 
 /// memcmp of two pages' contents.

@@ -287,7 +287,10 @@ impl ScanState {
                 return;
             }
         }
-        let found = self.trees.stable_search(page, params.max_page_sharing);
+        let hash = merge::hash(page);
+        let found = self
+            .trees
+            .stable_search(page, hash, params.max_page_sharing);
         self.trees.remove_item(item);
         if let Some((node, kpage)) = found {
             if let Ok((anon_vma, index)) = merge_with(item, page, Some(&kpage)) {
@@ -297,7 +300,7 @@ impl ScanState {
         }
 
         // Pages that change between scans stay out of the unstable tree.
-        let sum = merge::checksum(page);
+        let sum = hash as u32;
         if item.checksum != sum {
             item.checksum = sum;
             return;
@@ -330,7 +333,7 @@ impl ScanState {
         self.trees.remove_item(tree_item);
         // SAFETY: referenced folio; lock it for the stable tree insert.
         unsafe { bindings::rust_ksm_folio_lock(page.folio()) };
-        let appended = match self.trees.stable_insert(page) {
+        let appended = match self.trees.stable_insert(page, hash) {
             // SAFETY: the folio is locked; items alive; references taken.
             Ok(node) => unsafe {
                 self.trees

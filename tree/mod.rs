@@ -178,12 +178,19 @@ impl Trees {
     }
 
     /// unstable_tree_search_insert(): an item with the same contents as
-    /// `page`, with its page; or insert `item` and return None.
+    /// `page` (whose checksum is `item.checksum`), with its page; or insert
+    /// `item` and return None.
+    ///
+    /// The tree is ordered by (checksum, contents): the checksum an item had
+    /// when inserted never changes while it is in the tree, so the search
+    /// compares integers and reads another page (taking its mm's mmap lock)
+    /// only on a checksum match.  Upstream orders by contents alone.
     pub(crate) fn unstable_search_insert(
         &mut self,
         item: &mut RmapItem,
         page: &PageRef,
     ) -> Option<(NonNull<RmapItem>, PageRef)> {
+        use core::cmp::Ordering::{Equal, Less};
         let mut parent = ptr::null_mut();
         let mut link: *mut *mut bindings::rb_node = &mut self.unstable.rb_node;
         // SAFETY: `link` points into the tree we own.
@@ -192,17 +199,27 @@ impl Trees {
             parent = unsafe { *link };
             let tree_item = self.unstable_item(parent);
             // SAFETY: items in the tree are alive (scan-lock owned).
-            let tree_page = Self::item_page(unsafe { tree_item.as_ref() })?;
-            if tree_page.page() == page.page() {
-                // Don't merge a page with itself (a forked page).
-                return None;
-            }
+            let tree_sum = unsafe { tree_item.as_ref() }.checksum;
+            let order = match item.checksum.cmp(&tree_sum) {
+                Equal => {
+                    // SAFETY: as above.
+                    let tree_page = Self::item_page(unsafe { tree_item.as_ref() })?;
+                    if tree_page.page() == page.page() {
+                        // Don't merge a page with itself (a forked page).
+                        return None;
+                    }
+                    match merge::compare(page, &tree_page).cmp(&0) {
+                        Equal => return Some((tree_item, tree_page)),
+                        order => order,
+                    }
+                }
+                order => order,
+            };
             // SAFETY: `parent` is a node of the tree.
             link = unsafe {
-                match merge::compare(page, &tree_page).cmp(&0) {
-                    core::cmp::Ordering::Less => &mut (*parent).rb_left,
-                    core::cmp::Ordering::Greater => &mut (*parent).rb_right,
-                    core::cmp::Ordering::Equal => return Some((tree_item, tree_page)),
+                match order {
+                    Less => &mut (*parent).rb_left,
+                    _ => &mut (*parent).rb_right,
                 }
             };
         }
@@ -396,11 +413,16 @@ impl Trees {
         unsafe { NonNull::new_unchecked(rb.cast::<StableNode>()) }
     }
 
-    /// stable_tree_search(): a stable node with `page`'s contents that can
-    /// take one more mapping (`max_sharing`), with its page referenced.
+    /// stable_tree_search(): a stable node with `page`'s contents (whose
+    /// xxhash is `hash`) that can take one more mapping (`max_sharing`),
+    /// with its page referenced.
+    ///
+    /// The tree is ordered by (hash, contents), so the search compares
+    /// integers and reads a node's page only on a hash match.
     pub(crate) fn stable_search(
         &mut self,
         page: &PageRef,
+        hash: u64,
         max_sharing: usize,
     ) -> Option<(NonNull<StableNode>, PageRef)> {
         // A page that is already ours: its own node, full or not.  (While we
@@ -416,6 +438,19 @@ impl Trees {
             let mut rb = self.stable.rb_node;
             while !rb.is_null() {
                 let node = Self::node_of(rb);
+                // SAFETY: nodes in the tree are alive.
+                let node_hash = unsafe { node.as_ref() }.hash;
+                if hash != node_hash {
+                    // SAFETY: `rb` is in the tree.
+                    rb = unsafe {
+                        if hash < node_hash {
+                            (*rb).rb_left
+                        } else {
+                            (*rb).rb_right
+                        }
+                    };
+                    continue;
+                }
                 let Some(tree_page) = self.get_folio(node, GetFolio::NoLock) else {
                     // Stale node removed: the tree changed under the walk.
                     continue 'restart;
@@ -484,14 +519,19 @@ impl Trees {
         None
     }
 
-    /// stable_tree_insert(): a new node for the locked KSM folio of `kpage`.
-    pub(crate) fn stable_insert(&mut self, kpage: &PageRef) -> Result<NonNull<StableNode>> {
+    /// stable_tree_insert(): a new node for the locked KSM folio of `kpage`,
+    /// whose contents hash to `hash`.
+    pub(crate) fn stable_insert(
+        &mut self,
+        kpage: &PageRef,
+        hash: u64,
+    ) -> Result<NonNull<StableNode>> {
         let node = KBox::new(
             StableNode {
                 rb: Opaque::uninit(),
                 // SAFETY: referenced folio.
                 kpfn: AtomicUsize::new(unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) }),
-                hash: merge::hash(kpage),
+                hash,
                 items: UnsafeCell::new(KVec::new()),
             },
             GFP_KERNEL,
@@ -503,15 +543,22 @@ impl Trees {
             while !unsafe { *link }.is_null() {
                 // SAFETY: as above.
                 parent = unsafe { *link };
-                let Some(tree_page) = self.get_folio(Self::node_of(parent), GetFolio::NoLock)
-                else {
-                    continue 'restart;
+                let tree_node = Self::node_of(parent);
+                // SAFETY: nodes in the tree are alive.
+                let node_hash = unsafe { tree_node.as_ref() }.hash;
+                let left = if hash != node_hash {
+                    hash < node_hash
+                } else {
+                    let Some(tree_page) = self.get_folio(tree_node, GetFolio::NoLock) else {
+                        continue 'restart;
+                    };
+                    // Equal contents go right: duplicates (max_page_sharing)
+                    // stay next to each other in order.
+                    merge::compare(kpage, &tree_page) < 0
                 };
-                // Equal contents go right: duplicates (max_page_sharing)
-                // stay next to each other in order.
                 // SAFETY: `parent` is in the tree.
                 link = unsafe {
-                    if merge::compare(kpage, &tree_page) < 0 {
+                    if left {
                         &mut (*parent).rb_left
                     } else {
                         &mut (*parent).rb_right
