@@ -159,36 +159,36 @@ impl ScanState {
             let Some(mm) = self.current_mm(registry, stats) else {
                 break;
             };
-            let found = match mm.users() {
-                None => None,
-                Some(users) => {
-                    let lock = users.read_lock();
-                    // SAFETY: the mmap lock is held.
-                    let found = unsafe { find_page(lock.mm(), self.address, usize::MAX, false) };
-                    drop(lock);
-                    found
+            // Collect a run of pages in one walk (one mmap lock round trip),
+            // then merge them one by one with no lock held.
+            let mut walk = WalkState::new(false, budget.min(WALK_BATCH as u32) as usize);
+            if let Some(users) = mm.users() {
+                let lock = users.read_lock();
+                // SAFETY: the mmap lock is held.
+                unsafe { walk.run(lock.mm(), self.address, usize::MAX) };
+            }
+            let more = walk.stopped;
+            for (addr, page) in walk.take() {
+                self.prune_items(self.address, addr);
+                self.address = addr + PAGE_SIZE;
+                budget -= 1;
+                stats.pages_scanned.fetch_add(1, Ordering::Relaxed);
+                if let Some(item) = self.item_at(addr) {
+                    // SAFETY: the item lives in its mm's tree, which nothing
+                    // else touches while we hold the scan lock.
+                    self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, &page, params);
                 }
-            };
-            let Some((addr, page)) = found else {
+                drop(page);
+                // SAFETY: no spinlock held.
+                unsafe { bindings::rust_ksm_cond_resched() };
+            }
+            if !more {
                 // Done with this mm: drop items past the last page.
                 self.prune_items(self.address, usize::MAX);
                 self.mm_key = self.mm_key.wrapping_add(1);
                 self.address = 0;
-                continue;
-            };
-            self.prune_items(self.address, addr);
-            self.address = addr + PAGE_SIZE;
-            budget -= 1;
-            stats.pages_scanned.fetch_add(1, Ordering::Relaxed);
-            if let Some(item) = self.item_at(addr) {
-                // SAFETY: the item lives in its mm's tree, which nothing else
-                // touches while we hold the scan lock.
-                self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, &page, params);
             }
-            drop(page);
             self.publish(stats);
-            // SAFETY: no spinlock held.
-            unsafe { bindings::rust_ksm_cond_resched() };
         }
         self.publish(stats);
     }
@@ -539,88 +539,104 @@ pub(crate) unsafe fn unmerge_range(
 ) -> Result {
     let mut addr = start;
     while addr < end {
-        // SAFETY: the mmap lock is held.
-        let Some((found, page)) = (unsafe { find_page_in_vma(vma, addr, end, true) }) else {
-            return Ok(());
-        };
-        drop(page);
-        // SAFETY: plain check.
-        if unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
-            return Err(ERESTARTSYS);
+        let mut walk = WalkState::new(true, WALK_BATCH);
+        // SAFETY: the mmap lock is held; `walk` outlives the call.
+        unsafe {
+            bindings::walk_page_range_vma(
+                vma.as_ptr(),
+                addr,
+                end,
+                &RANGE_OPS,
+                ptr::from_mut(&mut walk).cast::<c_void>(),
+            );
         }
-        // SAFETY: the mmap lock is held.
-        unsafe { merge::break_ksm(vma, found, lock_vma) }?;
-        addr = found + PAGE_SIZE;
+        let more = walk.stopped;
+        // Addresses only: break_ksm() must not find our references.
+        let mut found = [0usize; WALK_BATCH];
+        let mut n = 0;
+        for (a, page) in walk.take() {
+            drop(page);
+            found[n] = a;
+            n += 1;
+        }
+        for &a in &found[..n] {
+            // SAFETY: plain check.
+            if unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
+                return Err(ERESTARTSYS);
+            }
+            // SAFETY: the mmap lock is held.
+            unsafe { merge::break_ksm(vma, a, lock_vma) }?;
+            addr = a + PAGE_SIZE;
+        }
+        if !more {
+            return Ok(());
+        }
     }
     Ok(())
 }
 
-/// The first present anonymous page at or after `start` in the mergeable
-/// VMAs of `mm` (`ksm_only`: KSM pages only), referenced.
-///
-/// # Safety
-///
-/// The mmap lock of `mm` must be held for read.
-unsafe fn find_page(
-    mm: *mut bindings::mm_struct,
-    start: usize,
-    end: usize,
-    ksm_only: bool,
-) -> Option<(usize, PageRef)> {
-    let mut walk = WalkState {
-        ksm_only,
-        found: None,
-    };
-    // SAFETY: by the function's safety requirements; `walk` outlives the call.
-    unsafe {
-        bindings::walk_page_range(
-            mm,
-            start,
-            end,
-            &SCAN_OPS,
-            ptr::from_mut(&mut walk).cast::<c_void>(),
-        );
-    }
-    walk.found
-}
+/// Pages collected by one walk.
+const WALK_BATCH: usize = 32;
 
-/// As [`find_page`] within one VMA (mergeable or not).
-///
-/// # Safety
-///
-/// The mmap lock of the VMA's mm must be held.
-unsafe fn find_page_in_vma(
-    vma: NonNull<bindings::vm_area_struct>,
-    start: usize,
-    end: usize,
-    ksm_only: bool,
-) -> Option<(usize, PageRef)> {
-    let mut walk = WalkState {
-        ksm_only,
-        found: None,
-    };
-    // SAFETY: by the function's safety requirements; `walk` outlives the call.
-    unsafe {
-        bindings::walk_page_range_vma(
-            vma.as_ptr(),
-            start,
-            end,
-            &RANGE_OPS,
-            ptr::from_mut(&mut walk).cast::<c_void>(),
-        );
-    }
-    walk.found
-}
+/// `walk_page_range()` callbacks return this to stop: the batch is full.
+const WALK_FULL: c_int = 1;
 
-/// `walk_page_range()` callbacks return this to stop at the page found.
-const WALK_FOUND: c_int = 1;
-
-/// The walk's private data.
+/// The walk's private data: the pages found, in address order.
 struct WalkState {
     /// Only KSM pages count (unmerging).
     ksm_only: bool,
-    /// The first page found, and its address.
-    found: Option<(usize, PageRef)>,
+    /// Stop after this many (at most `WALK_BATCH`).
+    max: usize,
+    len: usize,
+    found: [Option<(usize, PageRef)>; WALK_BATCH],
+    /// The walk stopped before the end (batch full, or a huge page).
+    stopped: bool,
+}
+
+impl WalkState {
+    fn new(ksm_only: bool, max: usize) -> Self {
+        Self {
+            ksm_only,
+            max: max.clamp(1, WALK_BATCH),
+            len: 0,
+            found: [const { None }; WALK_BATCH],
+            stopped: false,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len >= self.max
+    }
+
+    /// Records a page.
+    fn push(&mut self, addr: usize, page: PageRef) {
+        self.found[self.len] = Some((addr, page));
+        self.len += 1;
+    }
+
+    /// Walks the mergeable VMAs of `mm` from `start`.
+    ///
+    /// # Safety
+    ///
+    /// The mmap lock of `mm` must be held for read.
+    unsafe fn run(&mut self, mm: *mut bindings::mm_struct, start: usize, end: usize) {
+        // SAFETY: by the function's safety requirements; `self` outlives the call.
+        unsafe {
+            bindings::walk_page_range(
+                mm,
+                start,
+                end,
+                &SCAN_OPS,
+                ptr::from_mut(self).cast::<c_void>(),
+            );
+        }
+    }
+
+    /// The pages found, in order, leaving the batch empty.
+    fn take(&mut self) -> impl Iterator<Item = (usize, PageRef)> + '_ {
+        let len = core::mem::take(&mut self.len);
+        self.found[..len].iter_mut().filter_map(Option::take)
+    }
 }
 
 static SCAN_OPS: bindings::mm_walk_ops = bindings::mm_walk_ops {
@@ -689,7 +705,8 @@ unsafe extern "C" fn scan_pmd_entry(
 ) -> c_int {
     // SAFETY: `walk` is valid during the callback.
     let walk = unsafe { &mut *walk };
-    // SAFETY: `private` is the `WalkState` passed by `find_page*()`.
+    // SAFETY: `private` is the `WalkState` of `WalkState::run()` or
+    // `find_ksm_page_in_vma()`.
     let state = unsafe { &mut *walk.private.cast::<WalkState>() };
     let (mm, vma) = (walk.mm, walk.vma);
 
@@ -722,11 +739,14 @@ unsafe extern "C" fn scan_pmd_entry(
                 let page =
                     unsafe { head.add((addr & ((1usize << bindings::PMD_SHIFT) - 1)) / PAGE_SIZE) };
                 // SAFETY: mapped under the held PMD lock.
-                state.found = Some((addr, unsafe { PageRef::get(NonNull::new_unchecked(page)) }));
+                state.push(addr, unsafe { PageRef::get(NonNull::new_unchecked(page)) });
             }
             // SAFETY: we took it above.
             unsafe { bindings::spin_unlock(ptl) };
-            return if found { WALK_FOUND } else { 0 };
+            // One subpage of a huge page ends the batch: merging splits it,
+            // which fails while we hold references on other subpages.
+            state.stopped = found;
+            return if found { WALK_FULL } else { 0 };
         }
         // Split meanwhile: fall through to the PTEs.
         // SAFETY: we took it above.
@@ -739,6 +759,7 @@ unsafe extern "C" fn scan_pmd_entry(
     let Some(ptes) = NonNull::new(ptes) else {
         return 0;
     };
+    let mut stop = false;
     for (i, page_addr) in (addr..end).step_by(PAGE_SIZE).enumerate() {
         // SAFETY: the PTE table covers `addr..end` and is locked.
         let pte = unsafe { bindings::rust_ksm_ptep_get(ptes.as_ptr().add(i)) };
@@ -751,16 +772,24 @@ unsafe extern "C" fn scan_pmd_entry(
         // SAFETY: as above.
         if unsafe { wanted_page(page, state.ksm_only) } {
             // SAFETY: mapped under the held PTE lock.
-            state.found = Some((page_addr, unsafe {
+            let large =
+                unsafe { bindings::rust_ksm_folio_test_large(bindings::rust_ksm_page_folio(page)) };
+            // SAFETY: as above.
+            state.push(page_addr, unsafe {
                 PageRef::get(NonNull::new_unchecked(page))
-            }));
-            break;
+            });
+            // A PTE-mapped huge page ends the batch too (see above).
+            if large || state.is_full() {
+                stop = true;
+                break;
+            }
         }
     }
     // SAFETY: mapped and locked above.
     unsafe { bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl) };
-    if state.found.is_some() {
-        WALK_FOUND
+    if stop {
+        state.stopped = true;
+        WALK_FULL
     } else {
         0
     }
