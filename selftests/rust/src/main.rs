@@ -552,6 +552,106 @@ fn test_fork_picked_up(t: &mut T) {
 
 // ---------------------------------------------------------------- main ----
 
+// --------------------------------------------------------------- merging ----
+
+/// Sum of `pages_shared` + `pages_sharing` etc. read together.
+fn merge_counters() -> Result<[u64; 4], String> {
+    Ok([get("pages_shared")?, get("pages_sharing")?, get("pages_unshared")?, get("pages_volatile")?])
+}
+
+/// What the counters must read for pages with these contents: each group of
+/// g >= 2 equal pages takes ceil(g / max_sharing) KSM pages.
+fn expected_merge(pages: &[Vec<u8>], max_sharing: u64) -> (u64, u64, u64) {
+    let mut sorted: Vec<&Vec<u8>> = pages.iter().collect();
+    sorted.sort();
+    let (mut shared, mut sharing, mut single) = (0, 0, 0);
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j < sorted.len() && sorted[j] == sorted[i] {
+            j += 1;
+        }
+        let g = (j - i) as u64;
+        if g == 1 {
+            single += 1;
+        } else {
+            let nodes = g.div_ceil(max_sharing);
+            shared += nodes;
+            sharing += g - nodes;
+        }
+        i = j;
+    }
+    (shared, sharing, single)
+}
+
+/// Full scans, then compare counters and every byte with the model.
+fn check_against_model(t: &mut T, region: &Region, model: &[Vec<u8>], what: &str) {
+    let ps = page_size();
+    let fs = match get("full_scans") {
+        Ok(v) => v,
+        Err(e) => return t.check(false, || e),
+    };
+    if t.ok(put("run", 1)).is_none() || t.ok(wait_ge("full_scans", fs + 3, Duration::from_secs(30))).is_none() {
+        return;
+    }
+    let _ = put("run", 0);
+    let (shared, sharing, single) = expected_merge(model, 256);
+    if let Some([s, sh, un, vol]) = t.ok(merge_counters()) {
+        diag(&format!("{what}: shared {s} sharing {sh} unshared {un} volatile {vol}; model {shared}/{sharing}/{single}"));
+        t.check(s == shared && sh == sharing, || format!("{what}: shared/sharing {s}/{sh}, model {shared}/{sharing}"));
+        t.check(un + vol == single, || format!("{what}: unshared+volatile {}, model {single} single pages", un + vol));
+    }
+    for (i, want) in model.iter().enumerate() {
+        // SAFETY: the page lies inside the live mapping.
+        let got = unsafe { std::slice::from_raw_parts(region.addr.add(i * ps), ps) };
+        if got != &want[..] {
+            t.check(false, || format!("{what}: page {i} differs from the model"));
+            return;
+        }
+    }
+}
+
+fn test_merge_model(t: &mut T) {
+    let ps = page_size();
+    let n = 384;
+    let patterns = 2 + t.rng.below(14) as usize;
+    let unique = t.rng.below(64) as usize;
+    let region = match t.ok(Region::new(n, 0)) {
+        Some(r) => r,
+        None => return,
+    };
+    // Page i holds pattern (random) or, for the last `unique`, its own.
+    let mut model: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let tag = if i >= n - unique { 1000 + i as u64 } else { t.rng.below(patterns as u64) };
+            let mut page = vec![(tag % 251) as u8 + 1; ps];
+            page[..8].copy_from_slice(&tag.to_le_bytes());
+            page
+        })
+        .collect();
+    for (i, page) in model.iter().enumerate() {
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), region.addr.add(i * ps), ps) };
+    }
+    diag(&format!("{n} pages: {patterns} patterns, {unique} unique"));
+    if t.ok(put("pages_to_scan", 1000)).is_none() || t.ok(put("sleep_millisecs", 0)).is_none() || t.ok(region.mergeable()).is_none() {
+        return;
+    }
+    check_against_model(t, &region, &model, "merged");
+
+    // Random single-byte writes: each breaks sharing of its page only.
+    for _ in 0..64 {
+        let (i, off) = (t.rng.below(n as u64) as usize, 8 + t.rng.below(ps as u64 - 8) as usize);
+        let v = t.rng.next() as u8;
+        model[i][off] = v;
+        // SAFETY: inside the mapping.
+        unsafe { *region.addr.add(i * ps + off) = v };
+    }
+    check_against_model(t, &region, &model, "after 64 random writes");
+    let _ = put("run", 2);
+    let _ = put("run", 0);
+}
+
 fn main() {
     let seed = std::env::var("RUST_KSM_SEED")
         .ok()
@@ -571,6 +671,7 @@ fn main() {
         ("run transition table 0/1/2 x 0/1/2", test_run_transitions),
         ("counters monotonic while scanning, frozen at run=0", test_counters_monotonic),
         ("forked child's MADV_MERGEABLE pages are scanned too", test_fork_picked_up),
+        ("random pages merge as a content model predicts, before and after writes", test_merge_model),
     ];
 
     println!("TAP version 13");
