@@ -8,8 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON 100
+#endif
 
 #include "ksm_merge_util.h"
 #include "ksm_util.h"
@@ -122,12 +128,57 @@ static int test_sparse_unmerge(void)
 	return ret;
 }
 
+/*
+ * memory-failure on a merged page: the core collects the processes to kill
+ * through the engine's rmap walk and unmaps the page through it too.  If
+ * the walk missed the mappings, MADV_HWPOISON would fail with EBUSY
+ * instead of the process getting SIGBUS.  Done in a child, which dies.
+ */
+static int test_hwpoison_merged(void)
+{
+	const size_t n = 4;
+	int ret = TAP_PASS, status;
+	pid_t pid;
+
+	if (ksm_fast(DIR_, 1000))
+		return TAP_FAIL;
+	pid = fork();
+	if (pid < 0)
+		return TAP_FAIL;
+	if (!pid) {
+		char *p = merged_area(n, 1);
+		size_t d, np;
+
+		if (!p)
+			_exit(10);
+		d = distinct_pfns(p, n, &np);
+		if (d != 1 || np)
+			_exit(11);
+		ksm_set(DIR_, "run", 0);
+		if (madvise(p, ps, MADV_HWPOISON))
+			_exit(12);
+		/* Every mapping was unmapped: touching another one faults. */
+		(void)*(volatile char *)(p + 2 * ps);
+		_exit(13);
+	}
+	if (waitpid(pid, &status, 0) != pid)
+		return TAP_FAIL;
+	if (WIFEXITED(status))
+		tap_diag("child exited %d (10 map/merge, 11 not merged, 12 MADV_HWPOISON failed, 13 no SIGBUS)",
+			 WEXITSTATUS(status));
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS,
+	      "the process mapping the poisoned KSM page was not killed with SIGBUS");
+	return ret;
+}
+
 static int run_rmmod(void) { return test_rmmod_merged(); }
+static int run_hwpoison(void) { return test_hwpoison_merged(); }
 static int run_sparse(void) { return test_sparse_unmerge(); }
 
 static const struct tap_test tests[] = {
 	{ "rmmod with merged pages: every page private again, data intact", run_rmmod },
 	{ "MADV_UNMERGEABLE over a sparse 32 TiB area: under a second", run_sparse },
+	{ "memory failure on a merged page: its process gets SIGBUS", run_hwpoison },
 };
 
 static void after(void)
