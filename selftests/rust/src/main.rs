@@ -51,6 +51,7 @@ fn errno() -> i32 {
 }
 
 fn page_size() -> usize {
+    // SAFETY: sysconf() has no memory effects.
     let ps = unsafe { sys::sysconf(sys::SC_PAGESIZE) };
     if ps > 0 { ps as usize } else { 4096 }
 }
@@ -64,6 +65,7 @@ struct Region {
 impl Region {
     fn new(pages: usize, fill: u8) -> Result<Region, String> {
         let len = pages * page_size();
+        // SAFETY: a fresh anonymous mapping; the result is checked.
         let p = unsafe {
             sys::mmap(std::ptr::null_mut(), len, sys::PROT_READ | sys::PROT_WRITE,
                       sys::MAP_PRIVATE | sys::MAP_ANONYMOUS, -1, 0)
@@ -71,6 +73,7 @@ impl Region {
         if p as isize == -1 {
             return Err(format!("mmap {} pages: errno {}", pages, errno()));
         }
+        // SAFETY: `p` maps `len` writable bytes (checked above).
         unsafe {
             sys::madvise(p, len, sys::MADV_NOHUGEPAGE);
             std::ptr::write_bytes(p as *mut u8, fill, len);
@@ -79,6 +82,7 @@ impl Region {
     }
 
     fn mergeable(&self) -> Result<(), String> {
+        // SAFETY: the range is this region's own mapping.
         if unsafe { sys::madvise(self.addr as *mut _, self.len, sys::MADV_MERGEABLE) } != 0 {
             return Err(format!("madvise(MADV_MERGEABLE): errno {}", errno()));
         }
@@ -88,6 +92,7 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // SAFETY: unmaps only this region's own mapping, once.
         unsafe { sys::munmap(self.addr as *mut _, self.len) };
     }
 }
@@ -467,15 +472,18 @@ struct Child {
 /// region) until `go` is closed.
 fn fork_sleeper() -> Result<Child, String> {
     let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors.
     if unsafe { sys::pipe(fds.as_mut_ptr()) } != 0 {
         return Err(format!("pipe: errno {}", errno()));
     }
     std::io::stdout().flush().ok();
+    // SAFETY: fork() in a single-threaded test process.
     let pid = unsafe { sys::fork() };
     if pid < 0 {
         return Err(format!("fork: errno {}", errno()));
     }
     if pid == 0 {
+        // SAFETY: the child only uses async-signal-safe calls before _exit.
         unsafe {
             sys::close(fds[1]);
             let mut b = 0u8;
@@ -483,12 +491,14 @@ fn fork_sleeper() -> Result<Child, String> {
             sys::_exit(0);
         }
     }
+    // SAFETY: closes our own read end once.
     unsafe { sys::close(fds[0]) };
     Ok(Child { pid, go: fds[1] })
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
+        // SAFETY: our own pipe end and child, each released once.
         unsafe {
             sys::close(self.go);
             let mut status = 0;
