@@ -511,6 +511,13 @@ macro_rules! store {
     };
 }
 
+/// Defines a sysfs show callback for a counter of `Stats`.
+macro_rules! show_counter {
+    ($name:ident, $field:ident) => {
+        show!($name, |k| k.stats.$field.load(Ordering::Relaxed) as u64);
+    };
+}
+
 show!(run_show, |k| k.control.lock().run as u64);
 store!(run_store, |k, v| {
     let run = Run::from_knob(v)?;
@@ -541,18 +548,9 @@ store!(max_page_sharing_store, |k, v| {
     }
     Ok(())
 });
-show!(
-    pages_shared_show,
-    |k| k.stats.pages_shared.load(Ordering::Relaxed) as u64
-);
-show!(
-    pages_sharing_show,
-    |k| k.stats.pages_sharing.load(Ordering::Relaxed) as u64
-);
-show!(
-    pages_unshared_show,
-    |k| k.stats.pages_unshared.load(Ordering::Relaxed) as u64
-);
+show_counter!(pages_shared_show, pages_shared);
+show_counter!(pages_sharing_show, pages_sharing);
+show_counter!(pages_unshared_show, pages_unshared);
 show!(pages_volatile_show, |k| {
     let s = &k.stats;
     let merged = s.pages_shared.load(Ordering::Relaxed)
@@ -560,14 +558,8 @@ show!(pages_volatile_show, |k| {
         + s.pages_unshared.load(Ordering::Relaxed);
     s.rmap_items.load(Ordering::Relaxed).saturating_sub(merged) as u64
 });
-show!(
-    stable_node_chains_show,
-    |k| k.stats.stable_node_chains.load(Ordering::Relaxed) as u64
-);
-show!(
-    stable_node_dups_show,
-    |k| k.stats.stable_node_dups.load(Ordering::Relaxed) as u64
-);
+show_counter!(stable_node_chains_show, stable_node_chains);
+show_counter!(stable_node_dups_show, stable_node_dups);
 show!(general_profit_show, |k| {
     let s = &k.stats;
     let profit = (s.pages_sharing.load(Ordering::Relaxed) * PAGE_SIZE) as i64

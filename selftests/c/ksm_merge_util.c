@@ -415,3 +415,81 @@ uint64_t rnd_next(uint64_t *s)
 	x ^= x << 17;
 	return *s = x;
 }
+
+static struct ksm_knobs tests_saved;
+
+static void test_setup(const char *dir)
+{
+	struct ksm_counters c;
+
+	ksm_unmerge_stop(dir);
+	ksm_fast(dir, 1000);
+	ksm_counters_read(dir, &c);
+	if (c.shared || c.sharing)
+		ksm_counters_diag("not clean before the test", &c);
+}
+
+static void test_teardown(const char *dir)
+{
+	ksm_set(dir, "run", 2);
+	ksm_knobs_restore(dir, &tests_saved);
+	ksm_set(dir, "run", 0);
+}
+
+void ksm_tests_main(int argc, char **argv, const struct ksm_test *tests, size_t n,
+		    const char *root_for, void (*done)(void))
+{
+	bool *sel = calloc(n, sizeof(*sel));
+	unsigned int nsel = 0;
+	const char *dir;
+	size_t i;
+	int args;
+
+	if (!sel)
+		exit(2);
+	args = ksm_parse_args(argc, argv);
+	dir = RKSM_DIR;
+	for (i = 0; i < n; i++)
+		sel[i] = args == 1;
+	for (i = 1; i < (size_t)args; i++) {
+		unsigned long t = strtoul(argv[i], NULL, 10);
+
+		if (t < 1 || t > n) {
+			fprintf(stderr, "usage: %s [--ksm-dir DIR] [--kthread NAME] [1-%zu...]\n",
+				argv[0], n);
+			exit(2);
+		}
+		sel[t - 1] = true;
+	}
+	for (i = 0; i < n; i++)
+		nsel += sel[i];
+
+	tap_plan(nsel);
+	tap_diag("KSM directory %s", dir);
+	if (access(dir, F_OK) || geteuid()) {
+		if (geteuid())
+			tap_diag("must run as root (%s)", root_for);
+		else
+			tap_diag("no such directory");
+		for (i = 0; i < n; i++)
+			if (sel[i])
+				tap_result(TAP_FAIL, tests[i].name);
+		tap_finish();
+	}
+	ksm_knobs_save(dir, &tests_saved);
+	for (i = 0; i < n; i++) {
+		int res;
+
+		if (!sel[i])
+			continue;
+		tap_diag("[RUN] %zu %s", i + 1, tests[i].name);
+		test_setup(dir);
+		res = tests[i].fn(dir);
+		test_teardown(dir);
+		tap_result(res, tests[i].name);
+	}
+	free(sel);
+	if (done)
+		done();
+	tap_finish();
+}

@@ -105,4 +105,21 @@ unsigned char pattern_byte(unsigned long p, size_t off);
 /* xorshift64 PRNG. */
 uint64_t rnd_next(uint64_t *state);
 
+/* A test of a binary parameterized by the KSM directory. */
+struct ksm_test {
+	const char *name;
+	int (*fn)(const char *dir);
+};
+
+/*
+ * main() of such a binary: parses [--ksm-dir DIR] [--kthread NAME] [test
+ * numbers...], then runs the selected tests, each after run=2, run=0 and
+ * fast knobs, and followed by run=2, the knobs as found, run=0.  Calls
+ * done() (if not NULL) before exiting with the TAP verdict.  ROOT_FOR says
+ * what root is needed for.
+ */
+void __attribute__((noreturn))
+ksm_tests_main(int argc, char **argv, const struct ksm_test *tests, size_t n,
+	       const char *root_for, void (*done)(void));
+
 #endif /* RUST_KSM_MERGE_UTIL_H */

@@ -70,7 +70,6 @@ static int rmap_item_cost(const char *dir, long long sharing, long long items,
 }
 #define RMAP_ITEM_SIZE	rmap_item_size
 
-static struct ksm_knobs saved;
 
 /* The PFN all NPAGES pages at ADDR share, or 0 (with a diagnostic). */
 static long long common_pfn(const char *what, const char *addr,
@@ -956,12 +955,8 @@ static int test_integrity(const char *dir)
 
 /* ------------------------------------------------------------------ */
 
-struct mtest {
-	const char *name;
-	int (*fn)(const char *dir);
-};
 
-static const struct mtest tests[] = {
+static const struct ksm_test tests[] = {
 	{ "identical pages merge onto one KSM page, distinct pages do not", test_identical_distinct },
 	{ "4 patterns x 64 + 64 unique: shared 4, sharing 252, unique PFNs distinct", test_partial },
 	{ "a write breaks sharing, both sides keep their content", test_cow },
@@ -978,69 +973,7 @@ static const struct mtest tests[] = {
 	{ "2048 pages x 8 patterns, 4096 random byte writes: every byte intact", test_integrity },
 };
 
-static void setup(const char *dir)
-{
-	struct ksm_counters c;
-
-	ksm_unmerge_stop(dir);
-	ksm_fast(dir, 1000);
-	ksm_counters_read(dir, &c);
-	if (c.shared || c.sharing)
-		ksm_counters_diag("not clean before the test", &c);
-}
-
-static void teardown(const char *dir)
-{
-	ksm_set(dir, "run", 2);
-	ksm_knobs_restore(dir, &saved);
-	ksm_set(dir, "run", 0);
-}
-
 int main(int argc, char **argv)
 {
-	bool sel[ARRAY_SIZE(tests)];
-	unsigned int i, nsel = 0;
-	const char *dir;
-	int n;
-
-	n = ksm_parse_args(argc, argv);
-	dir = RKSM_DIR;
-	for (i = 0; i < ARRAY_SIZE(tests); i++)
-		sel[i] = n == 1;
-	for (i = 1; i < (unsigned int)n; i++) {
-		unsigned long t = strtoul(argv[i], NULL, 10);
-
-		if (t < 1 || t > ARRAY_SIZE(tests)) {
-			fprintf(stderr, "usage: %s [--ksm-dir DIR] [--kthread NAME] [1-%zu...]\n",
-				argv[0], ARRAY_SIZE(tests));
-			return 2;
-		}
-		sel[t - 1] = true;
-	}
-	for (i = 0; i < ARRAY_SIZE(tests); i++)
-		nsel += sel[i];
-
-	tap_plan(nsel);
-	tap_diag("KSM directory %s", dir);
-	if (access(dir, F_OK) || geteuid()) {
-		tap_diag(geteuid() ? "must run as root (pagemap PFNs)" :
-			 "no such directory");
-		for (i = 0; i < ARRAY_SIZE(tests); i++)
-			if (sel[i])
-				tap_result(TAP_FAIL, tests[i].name);
-		tap_finish();
-	}
-	ksm_knobs_save(dir, &saved);
-	for (i = 0; i < ARRAY_SIZE(tests); i++) {
-		int res;
-
-		if (!sel[i])
-			continue;
-		tap_diag("[RUN] %u %s", i + 1, tests[i].name);
-		setup(dir);
-		res = tests[i].fn(dir);
-		teardown(dir);
-		tap_result(res, tests[i].name);
-	}
-	tap_finish();
+	ksm_tests_main(argc, argv, tests, ARRAY_SIZE(tests), "pagemap PFNs", NULL);
 }

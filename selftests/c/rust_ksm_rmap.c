@@ -114,7 +114,6 @@
 #define PM_PFN_MASK	((1ULL << 55) - 1)	/* also swap type + offset */
 
 static const char *dir;
-static struct ksm_knobs saved;
 
 /* ------------------------------------------------------------------ */
 /* The mappings of one merged page, in this process (pid 0) or a child. */
@@ -996,18 +995,26 @@ static int scenario_de(enum walk w, bool dontneed)
 	return ret;
 }
 
-static int a_migrate(void) { return scenario_a(MIGRATE); }
-static int a_swap(void) { return scenario_a(SWAP); }
-static int b_migrate(void) { return scenario_b(MIGRATE); }
-static int b_swap(void) { return scenario_b(SWAP); }
-static int c_migrate(void) { return scenario_c(MIGRATE); }
-static int c_swap(void) { return scenario_c(SWAP); }
-static int d_migrate(void) { return scenario_de(MIGRATE, false); }
-static int d_swap(void) { return scenario_de(SWAP, false); }
-static int e_migrate(void) { return scenario_de(MIGRATE, true); }
-static int e_swap(void) { return scenario_de(SWAP, true); }
+/* The scenarios read the KSM directory from `dir`. */
+#define SCENARIO(name, call)				\
+	static int name(const char *d)			\
+	{						\
+		dir = d;				\
+		return call;				\
+	}
 
-static const struct tap_test tests[] = {
+SCENARIO(a_migrate, scenario_a(MIGRATE))
+SCENARIO(a_swap, scenario_a(SWAP))
+SCENARIO(b_migrate, scenario_b(MIGRATE))
+SCENARIO(b_swap, scenario_b(SWAP))
+SCENARIO(c_migrate, scenario_c(MIGRATE))
+SCENARIO(c_swap, scenario_c(SWAP))
+SCENARIO(d_migrate, scenario_de(MIGRATE, false))
+SCENARIO(d_swap, scenario_de(SWAP, false))
+SCENARIO(e_migrate, scenario_de(MIGRATE, true))
+SCENARIO(e_swap, scenario_de(SWAP, true))
+
+static const struct ksm_test tests[] = {
 	{ "a. mremap before merge (Hugh Dickins): migration moves every mapping", a_migrate },
 	{ "a. mremap before merge (Hugh Dickins): swap-out unmaps every mapping", a_swap },
 	{ "b. mremap after merge, re-merged: migration moves every mapping", b_migrate },
@@ -1020,69 +1027,8 @@ static const struct tap_test tests[] = {
 	{ "e. MADV_DONTNEED of part: swap-out unmaps the merged mappings", e_swap },
 };
 
-static void setup(void)
-{
-	struct ksm_counters c;
-
-	ksm_unmerge_stop(dir);
-	ksm_fast(dir, 1000);
-	ksm_counters_read(dir, &c);
-	if (c.shared || c.sharing)
-		ksm_counters_diag("not clean before the test", &c);
-}
-
-static void teardown(void)
-{
-	ksm_set(dir, "run", 2);
-	ksm_knobs_restore(dir, &saved);
-	ksm_set(dir, "run", 0);
-}
-
 int main(int argc, char **argv)
 {
-	bool sel[ARRAY_SIZE(tests)];
-	unsigned int i, nsel = 0;
-	int n;
-
-	n = ksm_parse_args(argc, argv);
-	dir = RKSM_DIR;
-	for (i = 0; i < ARRAY_SIZE(tests); i++)
-		sel[i] = n == 1;
-	for (i = 1; i < (unsigned int)n; i++) {
-		unsigned long t = strtoul(argv[i], NULL, 10);
-
-		if (t < 1 || t > ARRAY_SIZE(tests)) {
-			fprintf(stderr, "usage: %s [--ksm-dir DIR] [--kthread NAME] [1-%zu...]\n",
-				argv[0], ARRAY_SIZE(tests));
-			return 2;
-		}
-		sel[t - 1] = true;
-	}
-	for (i = 0; i < ARRAY_SIZE(tests); i++)
-		nsel += sel[i];
-
-	tap_plan(nsel);
-	tap_diag("KSM directory %s", dir);
-	if (access(dir, F_OK) || geteuid()) {
-		tap_diag(geteuid() ? "must run as root (pagemap PFNs, move_pages MOVE_ALL, swapon)" :
-			 "no such directory");
-		for (i = 0; i < ARRAY_SIZE(tests); i++)
-			if (sel[i])
-				tap_result(TAP_FAIL, tests[i].name);
-		tap_finish();
-	}
-	ksm_knobs_save(dir, &saved);
-	for (i = 0; i < ARRAY_SIZE(tests); i++) {
-		int res;
-
-		if (!sel[i])
-			continue;
-		tap_diag("[RUN] %u %s", i + 1, tests[i].name);
-		setup();
-		res = tests[i].fn();
-		teardown();
-		tap_result(res, tests[i].name);
-	}
-	swap_teardown();
-	tap_finish();
+	ksm_tests_main(argc, argv, tests, ARRAY_SIZE(tests),
+		       "pagemap PFNs, move_pages MOVE_ALL, swapon", swap_teardown);
 }
