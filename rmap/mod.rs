@@ -2,17 +2,18 @@
 
 //! rmap items: what rust_ksm knows about one scanned page of one mm.
 //!
-//! Items live in their mm's [`MmItems`] (a `kernel::rbtree` keyed by
-//! address, which keeps them in scan order and never moves them), so the
-//! trees can link to them by pointer.  Only `rust_ksmd` (or `run=2`, under
-//! the same scan lock) creates, changes or frees items.
+//! Each mm's items form a singly linked list in address order, which is the
+//! scan order ([`ItemList`], upstream's `rmap_list`): the scanner keeps a
+//! cursor in it and steps on in O(1) per page.  Items are boxed and never
+//! move, so the trees can link to them by pointer.  Only `rust_ksmd` (or
+//! `run=2`, under the same scan lock) creates, changes or frees items.
 
 pub(crate) mod walk;
 
 use crate::bindings;
 use crate::tree::StableNode;
 use core::ptr::NonNull;
-use kernel::rbtree::RBTree;
+use kernel::prelude::*;
 use kernel::types::Opaque;
 
 /// Where an item stands.
@@ -38,6 +39,8 @@ pub(crate) enum ItemState {
 
 /// One scanned page.
 pub(crate) struct RmapItem {
+    /// The next item of the same mm (higher address); owned by [`ItemList`].
+    next: Option<NonNull<RmapItem>>,
     pub(crate) mm: NonNull<bindings::mm_struct>,
     pub(crate) address: usize,
     /// Checksum of the page at the previous scan (unstable-tree gate).
@@ -48,11 +51,9 @@ pub(crate) struct RmapItem {
 // Upstream's struct ksm_rmap_item is 64 bytes; stay within it.
 kernel::static_assert!(core::mem::size_of::<RmapItem>() <= 64);
 
-/// The size reported in `general_profit` and /proc/PID/ksm_stat: the item
-/// plus its node in the per-mm tree.
-pub(crate) const RMAP_ITEM_BYTES: usize = core::mem::size_of::<RmapItem>()
-    + core::mem::size_of::<bindings::rb_node>()
-    + core::mem::size_of::<usize>();
+/// The memory one item costs, as reported in `general_profit` and
+/// /proc/PID/ksm_stat: the item is all there is (kmalloc-64).
+pub(crate) const RMAP_ITEM_BYTES: usize = core::mem::size_of::<RmapItem>();
 
 // SAFETY: items are only touched under the scan lock; their raw pointers
 // are to objects (mm, anon_vma, stable node) whose lifetime the engine manages.
@@ -61,6 +62,7 @@ unsafe impl Send for RmapItem {}
 impl RmapItem {
     pub(crate) fn new(mm: NonNull<bindings::mm_struct>, address: usize) -> Self {
         Self {
+            next: None,
             mm,
             address,
             checksum: 0,
@@ -73,5 +75,114 @@ impl RmapItem {
     }
 }
 
-/// The items of one mm, by address.
-pub(crate) type MmItems = RBTree<usize, RmapItem>;
+/// A place in an [`ItemList`]: at its head, or just after one of its items.
+///
+/// The scanner holds one for the mm it is walking; the item it names is not
+/// freed while the cursor is in use.
+#[derive(Clone, Copy)]
+pub(crate) struct ItemCursor(Option<NonNull<RmapItem>>);
+
+// SAFETY: a cursor is only used, under the scan lock, with its list.
+unsafe impl Send for ItemCursor {}
+
+impl ItemCursor {
+    /// The head of any list.
+    pub(crate) const HEAD: Self = Self(None);
+
+    /// Just after `item`.
+    pub(crate) fn after(item: NonNull<RmapItem>) -> Self {
+        Self(Some(item))
+    }
+}
+
+/// The items of one mm, by address: a singly linked list through
+/// `RmapItem::next`.
+///
+/// INVARIANT: every item reachable from `head` came from `KBox::into_raw()`
+/// and belongs to this list alone; addresses strictly increase along it.
+pub(crate) struct ItemList {
+    head: Option<NonNull<RmapItem>>,
+}
+
+// SAFETY: the list owns its items, which are `Send`.
+unsafe impl Send for ItemList {}
+
+impl ItemList {
+    pub(crate) fn new() -> Self {
+        Self { head: None }
+    }
+
+    /// The link at `cursor`: the head, or the `next` of the cursor's item.
+    ///
+    /// # Safety
+    ///
+    /// `cursor` is a place in this list.
+    unsafe fn link(&mut self, cursor: ItemCursor) -> &mut Option<NonNull<RmapItem>> {
+        match cursor.0 {
+            None => &mut self.head,
+            // SAFETY: the item is in this list (the function's safety
+            // requirements), which owns it; `&mut self` excludes others.
+            Some(prev) => unsafe { &mut (*prev.as_ptr()).next },
+        }
+    }
+
+    /// The item just after `cursor`.
+    ///
+    /// # Safety
+    ///
+    /// `cursor` is a place in this list.
+    pub(crate) unsafe fn peek(&mut self, cursor: ItemCursor) -> Option<NonNull<RmapItem>> {
+        // SAFETY: by the function's safety requirements.
+        *unsafe { self.link(cursor) }
+    }
+
+    /// Unlinks the item just after `cursor` and hands it to the caller.
+    ///
+    /// # Safety
+    ///
+    /// `cursor` is a place in this list.
+    pub(crate) unsafe fn take(&mut self, cursor: ItemCursor) -> Option<KBox<RmapItem>> {
+        // SAFETY: by the function's safety requirements.
+        let link = unsafe { self.link(cursor) };
+        let item = (*link)?;
+        // SAFETY: by the type invariant the list owns `item`, which came
+        // from `KBox::into_raw()`; unlinking it first keeps the invariant.
+        unsafe {
+            *link = (*item.as_ptr()).next.take();
+            Some(KBox::from_raw(item.as_ptr()))
+        }
+    }
+
+    /// Links `item` just after `cursor`, returning where it now lives.
+    ///
+    /// # Safety
+    ///
+    /// `cursor` is a place in this list; `item`'s address lies between the
+    /// cursor's item and the one after it.
+    pub(crate) unsafe fn insert(
+        &mut self,
+        cursor: ItemCursor,
+        item: KBox<RmapItem>,
+    ) -> NonNull<RmapItem> {
+        // SAFETY: by the function's safety requirements.
+        let link = unsafe { self.link(cursor) };
+        let item = NonNull::from(KBox::leak(item));
+        // INVARIANT: the list now owns the leaked box, in address order by
+        // the function's safety requirements.
+        // SAFETY: `item` is ours, just leaked.
+        unsafe { (*item.as_ptr()).next = link.take() };
+        *link = Some(item);
+        item
+    }
+}
+
+impl Drop for ItemList {
+    fn drop(&mut self) {
+        // The owner empties the list first, taking each item out of the
+        // trees (which link to them); freeing one still linked would leave
+        // a dangling tree node, so leak instead.
+        if self.head.is_some() {
+            pr_warn!("rust_ksm: rmap item list dropped non-empty, leaking it\n");
+        }
+    }
+}

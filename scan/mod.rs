@@ -14,7 +14,7 @@ mod mm;
 pub(crate) use mm::MmGrab;
 
 use crate::bindings;
-use crate::rmap::{ItemState, MmItems, RmapItem};
+use crate::rmap::{ItemCursor, ItemList, ItemState, RmapItem};
 use crate::tree::Trees;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -103,14 +103,19 @@ pub(crate) struct Stats {
 /// The items of one mm the scanner has seen.
 struct MmScan {
     mm: MmGrab,
-    items: MmItems,
+    items: ItemList,
 }
 
 /// Everything the scanner owns: cursor, per-mm items, trees.  Lives in the
 /// scan lock, which `rust_ksmd` holds for a batch and `run=2` for unmerging.
 pub(crate) struct ScanState {
+    /// The mm being scanned (its registry key) and where the next walk
+    /// starts in it.
     mm_key: usize,
     address: usize,
+    /// The scanner's place in that mm's item list: just after the item of
+    /// the page scanned last.  Reset to the head whenever `address` is.
+    cursor: ItemCursor,
     mms: RBTree<usize, MmScan>,
     pub(crate) trees: Trees,
 }
@@ -127,6 +132,7 @@ impl ScanState {
         Self {
             mm_key: 0,
             address: 0,
+            cursor: ItemCursor::HEAD,
             mms: RBTree::new(),
             trees: Trees::new(),
         }
@@ -169,12 +175,11 @@ impl ScanState {
             }
             let more = walk.stopped;
             for (addr, page) in walk.take() {
-                self.prune_items(self.address, addr);
                 self.address = addr + PAGE_SIZE;
                 budget -= 1;
                 stats.pages_scanned.fetch_add(1, Ordering::Relaxed);
-                if let Some(item) = self.item_at(addr) {
-                    // SAFETY: the item lives in its mm's tree, which nothing
+                if let Some(item) = self.next_item(addr) {
+                    // SAFETY: the item lives in its mm's list, which nothing
                     // else touches while we hold the scan lock.
                     self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, &page, params);
                 }
@@ -184,9 +189,9 @@ impl ScanState {
             }
             if !more {
                 // Done with this mm: drop items past the last page.
-                self.prune_items(self.address, usize::MAX);
+                self.prune_rest();
                 self.mm_key = self.mm_key.wrapping_add(1);
-                self.address = 0;
+                self.rewind();
             }
             self.publish(stats);
         }
@@ -204,7 +209,7 @@ impl ScanState {
             }
             drop(reg);
             self.mm_key = 0;
-            self.address = 0;
+            self.rewind();
             self.trees.new_scan();
             self.drop_gone_mms(registry);
             return None;
@@ -219,7 +224,7 @@ impl ScanState {
         }
         if key != self.mm_key {
             self.mm_key = key;
-            self.address = 0;
+            self.rewind();
         }
         if self.mms.get(&key).is_none() {
             let node = RBTreeNodeReservation::new(GFP_KERNEL).ok()?;
@@ -227,7 +232,7 @@ impl ScanState {
                 key,
                 MmScan {
                     mm: mm.clone(),
-                    items: RBTree::new(),
+                    items: ItemList::new(),
                 },
             ));
         }
@@ -245,37 +250,60 @@ impl ScanState {
                 return;
             };
             if let Some(mut mm) = self.mms.remove(&key) {
-                self.free_items(&mut mm.items, 0, usize::MAX);
+                free_all(&mut self.trees, &mut mm.items);
             }
         }
     }
 
-    /// Frees the items of `items` in `[from, to)`.
-    fn free_items(&mut self, items: &mut MmItems, from: usize, to: usize) {
-        free_items(&mut self.trees, items, from, to);
+    /// Puts the cursor back at the start of the current mm.
+    fn rewind(&mut self) {
+        self.address = 0;
+        self.cursor = ItemCursor::HEAD;
     }
 
-    /// Frees the current mm's items in `[from, to)`: pages gone since.
-    fn prune_items(&mut self, from: usize, to: usize) {
+    /// Frees the current mm's items after the cursor: their pages are gone.
+    fn prune_rest(&mut self) {
         if let Some(mm) = self.mms.get_mut(&self.mm_key) {
-            free_items(&mut self.trees, &mut mm.items, from, to);
+            // SAFETY: the cursor is a place in the current mm's list.
+            while let Some(item) = unsafe { mm.items.take(self.cursor) } {
+                free_item(&mut self.trees, item);
+            }
         }
     }
 
-    /// The current mm's item for `addr`, created if needed.
-    fn item_at(&mut self, addr: usize) -> Option<NonNull<RmapItem>> {
+    /// get_next_rmap_item(): the current mm's item for `addr`, created if
+    /// needed, with the cursor moved past it.  Items the cursor steps over
+    /// are of pages gone since the previous scan: they are freed.
+    fn next_item(&mut self, addr: usize) -> Option<NonNull<RmapItem>> {
         let mm = self.mms.get_mut(&self.mm_key)?;
-        if let Some(item) = mm.items.get_mut(&addr) {
-            return Some(NonNull::from(item));
+        // The cursor is a place in the current mm's list (reset whenever the
+        // mm changes) and only moves to items of that list.
+        // SAFETY: so it is a place in `mm.items`.
+        while let Some(next) = unsafe { mm.items.peek(self.cursor) } {
+            // SAFETY: the list owns `next`; scan-lock held.
+            let next_addr = unsafe { next.as_ref() }.address;
+            if next_addr == addr {
+                self.cursor = ItemCursor::after(next);
+                return Some(next);
+            }
+            if next_addr > addr {
+                break;
+            }
+            // SAFETY: as above.
+            if let Some(gone) = unsafe { mm.items.take(self.cursor) } {
+                free_item(&mut self.trees, gone);
+            }
         }
-        let node = RBTreeNodeReservation::new(GFP_KERNEL).ok()?;
         let mm_ptr = NonNull::new(mm.mm.as_ptr())?;
-        mm.items
-            .insert(node.into_node(addr, RmapItem::new(mm_ptr, addr)));
+        let item = KBox::new(RmapItem::new(mm_ptr, addr), GFP_KERNEL).ok()?;
+        // SAFETY: as above; `addr` lies between the cursor's item and the
+        // next (the loop stopped before a higher address).
+        let item = unsafe { mm.items.insert(self.cursor, item) };
+        self.cursor = ItemCursor::after(item);
         // SAFETY: the mm is allocated.
         unsafe { (*mm_ptr.as_ptr()).__bindgen_anon_1.ksm_rmap_items += 1 };
         self.trees.counters.rmap_items += 1;
-        mm.items.get_mut(&addr).map(NonNull::from)
+        Some(item)
     }
 
     /// cmp_and_merge_page(): the heart of KSM, after mm/ksm.c.
@@ -309,7 +337,7 @@ impl ScanState {
         let Some((tree_item, tree_page)) = self.trees.unstable_search_insert(item, page) else {
             return;
         };
-        // SAFETY: unstable items live in their mm's tree, scan-lock owned;
+        // SAFETY: unstable items live in their mm's list, scan-lock owned;
         // `tree_item` is not `item` (it was found in the tree, `item` not).
         let tree_item = unsafe { &mut *tree_item.as_ptr() };
         // Two subpages of one huge page: splitting it fails while we hold
@@ -430,35 +458,31 @@ impl ScanState {
                 break;
             };
             if let Some(mut mm) = self.mms.remove(&key) {
-                self.free_items(&mut mm.items, 0, usize::MAX);
+                free_all(&mut self.trees, &mut mm.items);
             }
         }
         let busy = self.trees.remove_all_nodes();
         self.trees.new_scan();
         self.mm_key = 0;
-        self.address = 0;
+        self.rewind();
         self.publish(stats);
         result.map(|()| busy)
     }
 }
 
-/// Frees the items of `items` in `[from, to)`, taking them out of `trees`.
-fn free_items(trees: &mut Trees, items: &mut MmItems, from: usize, to: usize) {
-    loop {
-        let key = match items.cursor_lower_bound(&from) {
-            Some(c) if *c.current().0 < to => *c.current().0,
-            _ => return,
-        };
-        // Out of the trees first, in place: they link to the item where it
-        // lives, in its node of `items`.
-        if let Some(item) = items.get_mut(&key) {
-            trees.remove_item(item);
-        }
-        if let Some(item) = items.remove(&key) {
-            trees.counters.rmap_items -= 1;
-            // SAFETY: the item's mm is allocated (MmScan's MmGrab).
-            unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
-        }
+/// Frees an item taken off its list, first taking it out of `trees`.
+fn free_item(trees: &mut Trees, mut item: KBox<RmapItem>) {
+    trees.remove_item(&mut item);
+    trees.counters.rmap_items -= 1;
+    // SAFETY: the item's mm is allocated (MmScan's MmGrab).
+    unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
+}
+
+/// Frees every item of `items`.
+fn free_all(trees: &mut Trees, items: &mut ItemList) {
+    // SAFETY: the head is a place in every list.
+    while let Some(item) = unsafe { items.take(ItemCursor::HEAD) } {
+        free_item(trees, item);
     }
 }
 
@@ -476,12 +500,9 @@ fn merge_with(
     let lock = users.read_lock();
     // SAFETY: the mmap lock is held.
     let vma = unsafe { merge::mergeable_vma(lock.mm(), item.address) }.ok_or(EFAULT)?;
-    // mlock'ed pages would need munlock/mlock of the folios, which the
-    // kernel does not export: leave VM_LOCKED memory alone.
-    // SAFETY: as above.
-    if unsafe { bindings::rust_ksm_vm_flags(vma.as_ptr()) } & bindings::VM_LOCKED as c_ulong != 0 {
-        return Err(EFAULT);
-    }
+    // VM_LOCKED needs nothing special (as in 6.12's mm/ksm.c): replace_page()
+    // maps the KSM folio with folio_add_anon_rmap_pte(), which mlocks it for
+    // a locked VMA, and folio_remove_rmap_pte() munlocks the old one.
     // SAFETY: mmap lock held.
     unsafe { merge::merge_one_page(vma, page, kpage, item.address) }?;
     // SAFETY: the VMA has an anon_vma (mergeable_vma); reference it while

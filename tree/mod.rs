@@ -117,14 +117,10 @@ unsafe impl Send for Trees {}
 /// Offset of `ItemState::Unstable::link` in `RmapItem` (enum field offsets
 /// are not available to `offset_of!`, but a type's layout is fixed).
 fn unstable_link_offset() -> usize {
-    let item = RmapItem {
-        mm: NonNull::dangling(),
-        address: 0,
-        checksum: 0,
-        state: ItemState::Unstable {
-            link: Opaque::uninit(),
-            seqnr: 0,
-        },
+    let mut item = RmapItem::new(NonNull::dangling(), 0);
+    item.state = ItemState::Unstable {
+        link: Opaque::uninit(),
+        seqnr: 0,
     };
     match &item.state {
         ItemState::Unstable { link, .. } => link.get() as usize - ptr::from_ref(&item) as usize,
@@ -231,7 +227,7 @@ impl Trees {
             unreachable!()
         };
         // SAFETY: `node` is the item's link, in place for as long as the item
-        // lives in its mm's tree; `link` and `parent` come from the search.
+        // lives in its mm's list; `link` and `parent` come from the search.
         unsafe {
             bindings::rust_ksm_rb_link_node(node.get(), parent, link);
             bindings::rb_insert_color(node.get(), &mut self.unstable);
@@ -590,7 +586,7 @@ impl Trees {
     ///
     /// # Safety
     ///
-    /// The node's folio is locked; `item` lives in its mm's tree; `anon_vma`
+    /// The node's folio is locked; `item` lives in its mm's list; `anon_vma`
     /// is referenced for the item.
     pub(crate) unsafe fn stable_append(
         &mut self,
