@@ -385,3 +385,41 @@ unsigned long rust_ksm_vma_end(const struct vm_area_struct *vma)
 {
 	return vma->vm_end;
 }
+
+/* KSM zero pages (use_zero_pages), as mm/ksm.c's replace_page() makes them. */
+struct page *rust_ksm_zero_page(unsigned long addr)
+{
+	return ZERO_PAGE(addr);
+}
+
+/* The dirty bit tells a KSM-placed zero page from a plain one. */
+pte_t rust_ksm_mk_ksm_zero_pte(unsigned long addr, struct vm_area_struct *vma)
+{
+	return pte_mkdirty(pte_mkspecial(pfn_pte(my_zero_pfn(addr),
+						 vma->vm_page_prot)));
+}
+
+bool rust_ksm_is_ksm_zero_pte(pte_t pte)
+{
+	return is_ksm_zero_pte(pte);
+}
+
+void rust_ksm_map_zero_page(struct mm_struct *mm)
+{
+	ksm_map_zero_page(mm);
+}
+
+void rust_ksm_dec_anon_pages(struct mm_struct *mm)
+{
+	dec_mm_counter(mm, MM_ANONPAGES);
+}
+
+long rust_ksm_zero_pages(void)
+{
+	return atomic_long_read(&ksm_zero_pages);
+}
+
+long rust_ksm_mm_zero_pages(struct mm_struct *mm)
+{
+	return mm_ksm_zero_pages(mm);
+}

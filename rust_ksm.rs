@@ -77,6 +77,7 @@ struct Control {
     pages_to_scan: u32,
     sleep_millisecs: u32,
     max_page_sharing: u32,
+    use_zero_pages: bool,
     /// Set once at unload, before the thread is stopped.
     stopping: bool,
 }
@@ -123,6 +124,7 @@ impl Ksm {
                 pages_to_scan: 100,
                 sleep_millisecs: 20,
                 max_page_sharing: 256,
+                use_zero_pages: false,
                 stopping: false,
             }),
             wake <- new_condvar!(),
@@ -201,6 +203,7 @@ impl Ksm {
             let params = ScanParams {
                 pages: control.pages_to_scan,
                 max_page_sharing: control.max_page_sharing as usize,
+                use_zero_pages: control.use_zero_pages,
             };
             drop(control);
 
@@ -399,11 +402,15 @@ unsafe extern "C" fn engine_folio_mappable(folio: *mut bindings::folio) -> bool 
 unsafe extern "C" fn engine_process_profit(mm: *mut bindings::mm_struct) -> c_long {
     // SAFETY: `mm` is valid for the call; these are plain counters (in the
     // anonymous struct that holds most of `mm_struct`).
-    let (merging, rmap_items) = unsafe {
-        let mm = &(*mm).__bindgen_anon_1;
-        (mm.ksm_merging_pages, mm.ksm_rmap_items)
+    let (merging, rmap_items, zero_pages) = unsafe {
+        let fields = &(*mm).__bindgen_anon_1;
+        (
+            fields.ksm_merging_pages,
+            fields.ksm_rmap_items,
+            bindings::rust_ksm_mm_zero_pages(mm),
+        )
     };
-    (merging as c_long) * (PAGE_SIZE as c_long)
+    (merging as c_long + zero_pages) * (PAGE_SIZE as c_long)
         - (rmap_items as c_long) * (rmap::RMAP_ITEM_BYTES as c_long)
 }
 
@@ -463,17 +470,49 @@ unsafe fn parse_u32(buf: *const c_char) -> Result<u32> {
     Ok(value)
 }
 
+/// Parses a sysfs write like the kernel's `kstrtobool()` (1/0, y/n, on/off).
+///
 /// # Safety
 ///
-/// `buf` is a sysfs show buffer (PAGE_SIZE bytes).
-unsafe fn emit(buf: *mut c_char, value: u64) -> isize {
-    // SAFETY: `buf` is a sysfs buffer; the format takes one u64.
-    unsafe { bindings::sysfs_emit(buf, c_str!("%llu\n").as_char_ptr(), value) as isize }
+/// `buf` is a NUL-terminated string (sysfs guarantees it for stores).
+unsafe fn parse_bool(buf: *const c_char) -> Result<bool> {
+    let mut value = false;
+    // SAFETY: `buf` is NUL-terminated by the safety requirements.
+    if unsafe { bindings::kstrtobool(buf, &mut value) } != 0 {
+        return Err(EINVAL);
+    }
+    Ok(value)
 }
 
-/// Defines a sysfs show callback `$name` returning `$value(&Ksm) -> u64`.
+/// A value a sysfs file shows, printed as upstream prints it.
+trait Emit {
+    /// # Safety
+    ///
+    /// `buf` is a sysfs show buffer (PAGE_SIZE bytes).
+    unsafe fn emit(self, buf: *mut c_char) -> isize;
+}
+
+impl Emit for u64 {
+    unsafe fn emit(self, buf: *mut c_char) -> isize {
+        // SAFETY: `buf` is a sysfs buffer; the format takes one u64.
+        unsafe { bindings::sysfs_emit(buf, c_str!("%llu\n").as_char_ptr(), self) as isize }
+    }
+}
+
+impl Emit for i64 {
+    unsafe fn emit(self, buf: *mut c_char) -> isize {
+        // SAFETY: `buf` is a sysfs buffer; the format takes one i64.
+        unsafe { bindings::sysfs_emit(buf, c_str!("%lld\n").as_char_ptr(), self) as isize }
+    }
+}
+
+/// Defines a sysfs show callback `$name` returning `$value(&Ksm) -> u64`
+/// (or another [`Emit`] type `$ty`).
 macro_rules! show {
     ($name:ident, $value:expr) => {
+        show!($name, u64, $value);
+    };
+    ($name:ident, $ty:ty, $value:expr) => {
         /// # Safety
         ///
         /// Called by sysfs with a PAGE_SIZE buffer.
@@ -482,16 +521,20 @@ macro_rules! show {
             _attr: *mut bindings::kobj_attribute,
             buf: *mut c_char,
         ) -> isize {
-            let value: fn(&Ksm) -> u64 = $value;
+            let value: fn(&Ksm) -> $ty = $value;
             // SAFETY: sysfs passes its buffer.
-            unsafe { emit(buf, value(ksm())) }
+            unsafe { value(ksm()).emit(buf) }
         }
     };
 }
 
-/// Defines a sysfs store callback `$name` applying `$apply(&Ksm, u32)`.
+/// Defines a sysfs store callback `$name` applying `$apply(&Ksm, u32)` (or
+/// `$apply(&Ksm, $ty)` with the value parsed by `$parse`).
 macro_rules! store {
     ($name:ident, $apply:expr) => {
+        store!($name, parse_u32, u32, $apply);
+    };
+    ($name:ident, $parse:ident, $ty:ty, $apply:expr) => {
         /// # Safety
         ///
         /// Called by sysfs with a NUL-terminated buffer of `count` bytes.
@@ -501,9 +544,9 @@ macro_rules! store {
             buf: *const c_char,
             count: usize,
         ) -> isize {
-            let apply: fn(&Ksm, u32) -> Result = $apply;
+            let apply: fn(&Ksm, $ty) -> Result = $apply;
             // SAFETY: sysfs NUL-terminates store buffers.
-            match unsafe { parse_u32(buf) }.and_then(|v| apply(ksm(), v)) {
+            match unsafe { $parse(buf) }.and_then(|v| apply(ksm(), v)) {
                 Ok(()) => count as isize,
                 Err(e) => e.to_errno() as isize,
             }
@@ -560,11 +603,25 @@ show!(pages_volatile_show, |k| {
 });
 show_counter!(stable_node_chains_show, stable_node_chains);
 show_counter!(stable_node_dups_show, stable_node_dups);
-show!(general_profit_show, |k| {
+show!(general_profit_show, i64, |k| {
     let s = &k.stats;
-    let profit = (s.pages_sharing.load(Ordering::Relaxed) * PAGE_SIZE) as i64
-        - (s.rmap_items.load(Ordering::Relaxed) * rmap::RMAP_ITEM_BYTES) as i64;
-    profit as u64
+    // SAFETY: reads an atomic counter.
+    let zero_pages = unsafe { bindings::rust_ksm_zero_pages() } as i64;
+    (s.pages_sharing.load(Ordering::Relaxed) as i64 + zero_pages) * PAGE_SIZE as i64
+        - (s.rmap_items.load(Ordering::Relaxed) * rmap::RMAP_ITEM_BYTES) as i64
+});
+show!(use_zero_pages_show, |k| u64::from(
+    k.control.lock().use_zero_pages
+));
+store!(use_zero_pages_store, parse_bool, bool, |k, v| {
+    k.update(|c| c.use_zero_pages = v);
+    Ok(())
+});
+// The core keeps the count (it drops as KSM zero PTEs are unmapped); while
+// rust_ksm is the engine, every KSM zero page is one it placed.
+show!(ksm_zero_pages_show, i64, |_| {
+    // SAFETY: reads an atomic counter.
+    unsafe { bindings::rust_ksm_zero_pages() as i64 }
 });
 show!(pages_to_scan_show, |k| u64::from(
     k.control.lock().pages_to_scan
@@ -615,7 +672,7 @@ const fn attr(
     attr
 }
 
-const NR_ATTRS: usize = 13;
+const NR_ATTRS: usize = 15;
 
 /// The attributes and their group, in static storage: lockdep wants static
 /// keys for sysfs attributes, which `kobj_attribute` embeds.
@@ -659,6 +716,12 @@ static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables 
         attr(c_str!("general_profit"), general_profit_show, None),
         attr(c_str!("stable_node_chains"), stable_node_chains_show, None),
         attr(c_str!("stable_node_dups"), stable_node_dups_show, None),
+        attr(
+            c_str!("use_zero_pages"),
+            use_zero_pages_show,
+            Some(use_zero_pages_store),
+        ),
+        attr(c_str!("ksm_zero_pages"), ksm_zero_pages_show, None),
     ],
     list: [ptr::null_mut(); NR_ATTRS + 1],
     // SAFETY: all-zero is a valid (empty, unnamed) attribute group.

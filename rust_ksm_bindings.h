@@ -7,6 +7,7 @@
 #include <linux/freezer.h>
 #include <linux/highmem.h>
 #include <linux/huge_mm.h>
+#include <linux/ksm.h>
 #include <linux/ksm_engine.h>
 #include <linux/kthread.h>
 #include <linux/mm_inline.h>
@@ -85,6 +86,15 @@ void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
 bool rust_ksm_mm_tlb_flush_pending(struct mm_struct *mm);
 pmd_t *rust_ksm_mm_find_pmd(struct mm_struct *mm, unsigned long addr);
 void rust_ksm_folio_walk_end(struct folio_walk *fw, struct vm_area_struct *vma);
+
+/* KSM zero pages (use_zero_pages). */
+struct page *rust_ksm_zero_page(unsigned long addr);
+pte_t rust_ksm_mk_ksm_zero_pte(unsigned long addr, struct vm_area_struct *vma);
+bool rust_ksm_is_ksm_zero_pte(pte_t pte);
+void rust_ksm_map_zero_page(struct mm_struct *mm);
+void rust_ksm_dec_anon_pages(struct mm_struct *mm);
+long rust_ksm_zero_pages(void);
+long rust_ksm_mm_zero_pages(struct mm_struct *mm);
 
 /* Merging: VMAs and anon_vmas. */
 struct vm_area_struct *rust_ksm_vma_lookup(struct mm_struct *mm,

@@ -16,6 +16,9 @@ use kernel::prelude::*;
 /// report migration entries' folios.
 const FW_MIGRATION: bindings::folio_walk_flags_t = 1 << 0;
 
+/// `FW_ZEROPAGE` of <linux/pagewalk.h>: also report the zero page.
+const FW_ZEROPAGE: bindings::folio_walk_flags_t = 1 << 1;
+
 /// `RMAP_NONE` of <linux/rmap.h> (a cast macro bindgen skips).
 const RMAP_NONE: bindings::rmap_t = 0;
 
@@ -71,15 +74,89 @@ impl Drop for PageRef {
     }
 }
 
+/// What a page is merged into: an existing KSM page or the zero page.
+/// (Merging into nothing makes the page itself a KSM page.)
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Ksm(&'a PageRef),
+    /// The zero page for the address (`use_zero_pages`): mapped by a
+    /// special, dirty PTE that the core counts in `ksm_zero_pages`.
+    Zero,
+}
+
 /// xxhash of a page's contents: the stable tree's key, and truncated to 32
 /// bits the unstable-tree gate and key (upstream's calc_checksum()).
 pub(crate) fn hash(page: &PageRef) -> u64 {
-    // SAFETY: the page is referenced; the mapping is released below.
+    // SAFETY: the page is referenced.
+    unsafe { hash_of(page.page()) }
+}
+
+/// The hash of an all-zero page.
+pub(crate) fn zero_hash() -> u64 {
+    // SAFETY: the zero page is always there.
+    unsafe { hash_of(bindings::rust_ksm_zero_page(0)) }
+}
+
+/// Bytes of a page that [`key`] reads: `KEY_CHUNKS` runs of `KEY_CHUNK`.
+const KEY_CHUNK: usize = 32;
+const KEY_CHUNKS: usize = 8;
+
+/// The stable tree's key: xxhash of 256 bytes sampled across the page,
+/// first and last bytes included.  Equal pages have equal keys; unequal
+/// pages usually differ in it too, and where they do not, the tree orders
+/// them by contents.  A sixteenth of the cost of hashing the whole page,
+/// which a page merged into the stable tree then never needs.
+pub(crate) fn key(page: &PageRef) -> u64 {
+    // SAFETY: the page is referenced.
+    unsafe { key_of(page.page()) }
+}
+
+/// The key of an all-zero page.
+pub(crate) fn zero_key() -> u64 {
+    // SAFETY: the zero page is always there.
+    unsafe { key_of(bindings::rust_ksm_zero_page(0)) }
+}
+
+/// # Safety
+///
+/// `page` is a page that stays allocated during the call.
+unsafe fn key_of(page: *mut bindings::page) -> u64 {
+    let mut sample = [0u8; KEY_CHUNK * KEY_CHUNKS];
+    // SAFETY: by the function's safety requirements; every chunk lies
+    // inside the page; the mapping is released below.
     unsafe {
-        let addr = bindings::rust_ksm_kmap_local_page(page.page());
+        let addr = bindings::rust_ksm_kmap_local_page(page).cast::<u8>();
+        for (i, chunk) in sample.chunks_exact_mut(KEY_CHUNK).enumerate() {
+            let offset = i * (PAGE_SIZE - KEY_CHUNK) / (KEY_CHUNKS - 1);
+            ptr::copy_nonoverlapping(addr.add(offset), chunk.as_mut_ptr(), KEY_CHUNK);
+        }
+        bindings::rust_ksm_kunmap_local(addr.cast());
+        bindings::xxh64(sample.as_ptr().cast(), sample.len(), 0)
+    }
+}
+
+/// # Safety
+///
+/// `page` is a page that stays allocated during the call.
+unsafe fn hash_of(page: *mut bindings::page) -> u64 {
+    // SAFETY: by the function's safety requirements; the mapping is
+    // released below.
+    unsafe {
+        let addr = bindings::rust_ksm_kmap_local_page(page);
         let sum = bindings::xxh64(addr, PAGE_SIZE, 0);
         bindings::rust_ksm_kunmap_local(addr);
         sum
+    }
+}
+
+/// pages_identical(): does `page` hold what `target` (at `addr`) holds?
+fn identical(page: &PageRef, target: Target<'_>, addr: usize) -> bool {
+    match target {
+        Target::Ksm(kpage) => compare(page, kpage) == 0,
+        // SAFETY: the page is referenced; the zero page is always there.
+        Target::Zero => unsafe {
+            bindings::memcmp_pages(page.page(), bindings::rust_ksm_zero_page(addr)) == 0
+        },
     }
 }
 
@@ -144,7 +221,7 @@ pub(crate) unsafe fn anon_page_at(
     }
 }
 
-/// The engine's KSM folio at `addr` of `vma`, if one is mapped there.
+/// Is a KSM page (or a KSM-placed zero page) mapped at `addr` of `vma`?
 ///
 /// # Safety
 ///
@@ -152,15 +229,25 @@ pub(crate) unsafe fn anon_page_at(
 unsafe fn ksm_page_mapped(vma: NonNull<bindings::vm_area_struct>, addr: usize) -> bool {
     let mut fw = MaybeUninit::<bindings::folio_walk>::zeroed();
     // SAFETY: the mmap lock is held; `fw` is ours.
-    let folio =
-        unsafe { bindings::folio_walk_start(fw.as_mut_ptr(), vma.as_ptr(), addr, FW_MIGRATION) };
+    let folio = unsafe {
+        bindings::folio_walk_start(
+            fw.as_mut_ptr(),
+            vma.as_ptr(),
+            addr,
+            FW_MIGRATION | FW_ZEROPAGE,
+        )
+    };
     if folio.is_null() {
         return false;
     }
-    // SAFETY: as above; the PTL is held until folio_walk_end().
+    // SAFETY: as above; the PTL is held until folio_walk_end().  A small
+    // folio is mapped at PTE level, so `pte` is the union member in use.
     unsafe {
-        let ksm =
-            !bindings::rust_ksm_folio_test_large(folio) && bindings::rust_ksm_folio_test_ksm(folio);
+        let ksm = !bindings::rust_ksm_folio_test_large(folio)
+            && (bindings::rust_ksm_folio_test_ksm(folio)
+                || bindings::rust_ksm_is_ksm_zero_pte(
+                    *(*fw.as_ptr()).__bindgen_anon_2.pte.as_ref(),
+                ));
         bindings::rust_ksm_folio_walk_end(fw.as_mut_ptr(), vma.as_ptr());
         ksm
     }
@@ -297,8 +384,8 @@ unsafe fn write_protect_pte(
     }
 }
 
-/// replace_page(): map `kpage` at `addr` instead of `page`, whose PTE must
-/// still be `orig_pte`.
+/// replace_page(): map `target` at `addr` instead of `page`, whose PTE
+/// must still be `orig_pte`.
 ///
 /// # Safety
 ///
@@ -306,7 +393,7 @@ unsafe fn write_protect_pte(
 unsafe fn replace_page(
     vma: NonNull<bindings::vm_area_struct>,
     page: &PageRef,
-    kpage: &PageRef,
+    target: Target<'_>,
     addr: usize,
     orig_pte: bindings::pte_t,
 ) -> Result {
@@ -328,17 +415,29 @@ unsafe fn replace_page(
         let mut result = Err(EFAULT);
         if !ptep.is_null() {
             if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(ptep), orig_pte) {
-                let kfolio = kpage.folio();
-                bindings::rust_ksm_folio_get(kfolio);
-                bindings::folio_add_anon_rmap_ptes(
-                    kfolio,
-                    kpage.page(),
-                    1,
-                    vma.as_ptr(),
-                    addr,
-                    RMAP_NONE,
-                );
-                let newpte = bindings::rust_ksm_mk_pte(kpage.page(), vma.as_ptr());
+                let newpte = match target {
+                    Target::Ksm(kpage) => {
+                        let kfolio = kpage.folio();
+                        bindings::rust_ksm_folio_get(kfolio);
+                        bindings::folio_add_anon_rmap_ptes(
+                            kfolio,
+                            kpage.page(),
+                            1,
+                            vma.as_ptr(),
+                            addr,
+                            RMAP_NONE,
+                        );
+                        bindings::rust_ksm_mk_pte(kpage.page(), vma.as_ptr())
+                    }
+                    Target::Zero => {
+                        // The zero page is not anonymous: move the page
+                        // from the mm's anon count to its KSM zero pages
+                        // (the core undoes that when the PTE goes).
+                        bindings::rust_ksm_map_zero_page(mm);
+                        bindings::rust_ksm_dec_anon_pages(mm);
+                        bindings::rust_ksm_mk_ksm_zero_pte(addr, vma.as_ptr())
+                    }
+                };
                 bindings::ptep_clear_flush(vma.as_ptr(), addr, ptep);
                 bindings::rust_ksm_set_pte_at(mm, addr, ptep, newpte);
                 let folio = page.folio();
@@ -355,8 +454,9 @@ unsafe fn replace_page(
 }
 
 /// try_to_merge_one_page(): merge `page`, mapped at `addr` of `vma`, into
-/// `kpage`; or, with no `kpage`, turn `page` itself into a KSM page (its
-/// stable node is set by the caller).
+/// `target`; or, with no target, turn `page` itself into a KSM page (its
+/// stable node is set by the caller).  Fails with `ENOENT` when the
+/// write-protected page turns out not to equal the target.
 ///
 /// # Safety
 ///
@@ -364,10 +464,10 @@ unsafe fn replace_page(
 pub(crate) unsafe fn merge_one_page(
     vma: NonNull<bindings::vm_area_struct>,
     page: &PageRef,
-    kpage: Option<&PageRef>,
+    target: Option<Target<'_>>,
     addr: usize,
 ) -> Result {
-    if let Some(kpage) = kpage {
+    if let Some(Target::Ksm(kpage)) = target {
         if kpage.page() == page.page() {
             // A KSM page forked into this mm: nothing to replace.
             return Ok(());
@@ -397,7 +497,7 @@ pub(crate) unsafe fn merge_one_page(
     if small {
         // SAFETY: mmap lock held, folio locked, referenced and small.
         if let Some(orig_pte) = unsafe { write_protect_page(vma, folio, addr) } {
-            result = match kpage {
+            result = match target {
                 None => {
                     // SAFETY: locked folio; it becomes a KSM folio whose
                     // stable node the caller sets under the same lock.
@@ -413,11 +513,12 @@ pub(crate) unsafe fn merge_one_page(
                     }
                     Ok(())
                 }
-                Some(kpage) if compare(page, kpage) == 0 => {
+                Some(target) if identical(page, target, addr) => {
                     // SAFETY: as required by replace_page().
-                    unsafe { replace_page(vma, page, kpage, addr, orig_pte) }
+                    unsafe { replace_page(vma, page, target, addr, orig_pte) }
                 }
-                Some(_) => Err(EFAULT),
+                // The caller may have trusted a key: say the contents differ.
+                Some(_) => Err(ENOENT),
             };
         }
     }

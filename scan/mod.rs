@@ -15,7 +15,7 @@ pub(crate) use mm::MmGrab;
 
 use crate::bindings;
 use crate::rmap::{ItemCursor, ItemList, ItemState, RmapItem};
-use crate::tree::Trees;
+use crate::tree::{Search, Trees};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::ffi::{c_int, c_ulong, c_void};
@@ -23,7 +23,7 @@ use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::rbtree::{self, RBTree, RBTreeNodeReservation};
 use kernel::sync::Mutex;
-use merge::PageRef;
+use merge::{PageRef, Target};
 
 /// The mms that became mergeable (`__ksm_enter()`), keyed by address.
 ///
@@ -117,6 +117,9 @@ pub(crate) struct ScanState {
     /// the page scanned last.  Reset to the head whenever `address` is.
     cursor: ItemCursor,
     mms: RBTree<usize, MmScan>,
+    /// What an all-zero page hashes to, fully and by key (use_zero_pages).
+    zero_hash: u64,
+    zero_key: u64,
     pub(crate) trees: Trees,
 }
 
@@ -125,6 +128,7 @@ pub(crate) struct ScanState {
 pub(crate) struct ScanParams {
     pub(crate) pages: u32,
     pub(crate) max_page_sharing: usize,
+    pub(crate) use_zero_pages: bool,
 }
 
 impl ScanState {
@@ -134,6 +138,8 @@ impl ScanState {
             address: 0,
             cursor: ItemCursor::HEAD,
             mms: RBTree::new(),
+            zero_hash: merge::zero_hash(),
+            zero_key: merge::zero_key(),
             trees: Trees::new(),
         }
     }
@@ -315,19 +321,49 @@ impl ScanState {
                 return;
             }
         }
-        let hash = merge::hash(page);
-        let found = self
-            .trees
-            .stable_search(page, hash, params.max_page_sharing);
-        self.trees.remove_item(item);
-        if let Some((node, kpage)) = found {
-            if let Ok((anon_vma, index)) = merge_with(item, page, Some(&kpage)) {
-                self.append(item, node, &kpage, anon_vma, index);
+        let key = merge::key(page);
+        // The full hash: the unstable-tree gate, and a new stable node's
+        // identity.  Only pages that do not merge into the stable tree
+        // need it.
+        let mut hash = None;
+        // use_zero_pages: an all-zero page whose checksum held since the
+        // previous scan maps the zero page instead (before the stable tree,
+        // as upstream).
+        if params.use_zero_pages
+            && key == self.zero_key
+            // SAFETY: referenced folio.
+            && !unsafe { bindings::rust_ksm_folio_test_ksm(page.folio()) }
+        {
+            let full = *hash.insert(merge::hash(page));
+            if full == self.zero_hash && item.checksum == full as u32 {
+                self.trees.remove_item(item);
+                if merge_with_zero(item, page).is_ok() {
+                    return;
+                }
             }
-            return;
+        }
+        // First trust the key (the merge compares in full); search exactly
+        // only if that node's contents turn out to differ.
+        for search in [Search::Fast, Search::Exact] {
+            let found = self
+                .trees
+                .stable_search(page, key, params.max_page_sharing, search);
+            self.trees.remove_item(item);
+            let Some((node, kpage)) = found else {
+                break;
+            };
+            match merge_with(item, page, Some(Target::Ksm(&kpage))) {
+                Ok((anon_vma, index)) => {
+                    self.append(item, node, &kpage, anon_vma, index);
+                    return;
+                }
+                Err(e) if e == ENOENT => continue,
+                Err(_) => return,
+            }
         }
 
         // Pages that change between scans stay out of the unstable tree.
+        let hash = hash.unwrap_or_else(|| merge::hash(page));
         let sum = hash as u32;
         if item.checksum != sum {
             item.checksum = sum;
@@ -352,7 +388,8 @@ impl ScanState {
             }
             return;
         };
-        let Ok((av_tree, idx_tree)) = merge_with(tree_item, &tree_page, Some(page)) else {
+        let Ok((av_tree, idx_tree)) = merge_with(tree_item, &tree_page, Some(Target::Ksm(page)))
+        else {
             // SAFETY: taken by merge_with().
             unsafe { bindings::rust_ksm_put_anon_vma(av_item.as_ptr()) };
             break_cow(item);
@@ -361,7 +398,7 @@ impl ScanState {
         self.trees.remove_item(tree_item);
         // SAFETY: referenced folio; lock it for the stable tree insert.
         unsafe { bindings::rust_ksm_folio_lock(page.folio()) };
-        let appended = match self.trees.stable_insert(page, hash) {
+        let appended = match self.trees.stable_insert(page, key, hash) {
             // SAFETY: the folio is locked; items alive; references taken.
             Ok(node) => unsafe {
                 self.trees
@@ -486,36 +523,59 @@ fn free_all(trees: &mut Trees, items: &mut ItemList) {
     }
 }
 
-/// try_to_merge_with_ksm_page(): merge `item`'s page into `kpage` (or make
-/// it a KSM page), returning the anon_vma (referenced) and linear page
-/// index the item keeps while stable.
-fn merge_with(
+/// Runs `f` on the mergeable VMA of `item`'s address, under its mm's mmap
+/// lock (find_mergeable_vma() with the lock taken); `EFAULT` if there is
+/// none.
+pub(crate) fn with_item_vma<R>(
     item: &RmapItem,
-    page: &PageRef,
-    kpage: Option<&PageRef>,
-) -> Result<(NonNull<bindings::anon_vma>, usize)> {
+    f: impl FnOnce(NonNull<bindings::vm_area_struct>) -> Result<R>,
+) -> Result<R> {
     // SAFETY: items keep their mm allocated.
     let mm = unsafe { MmGrab::new(item.mm) };
     let users = mm.users().ok_or(EFAULT)?;
     let lock = users.read_lock();
     // SAFETY: the mmap lock is held.
     let vma = unsafe { merge::mergeable_vma(lock.mm(), item.address) }.ok_or(EFAULT)?;
-    // VM_LOCKED needs nothing special (as in 6.12's mm/ksm.c): replace_page()
-    // maps the KSM folio with folio_add_anon_rmap_pte(), which mlocks it for
-    // a locked VMA, and folio_remove_rmap_pte() munlocks the old one.
-    // SAFETY: mmap lock held.
-    unsafe { merge::merge_one_page(vma, page, kpage, item.address) }?;
-    // SAFETY: the VMA has an anon_vma (mergeable_vma); reference it while
-    // the mmap lock still pins it.
-    unsafe {
-        let anon_vma =
-            NonNull::new_unchecked((*vma.as_ptr()).anon_vma.cast::<bindings::anon_vma>());
-        bindings::rust_ksm_get_anon_vma(anon_vma.as_ptr());
-        Ok((
-            anon_vma,
-            bindings::rust_ksm_linear_page_index(vma.as_ptr(), item.address),
-        ))
-    }
+    f(vma)
+}
+
+/// try_to_merge_with_ksm_page(): merge `item`'s page into `target` (or make
+/// it a KSM page), returning the anon_vma (referenced) and linear page
+/// index the item keeps while stable.
+fn merge_with(
+    item: &RmapItem,
+    page: &PageRef,
+    target: Option<Target<'_>>,
+) -> Result<(NonNull<bindings::anon_vma>, usize)> {
+    with_item_vma(item, |vma| {
+        // VM_LOCKED needs nothing special (as in 6.12's mm/ksm.c):
+        // replace_page() maps the KSM folio with folio_add_anon_rmap_pte(),
+        // which mlocks it for a locked VMA, and folio_remove_rmap_pte()
+        // munlocks the old one.
+        // SAFETY: mmap lock held.
+        unsafe { merge::merge_one_page(vma, page, target, item.address) }?;
+        // SAFETY: the VMA has an anon_vma (mergeable_vma); reference it
+        // while the mmap lock still pins it.
+        unsafe {
+            let anon_vma =
+                NonNull::new_unchecked((*vma.as_ptr()).anon_vma.cast::<bindings::anon_vma>());
+            bindings::rust_ksm_get_anon_vma(anon_vma.as_ptr());
+            Ok((
+                anon_vma,
+                bindings::rust_ksm_linear_page_index(vma.as_ptr(), item.address),
+            ))
+        }
+    })
+}
+
+/// try_to_merge_with_zero_page(): map the zero page instead of `item`'s
+/// (all-zero) page.  The item stays out of the trees: the next scan finds
+/// no page there and frees it, as upstream.
+fn merge_with_zero(item: &RmapItem, page: &PageRef) -> Result {
+    with_item_vma(item, |vma| {
+        // SAFETY: mmap lock held.
+        unsafe { merge::merge_one_page(vma, page, Some(Target::Zero), item.address) }
+    })
 }
 
 /// Splits the huge page `page` is part of, if its folio lock is free.
@@ -533,17 +593,10 @@ fn split_huge(page: &PageRef) {
 
 /// break_cow(): undo a merge of `item`'s page.
 fn break_cow(item: &RmapItem) {
-    // SAFETY: items keep their mm allocated.
-    let mm = unsafe { MmGrab::new(item.mm) };
-    let Some(users) = mm.users() else {
-        return;
-    };
-    let lock = users.read_lock();
-    // SAFETY: the mmap lock is held.
-    if let Some(vma) = unsafe { merge::mergeable_vma(lock.mm(), item.address) } {
-        // SAFETY: as above.
-        let _ = unsafe { merge::break_ksm(vma, item.address, false) };
-    }
+    let _ = with_item_vma(item, |vma| {
+        // SAFETY: the mmap lock is held.
+        unsafe { merge::break_ksm(vma, item.address, false) }
+    });
 }
 
 /// The unmerge_range hook: break every KSM page in `[start, end)` of `vma`,
@@ -572,15 +625,7 @@ pub(crate) unsafe fn unmerge_range(
             );
         }
         let more = walk.stopped;
-        // Addresses only: break_ksm() must not find our references.
-        let mut found = [0usize; WALK_BATCH];
-        let mut n = 0;
-        for (a, page) in walk.take() {
-            drop(page);
-            found[n] = a;
-            n += 1;
-        }
-        for &a in &found[..n] {
+        for &a in walk.take_addresses() {
             // SAFETY: plain check.
             if unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
                 return Err(ERESTARTSYS);
@@ -604,12 +649,15 @@ const WALK_FULL: c_int = 1;
 
 /// The walk's private data: the pages found, in address order.
 struct WalkState {
-    /// Only KSM pages count (unmerging).
+    /// Only KSM pages and KSM zero pages count (unmerging); they are
+    /// recorded by address alone: break_ksm() must not find our references.
     ksm_only: bool,
     /// Stop after this many (at most `WALK_BATCH`).
     max: usize,
     len: usize,
-    found: [Option<(usize, PageRef)>; WALK_BATCH],
+    addresses: [usize; WALK_BATCH],
+    /// The pages at `addresses`, referenced (scanning only).
+    pages: [Option<PageRef>; WALK_BATCH],
     /// The walk stopped before the end (batch full, or a huge page).
     stopped: bool,
 }
@@ -620,7 +668,8 @@ impl WalkState {
             ksm_only,
             max: max.clamp(1, WALK_BATCH),
             len: 0,
-            found: [const { None }; WALK_BATCH],
+            addresses: [0; WALK_BATCH],
+            pages: [const { None }; WALK_BATCH],
             stopped: false,
         }
     }
@@ -629,9 +678,10 @@ impl WalkState {
         self.len >= self.max
     }
 
-    /// Records a page.
-    fn push(&mut self, addr: usize, page: PageRef) {
-        self.found[self.len] = Some((addr, page));
+    /// Records a page (and its reference, when scanning).
+    fn push(&mut self, addr: usize, page: Option<PageRef>) {
+        self.addresses[self.len] = addr;
+        self.pages[self.len] = page;
         self.len += 1;
     }
 
@@ -656,7 +706,16 @@ impl WalkState {
     /// The pages found, in order, leaving the batch empty.
     fn take(&mut self) -> impl Iterator<Item = (usize, PageRef)> + '_ {
         let len = core::mem::take(&mut self.len);
-        self.found[..len].iter_mut().filter_map(Option::take)
+        let addresses = self.addresses[..len].iter().copied();
+        addresses
+            .zip(self.pages[..len].iter_mut())
+            .filter_map(|(addr, page)| Some((addr, page.take()?)))
+    }
+
+    /// The addresses found, in order, leaving the batch empty.
+    fn take_addresses(&mut self) -> &[usize] {
+        let len = core::mem::take(&mut self.len);
+        &self.addresses[..len]
     }
 }
 
@@ -759,8 +818,11 @@ unsafe extern "C" fn scan_pmd_entry(
                 // SAFETY: `addr` lies in the huge page mapped by this PMD.
                 let page =
                     unsafe { head.add((addr & ((1usize << bindings::PMD_SHIFT) - 1)) / PAGE_SIZE) };
-                // SAFETY: mapped under the held PMD lock.
-                state.push(addr, unsafe { PageRef::get(NonNull::new_unchecked(page)) });
+                let page = (!state.ksm_only).then(|| {
+                    // SAFETY: mapped under the held PMD lock.
+                    unsafe { PageRef::get(NonNull::new_unchecked(page)) }
+                });
+                state.push(addr, page);
             }
             // SAFETY: we took it above.
             unsafe { bindings::spin_unlock(ptl) };
@@ -788,6 +850,15 @@ unsafe extern "C" fn scan_pmd_entry(
         if !unsafe { bindings::rust_ksm_pte_present(pte) } {
             continue;
         }
+        // SAFETY: as above.
+        if state.ksm_only && unsafe { bindings::rust_ksm_is_ksm_zero_pte(pte) } {
+            state.push(page_addr, None);
+            if state.is_full() {
+                stop = true;
+                break;
+            }
+            continue;
+        }
         // SAFETY: the PTE lock is held, so the mapping is stable.
         let page = unsafe { bindings::vm_normal_page(vma, page_addr, pte) };
         // SAFETY: as above.
@@ -795,10 +866,11 @@ unsafe extern "C" fn scan_pmd_entry(
             // SAFETY: mapped under the held PTE lock.
             let large =
                 unsafe { bindings::rust_ksm_folio_test_large(bindings::rust_ksm_page_folio(page)) };
-            // SAFETY: as above.
-            state.push(page_addr, unsafe {
-                PageRef::get(NonNull::new_unchecked(page))
+            let page = (!state.ksm_only).then(|| {
+                // SAFETY: as above.
+                unsafe { PageRef::get(NonNull::new_unchecked(page)) }
             });
+            state.push(page_addr, page);
             // A PTE-mapped huge page ends the batch too (see above).
             if large || state.is_full() {
                 stop = true;

@@ -1052,6 +1052,125 @@ static int test_mlocked(const char *dir)
 	return ret;
 }
 
+/* The PFN of the zero page, as a read fault of fresh memory maps it. */
+static long long zero_page_pfn(void)
+{
+	volatile char *z = map_anon(1);
+	long long pfn;
+
+	if (!z)
+		return -1;
+	(void)z[0];
+	pfn = pagemap_pfn(0, (const void *)z);
+	munmap((void *)z, PS);
+	return pfn;
+}
+
+static long long zero_pages_now(const char *dir)
+{
+	long long v = -1;
+
+	knob_read_signed(dir, "ksm_zero_pages", &v);
+	return v;
+}
+
+/*
+ * use_zero_pages (upstream's knob): all-zero pages whose checksum held for
+ * a scan map the zero page itself, no KSM page; ksm_zero_pages and
+ * /proc/self/ksm_stat count them, general and process profit include them,
+ * a write or MADV_UNMERGEABLE gives a private page back, munmap uncounts
+ * them.  With the knob off, zero pages merge like any other contents.
+ */
+static int test_zero_pages(const char *dir)
+{
+	const size_t n = 64, w = 9;
+	long long zpfn = zero_page_pfn(), z0 = zero_pages_now(dir), v;
+	struct ksm_counters c;
+	struct ksm_stat st;
+	int ret = TAP_PASS;
+	size_t i;
+	char *p;
+
+	CHECK(zpfn > 0 && z0 == 0, "zero pfn %lld, ksm_zero_pages %lld",
+	      zpfn, z0);
+	CHECK(knob_write_str(dir, "use_zero_pages", "2") == -EINVAL &&
+	      knob_write_str(dir, "use_zero_pages", "x") == -EINVAL &&
+	      !knob_read_signed(dir, "use_zero_pages", &v) && v == 0,
+	      "bad use_zero_pages writes: not EINVAL, or the knob changed");
+	CHECK(!knob_write_str(dir, "use_zero_pages", "y") &&
+	      !knob_read_signed(dir, "use_zero_pages", &v) && v == 1,
+	      "use_zero_pages=y did not read back 1");
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0xff, n * PS);
+	memset(p, 0, n * PS);		/* real pages, zero contents */
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
+	CHECK(pages_on_pfn(p, n, zpfn) == n, "%zu of %zu pages on the zero page",
+	      pages_on_pfn(p, n, zpfn), n);
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("zero pages merged", &c);
+	CHECK(zero_pages_now(dir) == z0 + (long long)n,
+	      "ksm_zero_pages %lld, want %lld", zero_pages_now(dir),
+	      z0 + (long long)n);
+	CHECK(c.shared == 0 && c.sharing == 0, "a KSM page was made");
+	CHECK(!ksm_stat_read(0, &st) && st.zero_pages == (long long)n &&
+	      st.process_profit == (st.merging_pages + st.zero_pages) *
+	      (long long)PS - st.rmap_items * 64,
+	      "ksm_stat: zero_pages %lld profit %lld merging %lld items %lld",
+	      st.zero_pages, st.process_profit, st.merging_pages,
+	      st.rmap_items);
+
+	p[w * PS + 7] = 0x42;		/* COW from the zero page */
+	CHECK(pagemap_pfn(0, p + w * PS) != zpfn &&
+	      zero_pages_now(dir) == z0 + (long long)n - 1,
+	      "write: ksm_zero_pages %lld, want %lld", zero_pages_now(dir),
+	      z0 + (long long)n - 1);
+	CHECK(!madvise(p, n * PS, MADV_UNMERGEABLE), "MADV_UNMERGEABLE: %s",
+	      strerror(errno));
+	CHECK(zero_pages_now(dir) == z0 && pages_on_pfn(p, n, zpfn) == 0 &&
+	      distinct_pfns(p, n, NULL) == n,
+	      "after MADV_UNMERGEABLE: ksm_zero_pages %lld, %zu on zero page",
+	      zero_pages_now(dir), pages_on_pfn(p, n, zpfn));
+	for (i = 0; i < n * PS; i++)
+		if (p[i] != (i == w * PS + 7 ? 0x42 : 0)) {
+			FAILED("byte %zu is %#x", i, (unsigned char)p[i]);
+			break;
+		}
+
+	/* Merge again, then munmap: the core uncounts them. */
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
+	CHECK(zero_pages_now(dir) == z0 + (long long)n - 1,
+	      "re-merged: ksm_zero_pages %lld, want %lld", zero_pages_now(dir),
+	      z0 + (long long)n - 1);
+	munmap(p, n * PS);
+	CHECK(zero_pages_now(dir) == z0, "after munmap: ksm_zero_pages %lld",
+	      zero_pages_now(dir));
+
+	/* Knob off: zero pages are merged onto a KSM page of zeroes. */
+	CHECK(!knob_write_str(dir, "use_zero_pages", "0"), "use_zero_pages=0");
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0xff, n * PS);
+	memset(p, 0, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("use_zero_pages=0", &c);
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(zero_pages_now(dir) == z0 && pages_on_pfn(p, n, zpfn) == 0,
+	      "zero page used with use_zero_pages=0");
+	munmap(p, n * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1071,6 +1190,7 @@ static const struct ksm_test tests[] = {
 	{ "/proc/self/ksm_stat agrees with the region", test_ksm_stat },
 	{ "2048 pages x 8 patterns, 4096 random byte writes: every byte intact", test_integrity },
 	{ "mlocked pages merge; Mlocked stays right through COW and unmerge", test_mlocked },
+	{ "use_zero_pages: zero pages map the zero page, counted, unmerged", test_zero_pages },
 };
 
 int main(int argc, char **argv)

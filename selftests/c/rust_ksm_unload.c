@@ -77,6 +77,45 @@ static int test_rmmod_merged(void)
 	return ret;
 }
 
+/*
+ * KSM zero pages (use_zero_pages) are unmerged by rmmod too: the core
+ * counts them in the global ksm_zero_pages, and with any left the next
+ * engine (or the built-in ksmd) could not take over.
+ */
+static int test_rmmod_zero_pages(void)
+{
+	const size_t n = 256;
+	int ret = TAP_PASS;
+	size_t i, d, np;
+	char *p = map_anon(n);
+
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 1, n * ps);
+	memset(p, 0, n * ps);
+	CHECK(!knob_write_str(DIR_, "use_zero_pages", "1"), "use_zero_pages=1");
+	CHECK(!madvise(p, n * ps, MADV_MERGEABLE) && !ksm_fast(DIR_, 1000) &&
+	      !ksm_run_scans(DIR_, 3, TIMEOUT_MS), "merging did not run");
+	CHECK(knob_get(DIR_, "ksm_zero_pages") == n, "ksm_zero_pages %llu, want %zu",
+	      knob_get(DIR_, "ksm_zero_pages"), n);
+
+	CHECK(module_unload() == 0, "rmmod with KSM zero pages failed");
+	CHECK(knob_get("/sys/kernel/mm/ksm", "ksm_zero_pages") == 0,
+	      "ksm_zero_pages %llu after rmmod",
+	      knob_get("/sys/kernel/mm/ksm", "ksm_zero_pages"));
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == n && np == 0, "after rmmod: %zu distinct PFNs (%zu absent), want %zu",
+	      d, np, n);
+	for (i = 0; i < n * ps; i++)
+		if (p[i]) {
+			FAILED("byte %zu is %#x after rmmod", i, (unsigned char)p[i]);
+			break;
+		}
+	CHECK(module_load() == 0, "insmod after rmmod failed");
+	munmap(p, n * ps);
+	return ret;
+}
+
 static int test_sparse_unmerge(void)
 {
 	const size_t size = 32ULL << 40;	/* 32 TiB, as upstream's report */
@@ -172,11 +211,13 @@ static int test_hwpoison_merged(void)
 }
 
 static int run_rmmod(void) { return test_rmmod_merged(); }
+static int run_rmmod_zero(void) { return test_rmmod_zero_pages(); }
 static int run_hwpoison(void) { return test_hwpoison_merged(); }
 static int run_sparse(void) { return test_sparse_unmerge(); }
 
 static const struct tap_test tests[] = {
 	{ "rmmod with merged pages: every page private again, data intact", run_rmmod },
+	{ "rmmod with KSM zero pages: all private again, ksm_zero_pages 0", run_rmmod_zero },
 	{ "MADV_UNMERGEABLE over a sparse 32 TiB area: under a second", run_sparse },
 	{ "memory failure on a merged page: its process gets SIGBUS", run_hwpoison },
 };
