@@ -1066,6 +1066,27 @@ static long long zero_page_pfn(void)
 	return pfn;
 }
 
+/*
+ * N mergeable pages of real memory with zero contents, scanned 3 times (the
+ * checksum must hold for a scan before a page may map the zero page).
+ */
+static char *zeroed_area(const char *dir, size_t n)
+{
+	char *p = map_anon(n);
+
+	if (!p)
+		return NULL;
+	memset(p, 0xff, n * PS);
+	memset(p, 0, n * PS);
+	if (madvise(p, n * PS, MADV_MERGEABLE) ||
+	    ksm_run_scans(dir, 3, TIMEOUT_MS)) {
+		tap_diag("madvise (%s) or scanning failed", strerror(errno));
+		munmap(p, n * PS);
+		return NULL;
+	}
+	return p;
+}
+
 static long long zero_pages_now(const char *dir)
 {
 	long long v = -1;
@@ -1101,14 +1122,9 @@ static int test_zero_pages(const char *dir)
 	      !knob_read_signed(dir, "use_zero_pages", &v) && v == 1,
 	      "use_zero_pages=y did not read back 1");
 
-	p = map_anon(n);
+	p = zeroed_area(dir, n);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0xff, n * PS);
-	memset(p, 0, n * PS);		/* real pages, zero contents */
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
 	CHECK(pages_on_pfn(p, n, zpfn) == n, "%zu of %zu pages on the zero page",
 	      pages_on_pfn(p, n, zpfn), n);
 	ksm_counters_read(dir, &c);
@@ -1154,14 +1170,9 @@ static int test_zero_pages(const char *dir)
 
 	/* Knob off: zero pages are merged onto a KSM page of zeroes. */
 	CHECK(!knob_write_str(dir, "use_zero_pages", "0"), "use_zero_pages=0");
-	p = map_anon(n);
+	p = zeroed_area(dir, n);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0xff, n * PS);
-	memset(p, 0, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
 	ksm_counters_read(dir, &c);
 	ksm_counters_diag("use_zero_pages=0", &c);
 	CHECK_COUNTERS(c, 1, n - 1);
