@@ -179,49 +179,65 @@ int ksm_run_scans(const char *dir, unsigned int scans, unsigned int timeout_ms)
 	return 0;
 }
 
+/* pages_shared and pages_sharing as last read, and what is waited for. */
+struct merged_wait {
+	const char *dir;
+	unsigned long long shared, sharing;	/* read; KNOB_ERR on error */
+	unsigned long long want_sum, want_shared, want_sharing;
+};
+
+static int merged_read(struct merged_wait *w)
+{
+	if (knob_read(w->dir, "pages_shared", &w->shared) ||
+	    knob_read(w->dir, "pages_sharing", &w->sharing)) {
+		w->shared = w->sharing = KNOB_ERR;
+		return -1;
+	}
+	return 0;
+}
+
+static int merged_sum_done(void *ctx)
+{
+	struct merged_wait *w = ctx;
+
+	if (merged_read(w))
+		return -1;
+	return w->shared + w->sharing == w->want_sum;
+}
+
+static int merged_counters_done(void *ctx)
+{
+	struct merged_wait *w = ctx;
+
+	if (merged_read(w))
+		return -1;
+	return w->shared == w->want_shared && w->sharing == w->want_sharing;
+}
+
 long ksm_wait_merged(const char *dir, unsigned long long n,
 		     unsigned int timeout_ms, unsigned long long *last)
 {
-	uint64_t start = now_ms();
-	unsigned long long a = 0, b = 0, sum = 0;
+	struct merged_wait w = { .dir = dir, .want_sum = n };
+	long ms = poll_until(merged_sum_done, &w, 2, timeout_ms);
 
-	for (;;) {
-		if (knob_read(dir, "pages_shared", &a) ||
-		    knob_read(dir, "pages_sharing", &b)) {
-			sum = KNOB_ERR;
-			break;
-		}
-		sum = a + b;
-		if (sum == n) {
-			if (last)
-				*last = sum;
-			return (long)(now_ms() - start);
-		}
-		if (now_ms() - start >= timeout_ms)
-			break;
-		msleep(2);
-	}
 	if (last)
-		*last = sum;
-	return -1;
+		*last = w.shared == KNOB_ERR ? KNOB_ERR : w.shared + w.sharing;
+	return ms;
 }
 
 long ksm_wait_counters(const char *dir, unsigned long long shared,
 		       unsigned long long sharing, unsigned int timeout_ms)
 {
-	uint64_t start = now_ms();
-	unsigned long long a = KNOB_ERR, b = KNOB_ERR;
+	struct merged_wait w = { .dir = dir, .shared = KNOB_ERR,
+				 .sharing = KNOB_ERR, .want_shared = shared,
+				 .want_sharing = sharing };
+	unsigned long long a, b;
+	long ms = poll_until(merged_counters_done, &w, 5, timeout_ms);
 
-	for (;;) {
-		if (knob_read(dir, "pages_shared", &a) ||
-		    knob_read(dir, "pages_sharing", &b))
-			break;
-		if (a == shared && b == sharing)
-			return (long)(now_ms() - start);
-		if (now_ms() - start >= timeout_ms)
-			break;
-		msleep(5);
-	}
+	if (ms >= 0)
+		return ms;
+	a = w.shared;
+	b = w.sharing;
 	tap_diag("pages_shared %lld pages_sharing %lld, not %llu %llu within %u ms",
 		 a == KNOB_ERR ? -1LL : (long long)a,
 		 b == KNOB_ERR ? -1LL : (long long)b, shared, sharing,

@@ -139,29 +139,47 @@ int rk_fast(void)
 	return err ? err : rk_set("sleep_millisecs", 0);
 }
 
+long poll_until(int (*done)(void *ctx), void *ctx, unsigned int step_ms,
+		unsigned int timeout_ms)
+{
+	uint64_t start = now_ms();
+	int r;
+
+	for (;;) {
+		r = done(ctx);
+		if (r > 0)
+			return (long)(now_ms() - start);
+		if (r < 0 || now_ms() - start >= timeout_ms)
+			return -1;
+		msleep(step_ms);
+	}
+}
+
+struct knob_ge {
+	const char *dir, *knob;
+	unsigned long long target, v;
+};
+
+static int knob_ge_done(void *ctx)
+{
+	struct knob_ge *k = ctx;
+
+	if (knob_read(k->dir, k->knob, &k->v)) {
+		k->v = KNOB_ERR;
+		return -1;
+	}
+	return k->v >= k->target;
+}
+
 long wait_knob_ge(const char *dir, const char *knob, unsigned long long target,
 		  unsigned int timeout_ms, unsigned long long *last)
 {
-	uint64_t start = now_ms();
-	unsigned long long v = 0;
+	struct knob_ge k = { dir, knob, target, 0 };
+	long ms = poll_until(knob_ge_done, &k, 5, timeout_ms);
 
-	for (;;) {
-		if (knob_read(dir, knob, &v)) {
-			v = KNOB_ERR;
-			break;
-		}
-		if (v >= target) {
-			if (last)
-				*last = v;
-			return (long)(now_ms() - start);
-		}
-		if (now_ms() - start >= timeout_ms)
-			break;
-		msleep(5);
-	}
 	if (last)
-		*last = v;
-	return -1;
+		*last = k.v;
+	return ms;
 }
 
 int module_load(void)

@@ -60,6 +60,13 @@ void rk_reset(void);
 int rk_fast(void);
 
 /*
+ * Calls DONE(CTX) every STEP_MS ms until it returns > 0 (returns the ms that
+ * took), < 0 (an error) or TIMEOUT_MS pass (both return -1).
+ */
+long poll_until(int (*done)(void *ctx), void *ctx, unsigned int step_ms,
+		unsigned int timeout_ms);
+
+/*
  * Poll DIR/KNOB every few ms until it is >= TARGET or TIMEOUT_MS passed.
  * Returns the milliseconds waited, or -1 on timeout/read error; the last
  * value read goes to *last if last is non-NULL.
