@@ -51,25 +51,14 @@ int ksm_parse_args(int argc, char **argv)
 
 int knob_read_signed(const char *dir, const char *knob, long long *val)
 {
-	char path[256], buf[64], *end;
-	ssize_t n;
-	int fd, err;
+	char buf[64], *end;
+	int n = knob_read_line(dir, knob, buf, sizeof(buf));
 
-	snprintf(path, sizeof(path), "%s/%s", dir, knob);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	err = errno;
-	close(fd);
 	if (n < 0)
-		return -err;
-	buf[n] = '\0';
-	if (n < 2 || buf[n - 1] != '\n')
-		return -EPROTO;
+		return n;
 	errno = 0;
 	*val = strtoll(buf, &end, 10);
-	if (errno || end != buf + n - 1 || end == buf)
+	if (errno || end != buf + n || end == buf)
 		return -EPROTO;
 	return 0;
 }
@@ -245,10 +234,9 @@ long ksm_wait_counters(const char *dir, unsigned long long shared,
 	return -1;
 }
 
-long long pagemap_pfn(pid_t pid, const void *addr)
+int pagemap_read(pid_t pid, const void *addr, uint64_t *ent)
 {
 	char path[64];
-	uint64_t ent;
 	ssize_t n;
 	int fd;
 
@@ -259,10 +247,24 @@ long long pagemap_pfn(pid_t pid, const void *addr)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
-	n = pread(fd, &ent, sizeof(ent),
-		  (off_t)((uintptr_t)addr / page_size * sizeof(ent)));
+	n = pread(fd, ent, sizeof(*ent),
+		  (off_t)((uintptr_t)addr / page_size * sizeof(*ent)));
 	close(fd);
-	if (n != sizeof(ent))
+	return n == sizeof(*ent) ? 0 : -1;
+}
+
+uint64_t pagemap_entry(pid_t pid, const void *addr)
+{
+	uint64_t ent;
+
+	return pagemap_read(pid, addr, &ent) ? 0 : ent;
+}
+
+long long pagemap_pfn(pid_t pid, const void *addr)
+{
+	uint64_t ent;
+
+	if (pagemap_read(pid, addr, &ent))
 		return -1;
 	if (!(ent >> 63))		/* not present */
 		return 0;

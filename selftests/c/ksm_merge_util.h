@@ -74,6 +74,10 @@ long ksm_wait_counters(const char *dir, unsigned long long shared,
 /* PFN of the page at ADDR in /proc/PID/pagemap (pid 0: self): the PFN,
  * 0 if not present, -1 on error. */
 long long pagemap_pfn(pid_t pid, const void *addr);
+/* The raw pagemap entry of ADDR in PID (0: self) into *ENT: 0 or -1. */
+int pagemap_read(pid_t pid, const void *addr, uint64_t *ent);
+/* The same, 0 on error (as for an unmapped address). */
+uint64_t pagemap_entry(pid_t pid, const void *addr);
 /*
  * (No /proc/kpageflags KPF_KSM helper: 6.12's stable_page_flags() tests
  * `mapping & PAGE_MAPPING_KSM`, a 2-bit mask, so it reports every anonymous

@@ -37,9 +37,9 @@ static void knob_path(char *buf, size_t len, const char *dir, const char *knob)
 	snprintf(buf, len, "%s/%s", dir, knob);
 }
 
-int knob_read(const char *dir, const char *knob, unsigned long long *val)
+int knob_read_line(const char *dir, const char *knob, char *buf, size_t len)
 {
-	char path[256], buf[64], *end;
+	char path[256];
 	ssize_t n;
 	int fd, err;
 
@@ -47,17 +47,29 @@ int knob_read(const char *dir, const char *knob, unsigned long long *val)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
+	n = read(fd, buf, len - 1);
 	err = errno;
 	close(fd);
 	if (n < 0)
 		return -err;
 	buf[n] = '\0';
-	if (n < 2 || !isdigit((unsigned char)buf[0]) || buf[n - 1] != '\n')
+	if (n < 2 || buf[n - 1] != '\n')
+		return -EPROTO;
+	return (int)n - 1;
+}
+
+int knob_read(const char *dir, const char *knob, unsigned long long *val)
+{
+	char buf[64], *end;
+	int n = knob_read_line(dir, knob, buf, sizeof(buf));
+
+	if (n < 0)
+		return n;
+	if (!isdigit((unsigned char)buf[0]))
 		return -EPROTO;
 	errno = 0;
 	*val = strtoull(buf, &end, 10);
-	if (errno || end != buf + n - 1)
+	if (errno || end != buf + n)
 		return -EPROTO;
 	return 0;
 }

@@ -36,6 +36,12 @@ extern size_t page_size;
  * Read DIR/KNOB, which must hold exactly one decimal number and a newline.
  * Returns 0, -errno, or -EPROTO for a malformed value.
  */
+/*
+ * Reads DIR/KNOB, which must be one line, into BUF (LEN bytes); returns the
+ * line's length without its newline (which is replaced by NUL), or -errno
+ * (-EPROTO for no newline).
+ */
+int knob_read_line(const char *dir, const char *knob, char *buf, size_t len);
 int knob_read(const char *dir, const char *knob, unsigned long long *val);
 /* knob_read() or KNOB_ERR (with a diagnostic). */
 unsigned long long knob_get(const char *dir, const char *knob);

@@ -137,28 +137,6 @@ static void maps_add(struct maps *m, pid_t pid, const char *what, char *addr,
 	}
 }
 
-/* The pagemap entry of ADDR in PID (0: self); 0 on error (never valid:
- * a present page has bit 63, a swapped one bit 62). */
-static uint64_t pm_entry(pid_t pid, const void *addr)
-{
-	char path[64];
-	uint64_t ent;
-	int fd;
-
-	if (pid)
-		snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
-	else
-		snprintf(path, sizeof(path), "/proc/self/pagemap");
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	if (pread(fd, &ent, sizeof(ent),
-		  (off_t)((uintptr_t)addr / PS * sizeof(ent))) != sizeof(ent))
-		ent = 0;
-	close(fd);
-	return ent;
-}
-
 /* /proc/kpageflags of PFN (LRU, ACTIVE, REFERENCED...), ~0 if unknown. */
 static uint64_t kpageflags(unsigned long long pfn)
 {
@@ -198,7 +176,7 @@ static void maps_diag(const char *when, const struct maps *m)
 
 	tap_diag("%s: %zu mappings:", when, m->n);
 	for (i = 0; i < m->n; i++) {
-		pm_describe(pm_entry(m->pid[i], m->addr[i]), buf, sizeof(buf));
+		pm_describe(pagemap_entry(m->pid[i], m->addr[i]), buf, sizeof(buf));
 		tap_diag("  pid %d %-14s %p: %s", m->pid[i] ? (int)m->pid[i] :
 			 (int)getpid(), m->what[i], (void *)m->addr[i], buf);
 	}
@@ -207,11 +185,11 @@ static void maps_diag(const char *when, const struct maps *m)
 /* The PFN every mapping maps, or 0 (with a diagnostic). */
 static long long maps_common_pfn(const char *when, const struct maps *m)
 {
-	uint64_t e0 = pm_entry(m->pid[0], m->addr[0]);
+	uint64_t e0 = pagemap_entry(m->pid[0], m->addr[0]);
 	size_t i;
 
 	for (i = 0; i < m->n; i++) {
-		uint64_t e = pm_entry(m->pid[i], m->addr[i]);
+		uint64_t e = pagemap_entry(m->pid[i], m->addr[i]);
 
 		if (!(e & PM_PRESENT) || !(e & PM_PFN_MASK) ||
 		    (e & PM_PFN_MASK) != (e0 & PM_PFN_MASK)) {
@@ -226,12 +204,12 @@ static long long maps_common_pfn(const char *when, const struct maps *m)
 /* How many mappings are swap entries, all the same one (else 0). */
 static size_t maps_swapped(const struct maps *m, bool *same)
 {
-	uint64_t e0 = pm_entry(m->pid[0], m->addr[0]);
+	uint64_t e0 = pagemap_entry(m->pid[0], m->addr[0]);
 	size_t i, n = 0;
 
 	*same = true;
 	for (i = 0; i < m->n; i++) {
-		uint64_t e = pm_entry(m->pid[i], m->addr[i]);
+		uint64_t e = pagemap_entry(m->pid[i], m->addr[i]);
 
 		if ((e & (PM_PRESENT | PM_SWAP)) == PM_SWAP)
 			n++;
@@ -977,8 +955,8 @@ static int scenario_de(enum walk w, bool dontneed)
 		ret = r;
 	for (j = 0; j < 2; j++) {
 		/* The rest of the holes stays unmapped. */
-		CHECK(!(pm_entry(0, hole[j] + PS) & (PM_PRESENT | PM_SWAP)) &&
-		      (dontneed || !(pm_entry(0, hole[j]) &
+		CHECK(!(pagemap_entry(0, hole[j] + PS) & (PM_PRESENT | PM_SWAP)) &&
+		      (dontneed || !(pagemap_entry(0, hole[j]) &
 				     (PM_PRESENT | PM_SWAP))),
 		      "a dropped page came back after the walk (%p)",
 		      (void *)hole[j]);
