@@ -430,11 +430,18 @@ impl Trees {
     ///
     /// The tree is ordered by (key, contents), so the descent compares
     /// integers, and reads a node's page only on a key match.  With
-    /// `Search::Fast` not even then: the first node with the key is the
-    /// answer, and the merge, which compares the pages in full after
+    /// `Search::Fast` not even then: a node with the key is the answer,
+    /// and the merge, which compares the pages in full after
     /// write-protecting them, tells whether the contents really are equal
     /// (if not, the caller searches again with `Search::Exact`).  That
     /// saves reading two pages per merge in the common case.
+    ///
+    /// Of equal nodes (a chain of dups, `max_page_sharing`) the descent
+    /// goes on to the last: dups are inserted right of their equals, so
+    /// that is the newest, the one that most likely has room.  Finding a
+    /// dup with room stays O(log n) however long the chain grows; only when
+    /// the newest is full are the others looked at (see
+    /// [`Self::equal_with_room`]), once per new dup.
     pub(crate) fn stable_search(
         &mut self,
         page: &PageRef,
@@ -453,44 +460,57 @@ impl Trees {
         }
         'restart: loop {
             let mut rb = self.stable.rb_node;
+            // The last equal node met, and its page if we read it.
+            let mut last: Option<(NonNull<StableNode>, Option<PageRef>)> = None;
             while !rb.is_null() {
                 let node = Self::node_of(rb);
                 // SAFETY: nodes in the tree are alive.
                 let node_key = unsafe { node.as_ref() }.key;
-                if key != node_key {
-                    // SAFETY: `rb` is in the tree.
-                    rb = unsafe {
-                        if key < node_key {
-                            (*rb).rb_left
-                        } else {
-                            (*rb).rb_right
+                let ret = if key != node_key {
+                    if key < node_key {
+                        -1
+                    } else {
+                        1
+                    }
+                } else {
+                    match search {
+                        Search::Fast => {
+                            last = Some((node, None));
+                            0
                         }
-                    };
-                    continue;
-                }
-                let Some(tree_page) = self.get_folio(node, GetFolio::NoLock) else {
-                    // Stale node removed: the tree changed under the walk.
-                    continue 'restart;
-                };
-                let ret = match search {
-                    Search::Fast => 0,
-                    Search::Exact => merge::compare(page, &tree_page),
-                };
-                if ret != 0 {
-                    // SAFETY: `rb` is in the tree.
-                    rb = unsafe {
-                        if ret < 0 {
-                            (*rb).rb_left
-                        } else {
-                            (*rb).rb_right
+                        Search::Exact => {
+                            let Some(tree_page) = self.get_folio(node, GetFolio::NoLock) else {
+                                // Stale node removed: the tree changed
+                                // under the walk.
+                                continue 'restart;
+                            };
+                            let ret = merge::compare(page, &tree_page);
+                            if ret == 0 {
+                                last = Some((node, Some(tree_page)));
+                            }
+                            ret
                         }
-                    };
-                    continue;
-                }
-                // Equal contents: this node or an equal neighbour with room.
-                return self.equal_with_room(node, tree_page, max_sharing);
+                    }
+                };
+                // Equal: on to the right, where newer dups are.
+                // SAFETY: `rb` is in the tree.
+                rb = unsafe {
+                    if ret < 0 {
+                        (*rb).rb_left
+                    } else {
+                        (*rb).rb_right
+                    }
+                };
             }
-            return None;
+            let (node, tree_page) = last?;
+            let tree_page = match tree_page {
+                Some(tree_page) => tree_page,
+                None => match self.get_folio(node, GetFolio::NoLock) {
+                    Some(tree_page) => tree_page,
+                    None => continue 'restart,
+                },
+            };
+            return self.equal_with_room(node, tree_page, max_sharing);
         }
     }
 
