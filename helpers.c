@@ -283,6 +283,11 @@ void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
 	set_pte_at(mm, addr, ptep, pte);
 }
 
+unsigned long rust_ksm_pte_pfn(pte_t pte)
+{
+	return pte_pfn(pte);
+}
+
 bool rust_ksm_mm_tlb_flush_pending(struct mm_struct *mm)
 {
 	return mm_tlb_flush_pending(mm);

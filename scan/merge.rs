@@ -256,6 +256,12 @@ unsafe fn ksm_page_mapped(vma: NonNull<bindings::vm_area_struct>, addr: usize) -
 /// break_ksm(): replace a KSM page at `addr` by a private copy, through an
 /// unsharing fault, until no KSM page is mapped there.
 ///
+/// `seen` says the caller has just found a KSM page there (the range walk
+/// of [`super::unmerge_range`]), so the first look is skipped: if the PTE
+/// changed since, the fault handles whatever it holds now (as it does when
+/// it changes between mm/ksm.c's look and its fault), and the look after
+/// the fault decides.
+///
 /// # Safety
 ///
 /// The mmap lock of the VMA's mm must be held.
@@ -263,18 +269,21 @@ pub(crate) unsafe fn break_ksm(
     vma: NonNull<bindings::vm_area_struct>,
     addr: usize,
     lock_vma: bool,
+    seen: bool,
 ) -> Result {
     if lock_vma {
         // SAFETY: the mmap lock is held for write when `lock_vma` is set.
         unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
     }
+    let mut look = !seen;
     loop {
         // SAFETY: plain call, no spinlock held.
         unsafe { bindings::rust_ksm_cond_resched() };
         // SAFETY: the mmap lock is held.
-        if !unsafe { ksm_page_mapped(vma, addr) } {
+        if look && !unsafe { ksm_page_mapped(vma, addr) } {
             return Ok(());
         }
+        look = true;
         // SAFETY: the mmap lock is held; a remote unsharing fault, as
         // mm/ksm.c does from ksmd and madvise.
         let ret = unsafe {
@@ -400,56 +409,277 @@ unsafe fn replace_page(
     // SAFETY: by the function's safety requirements.
     unsafe {
         let mm = (*vma.as_ptr()).vm_mm;
-        let pmd = bindings::rust_ksm_mm_find_pmd(mm, addr);
-        if pmd.is_null() {
-            return Err(EFAULT);
-        }
-        let pmde = bindings::rust_ksm_pmdp_get_lockless(pmd);
-        if !bindings::rust_ksm_pmd_present(pmde) || bindings::rust_ksm_pmd_leaf(pmde) {
-            return Err(EFAULT);
-        }
         let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
         bindings::rust_ksm_mmu_notifier_clear_start(range.as_mut_ptr(), mm, addr, addr + PAGE_SIZE);
-        let mut ptl = ptr::null_mut();
-        let ptep = bindings::rust_ksm_pte_offset_map_lock(mm, pmd, addr, &mut ptl);
         let mut result = Err(EFAULT);
-        if !ptep.is_null() {
+        if let Some((ptep, ptl)) = lock_pte_table(mm, addr) {
+            let ptep = ptep.as_ptr();
             if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(ptep), orig_pte) {
-                let newpte = match target {
-                    Target::Ksm(kpage) => {
-                        let kfolio = kpage.folio();
-                        bindings::rust_ksm_folio_get(kfolio);
-                        bindings::folio_add_anon_rmap_ptes(
-                            kfolio,
-                            kpage.page(),
-                            1,
-                            vma.as_ptr(),
-                            addr,
-                            RMAP_NONE,
-                        );
-                        bindings::rust_ksm_mk_pte(kpage.page(), vma.as_ptr())
-                    }
-                    Target::Zero => {
-                        // The zero page is not anonymous: move the page
-                        // from the mm's anon count to its KSM zero pages
-                        // (the core undoes that when the PTE goes).
-                        bindings::rust_ksm_map_zero_page(mm);
-                        bindings::rust_ksm_dec_anon_pages(mm);
-                        bindings::rust_ksm_mk_ksm_zero_pte(addr, vma.as_ptr())
-                    }
-                };
-                bindings::ptep_clear_flush(vma.as_ptr(), addr, ptep);
-                bindings::rust_ksm_set_pte_at(mm, addr, ptep, newpte);
-                let folio = page.folio();
-                bindings::folio_remove_rmap_ptes(folio, page.page(), 1, vma.as_ptr());
-                // The reference of the mapping just removed.
-                bindings::rust_ksm_folio_put(folio);
+                replace_pte(vma, mm, ptep, page, target, addr);
                 result = Ok(());
             }
             bindings::rust_ksm_pte_unmap_unlock(ptep, ptl);
         }
         bindings::rust_ksm_mmu_notifier_end(range.as_mut_ptr());
         result
+    }
+}
+
+/// The body of [`replace_page`] under the PTE lock, the PTE checked.
+///
+/// # Safety
+///
+/// As [`replace_page`], with `ptep` the locked PTE mapping `page` at `addr`.
+unsafe fn replace_pte(
+    vma: NonNull<bindings::vm_area_struct>,
+    mm: *mut bindings::mm_struct,
+    ptep: *mut bindings::pte_t,
+    page: &PageRef,
+    target: Target<'_>,
+    addr: usize,
+) {
+    // SAFETY: by the function's safety requirements.
+    unsafe {
+        let newpte = match target {
+            Target::Ksm(kpage) => {
+                let kfolio = kpage.folio();
+                bindings::rust_ksm_folio_get(kfolio);
+                bindings::folio_add_anon_rmap_ptes(
+                    kfolio,
+                    kpage.page(),
+                    1,
+                    vma.as_ptr(),
+                    addr,
+                    RMAP_NONE,
+                );
+                bindings::rust_ksm_mk_pte(kpage.page(), vma.as_ptr())
+            }
+            Target::Zero => {
+                // The zero page is not anonymous: move the page from the
+                // mm's anon count to its KSM zero pages (the core undoes
+                // that when the PTE goes).
+                bindings::rust_ksm_map_zero_page(mm);
+                bindings::rust_ksm_dec_anon_pages(mm);
+                bindings::rust_ksm_mk_ksm_zero_pte(addr, vma.as_ptr())
+            }
+        };
+        // Clear and flush before the new PTE: GUP-fast must not race
+        // with the change, and no CPU may keep the old page's TLB entry.
+        bindings::ptep_clear_flush(vma.as_ptr(), addr, ptep);
+        bindings::rust_ksm_set_pte_at(mm, addr, ptep, newpte);
+        let folio = page.folio();
+        bindings::folio_remove_rmap_ptes(folio, page.page(), 1, vma.as_ptr());
+        // The reference of the mapping just removed.
+        bindings::rust_ksm_folio_put(folio);
+    }
+}
+
+/// A page of a run for [`merge_run`], and what became of it.
+pub(crate) struct RunPage {
+    /// Where the page is mapped.
+    pub(crate) addr: usize,
+    pub(crate) page: PageRef,
+    pub(crate) state: RunState,
+    /// We hold the page's folio lock.
+    locked: bool,
+}
+
+impl RunPage {
+    pub(crate) fn new(addr: usize, page: PageRef) -> Self {
+        Self {
+            addr,
+            page,
+            state: RunState::Todo,
+            locked: false,
+        }
+    }
+}
+
+/// Where a [`RunPage`] is in [`merge_run`].
+#[derive(Clone, Copy)]
+pub(crate) enum RunState {
+    /// Not started.
+    Todo,
+    /// Folio locked.
+    Locked,
+    /// PTE read-only and clean; the entry the replacement must find.
+    Protected(bindings::pte_t),
+    /// `kpage` is mapped instead.
+    Merged,
+    /// Left as it was (`ENOENT`: the contents differ from `kpage`'s).
+    Failed(Error),
+}
+
+/// The PTE table mapping `addr` in `mm`, locked: the PTE of `addr` and the
+/// lock.  None where no PTE table is (a hole or a huge PMD).
+///
+/// # Safety
+///
+/// The mmap lock of `mm` must be held.
+unsafe fn lock_pte_table(
+    mm: *mut bindings::mm_struct,
+    addr: usize,
+) -> Option<(NonNull<bindings::pte_t>, *mut bindings::spinlock_t)> {
+    // SAFETY: the mmap lock is held, so the upper levels stay.
+    unsafe {
+        let pmd = bindings::rust_ksm_mm_find_pmd(mm, addr);
+        if pmd.is_null() {
+            return None;
+        }
+        let pmde = bindings::rust_ksm_pmdp_get_lockless(pmd);
+        if !bindings::rust_ksm_pmd_present(pmde) || bindings::rust_ksm_pmd_leaf(pmde) {
+            return None;
+        }
+        let mut ptl = ptr::null_mut();
+        let ptep = bindings::rust_ksm_pte_offset_map_lock(mm, pmd, addr, &mut ptl);
+        Some((NonNull::new(ptep)?, ptl))
+    }
+}
+
+/// try_to_merge_one_page() for a run of pages into one KSM page: the same
+/// steps (lock, write-protect, compare, replace) with the same rules and
+/// the same per-PTE clear-and-flush, but each page-table step taken for
+/// the whole run under one mmu notifier range and one page table lock,
+/// where mm/ksm.c takes both, and walks the page table, per page.
+///
+/// `run` holds small anonymous pages mapped in `vma` at increasing
+/// addresses inside one PMD, none of them `kpage`'s; each ends `Merged`
+/// or `Failed`.
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held; `kpage` is a KSM page.
+pub(crate) unsafe fn merge_run(
+    vma: NonNull<bindings::vm_area_struct>,
+    kpage: &PageRef,
+    run: &mut [RunPage],
+) {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return;
+    };
+    let (start, end) = (first.addr, last.addr + PAGE_SIZE);
+    // SAFETY: the VMA is stable under the mmap lock.
+    let mm = unsafe { (*vma.as_ptr()).vm_mm };
+    for p in run.iter_mut() {
+        let folio = p.page.folio();
+        // SAFETY: referenced folio.
+        p.state = unsafe {
+            if !bindings::rust_ksm_folio_test_anon(folio)
+                || bindings::rust_ksm_folio_test_large(folio)
+            {
+                RunState::Failed(EFAULT)
+            } else if !bindings::rust_ksm_folio_trylock(folio) {
+                // Rather scan on and come back than wait for the folio.
+                RunState::Failed(EBUSY)
+            } else {
+                p.locked = true;
+                RunState::Locked
+            }
+        };
+    }
+    let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
+    // SAFETY: mmap lock held; `range` is ours and ended below.
+    unsafe { bindings::rust_ksm_mmu_notifier_clear_start(range.as_mut_ptr(), mm, start, end) };
+    // SAFETY: mmap lock held.
+    if let Some((ptes, ptl)) = unsafe { lock_pte_table(mm, start) } {
+        // SAFETY: `ptes` maps `start..end`, locked; folios locked.
+        unsafe {
+            protect_ptes(vma, mm, ptes, start, run);
+            bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl);
+        }
+    }
+    for p in run.iter_mut() {
+        if matches!(p.state, RunState::Protected(_)) && compare(&p.page, kpage) != 0 {
+            p.state = RunState::Failed(ENOENT);
+        }
+    }
+    // SAFETY: mmap lock held.
+    if let Some((ptes, ptl)) = unsafe { lock_pte_table(mm, start) } {
+        // SAFETY: as above.
+        unsafe {
+            replace_ptes(vma, mm, ptes, start, kpage, run);
+            bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl);
+        }
+    }
+    // SAFETY: started above.
+    unsafe { bindings::rust_ksm_mmu_notifier_end(range.as_mut_ptr()) };
+    for p in run.iter_mut() {
+        if !matches!(p.state, RunState::Merged | RunState::Failed(_)) {
+            // The page table went away under us.
+            p.state = RunState::Failed(EFAULT);
+        }
+        if core::mem::take(&mut p.locked) {
+            // SAFETY: locked above.
+            unsafe { bindings::folio_unlock(p.page.folio()) };
+        }
+    }
+}
+
+/// The write-protect step of [`merge_run`]: write_protect_page() for
+/// every `Locked` page, leaving it `Protected` or `Failed`.
+///
+/// # Safety
+///
+/// As [`merge_run`], with `ptes` the locked PTE table entry of `start`.
+unsafe fn protect_ptes(
+    vma: NonNull<bindings::vm_area_struct>,
+    mm: *mut bindings::mm_struct,
+    ptes: NonNull<bindings::pte_t>,
+    start: usize,
+    run: &mut [RunPage],
+) {
+    for p in run.iter_mut() {
+        if !matches!(p.state, RunState::Locked) {
+            continue;
+        }
+        // SAFETY: by the function's safety requirements: the PTE table
+        // covers the run and is locked, the folio locked and referenced.
+        p.state = unsafe {
+            let pte = ptes.as_ptr().add((p.addr - start) / PAGE_SIZE);
+            let entry = bindings::rust_ksm_ptep_get(pte);
+            let folio = p.page.folio();
+            if !bindings::rust_ksm_pte_present(entry)
+                || bindings::rust_ksm_pte_pfn(entry) != bindings::rust_ksm_folio_pfn(folio)
+            {
+                RunState::Failed(EFAULT)
+            } else {
+                match write_protect_pte(vma, mm, folio, p.addr, pte) {
+                    Some(entry) => RunState::Protected(entry),
+                    None => RunState::Failed(EFAULT),
+                }
+            }
+        };
+    }
+}
+
+/// The replace step of [`merge_run`]: replace_page() for every
+/// `Protected` page, leaving it `Merged` or `Failed`.
+///
+/// # Safety
+///
+/// As [`protect_ptes`].
+unsafe fn replace_ptes(
+    vma: NonNull<bindings::vm_area_struct>,
+    mm: *mut bindings::mm_struct,
+    ptes: NonNull<bindings::pte_t>,
+    start: usize,
+    kpage: &PageRef,
+    run: &mut [RunPage],
+) {
+    for p in run.iter_mut() {
+        let RunState::Protected(orig) = p.state else {
+            continue;
+        };
+        // SAFETY: as for protect_ptes().
+        p.state = unsafe {
+            let pte = ptes.as_ptr().add((p.addr - start) / PAGE_SIZE);
+            if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(pte), orig) {
+                replace_pte(vma, mm, pte, &p.page, Target::Ksm(kpage), p.addr);
+                RunState::Merged
+            } else {
+                RunState::Failed(EFAULT)
+            }
+        };
     }
 }
 

@@ -15,7 +15,7 @@ pub(crate) use mm::MmGrab;
 
 use crate::bindings;
 use crate::rmap::{ItemCursor, ItemList, ItemState, RmapItem};
-use crate::tree::{Search, Trees};
+use crate::tree::{Search, StableNode, Trees};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::ffi::{c_int, c_ulong, c_void};
@@ -23,7 +23,7 @@ use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::rbtree::{self, RBTree, RBTreeNodeReservation};
 use kernel::sync::Mutex;
-use merge::{PageRef, Target};
+use merge::{PageRef, RunPage, RunState, Target};
 
 /// The mms that became mergeable (`__ksm_enter()`), keyed by address.
 ///
@@ -121,6 +121,9 @@ pub(crate) struct ScanState {
     zero_hash: u64,
     zero_key: u64,
     pub(crate) trees: Trees,
+    /// Pages of the current walk batch found to merge into one stable
+    /// node, merged together at the end of the run (see [`Run`]).
+    run: Run,
 }
 
 /// Knob values a batch runs with.
@@ -141,6 +144,7 @@ impl ScanState {
             zero_hash: merge::zero_hash(),
             zero_key: merge::zero_key(),
             trees: Trees::new(),
+            run: Run::new(),
         }
     }
 
@@ -187,12 +191,13 @@ impl ScanState {
                 if let Some(item) = self.next_item(addr) {
                     // SAFETY: the item lives in its mm's list, which nothing
                     // else touches while we hold the scan lock.
-                    self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, &page, params);
+                    self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, page, params);
                 }
-                drop(page);
                 // SAFETY: no spinlock held.
                 unsafe { bindings::rust_ksm_cond_resched() };
             }
+            // Before the cursor leaves these items behind (or frees any).
+            self.flush_run(params);
             if !more {
                 // Done with this mm: drop items past the last page.
                 self.prune_rest();
@@ -312,16 +317,52 @@ impl ScanState {
         Some(item)
     }
 
-    /// cmp_and_merge_page(): the heart of KSM, after mm/ksm.c.
-    fn cmp_and_merge(&mut self, item: &mut RmapItem, page: &PageRef, params: ScanParams) {
+    /// cmp_and_merge_page(): the heart of KSM, after mm/ksm.c.  A page
+    /// that the stable tree takes joins the run (merged by
+    /// [`Self::flush_run`]); anything else is done here and now.
+    fn cmp_and_merge(&mut self, item: &mut RmapItem, page: PageRef, params: ScanParams) {
         // Already merged with this very page?
         if let ItemState::Stable { node, .. } = item.state {
             // SAFETY: referenced page.
-            if unsafe { crate::tree::StableNode::of_folio(page.folio()) } == Some(node) {
+            if unsafe { StableNode::of_folio(page.folio()) } == Some(node) {
                 return;
             }
         }
-        let key = merge::key(page);
+        let key = merge::key(&page);
+        let zero_candidate = params.use_zero_pages && key == self.zero_key;
+        if !zero_candidate {
+            if let Some((node, kpage)) =
+                self.trees
+                    .stable_search(&page, key, params.max_page_sharing, Search::Fast)
+            {
+                let page = match self.run_add(item, page, node, kpage, params) {
+                    Ok(()) => return,
+                    Err(page) => page,
+                };
+                // Not for a run (a KSM page itself, a huge page, or the
+                // node full after the run merged): on its own, from the
+                // search, which the run may have changed.
+                self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
+                return;
+            }
+            // No node has the key: no search would find one.
+            self.cmp_and_merge_one(item, &page, key, None, params);
+            return;
+        }
+        self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
+    }
+
+    /// cmp_and_merge_page() for one page, starting with a stable tree
+    /// search of kind `first` (`Exact` after a run found a key that lied;
+    /// None: known to find nothing).
+    fn cmp_and_merge_one(
+        &mut self,
+        item: &mut RmapItem,
+        page: &PageRef,
+        key: u64,
+        first: Option<Search>,
+        params: ScanParams,
+    ) {
         // The full hash: the unstable-tree gate, and a new stable node's
         // identity.  Only pages that do not merge into the stable tree
         // need it.
@@ -344,7 +385,12 @@ impl ScanState {
         }
         // First trust the key (the merge compares in full); search exactly
         // only if that node's contents turn out to differ.
-        for search in [Search::Fast, Search::Exact] {
+        let searches: &[Search] = match first {
+            Some(Search::Fast) => &[Search::Fast, Search::Exact],
+            Some(Search::Exact) => &[Search::Exact],
+            None => &[],
+        };
+        for &search in searches {
             let found = self
                 .trees
                 .stable_search(page, key, params.max_page_sharing, search);
@@ -361,6 +407,7 @@ impl ScanState {
                 Err(_) => return,
             }
         }
+        self.trees.remove_item(item);
 
         // Pages that change between scans stay out of the unstable tree.
         let hash = hash.unwrap_or_else(|| merge::hash(page));
@@ -424,6 +471,167 @@ impl ScanState {
                 break_cow(it);
             }
         }
+    }
+
+    /// Defers the merge of `item`'s `page` into the stable node `node`
+    /// (page `kpage`) to the run, flushing the run first if it cannot
+    /// take the page.  Gives the page back if it is not for a run (the run
+    /// is flushed then, so that no merge into its node is pending).
+    fn run_add(
+        &mut self,
+        item: &mut RmapItem,
+        page: PageRef,
+        node: NonNull<StableNode>,
+        kpage: PageRef,
+        params: ScanParams,
+    ) -> core::result::Result<(), PageRef> {
+        let folio = page.folio();
+        // A KSM page (forked, or this node's) or a huge page needs the
+        // one-page path.
+        // SAFETY: referenced folio.
+        if unsafe {
+            bindings::rust_ksm_folio_test_ksm(folio) || bindings::rust_ksm_folio_test_large(folio)
+        } {
+            self.flush_run(params);
+            return Err(page);
+        }
+        let addr = item.address;
+        let fits = match (&self.run.target, self.run.pages.first()) {
+            (Some((n, _)), Some(head)) => {
+                *n == node
+                    && (head.addr ^ addr) >> bindings::PMD_SHIFT == 0
+                    && self.run.pages.len() < self.run.room.min(WALK_BATCH)
+            }
+            _ => false,
+        };
+        if !fits {
+            self.flush_run(params);
+            // SAFETY: scan lock held.
+            let used = unsafe { node.as_ref().items() }.len();
+            self.run.room = params.max_page_sharing.saturating_sub(used);
+            if self.run.room == 0
+                || self.run.pages.reserve(WALK_BATCH, GFP_KERNEL).is_err()
+                || self.run.items.reserve(WALK_BATCH, GFP_KERNEL).is_err()
+            {
+                return Err(page);
+            }
+            self.run.target = Some((node, kpage));
+        }
+        // Out of either tree before its page changes hands, as the one-page
+        // path does after its search.
+        self.trees.remove_item(item);
+        // Cannot fail: room was reserved for a whole batch.
+        let _ = self.run.items.push(NonNull::from(item), GFP_KERNEL);
+        let _ = self.run.pages.push(RunPage::new(addr, page), GFP_KERNEL);
+        Ok(())
+    }
+
+    /// Merges the run (try_to_merge_with_ksm_page() and
+    /// stable_tree_append() for each of its pages, batched), then gives the
+    /// pages it could not merge the one-page path where mm/ksm.c would go on
+    /// with them.
+    fn flush_run(&mut self, params: ScanParams) {
+        let Some((node, kpage)) = self.run.target.take() else {
+            return;
+        };
+        let mut pages = core::mem::take(&mut self.run.pages);
+        let mut items = core::mem::take(&mut self.run.items);
+        let head_addr = pages[0].addr;
+        // The anon_vma (referenced once per page merged) and the linear
+        // page index of the first page: all pages are in one VMA.
+        // INVARIANT (Run): the items are alive in the current mm's list.
+        // SAFETY: so the first is.
+        let merged = with_item_vma(unsafe { items[0].as_ref() }, |vma| {
+            // SAFETY: the VMA is stable under the mmap lock.
+            let (vm_start, vm_end, anon_vma) = unsafe {
+                (
+                    bindings::rust_ksm_vma_start(vma.as_ptr()),
+                    bindings::rust_ksm_vma_end(vma.as_ptr()),
+                    (*vma.as_ptr()).anon_vma.cast::<bindings::anon_vma>(),
+                )
+            };
+            let anon_vma = NonNull::new(anon_vma).ok_or(EFAULT)?;
+            // The pages past this VMA (it shares the PMD with another)
+            // stay `Todo`.
+            let n = pages
+                .iter()
+                .take_while(|p| p.addr >= vm_start && p.addr < vm_end)
+                .count();
+            // SAFETY: mmap lock held; the pages are as merge_run() wants
+            // (see run_add()) and `kpage` is the node's KSM page.
+            unsafe { merge::merge_run(vma, &kpage, &mut pages[..n]) };
+            for p in &pages[..n] {
+                if matches!(p.state, RunState::Merged) {
+                    // SAFETY: the mmap lock pins the VMA's anon_vma.
+                    unsafe { bindings::rust_ksm_get_anon_vma(anon_vma.as_ptr()) };
+                }
+            }
+            // SAFETY: as above; `head_addr` is in the VMA.
+            let index = unsafe { bindings::rust_ksm_linear_page_index(vma.as_ptr(), head_addr) };
+            Ok((anon_vma, index))
+        });
+        let mut undo = [false; WALK_BATCH];
+        if let Ok((anon_vma, head_index)) = merged {
+            let kfolio = kpage.folio();
+            // SAFETY: referenced folio.
+            unsafe { bindings::rust_ksm_folio_lock(kfolio) };
+            // SAFETY: referenced, locked folio.
+            let live = unsafe { StableNode::of_folio(kfolio) } == Some(node);
+            for (i, p) in pages.iter().enumerate() {
+                if !matches!(p.state, RunState::Merged) {
+                    continue;
+                }
+                let index = head_index + (p.addr - head_addr) / PAGE_SIZE;
+                let appended = live && {
+                    // SAFETY: INVARIANT (Run): a live item, ours under the
+                    // scan lock; the KSM folio is locked, the anon_vma
+                    // referenced.
+                    let item = unsafe { &mut *items[i].as_ptr() };
+                    // SAFETY: as above.
+                    unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok()
+                };
+                if !appended {
+                    // SAFETY: referenced for this page above.
+                    unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
+                    undo[i] = true;
+                }
+            }
+            // SAFETY: locked above.
+            unsafe { bindings::folio_unlock(kfolio) };
+        }
+        drop(kpage);
+        for (i, p) in pages.iter().enumerate() {
+            // SAFETY: INVARIANT (Run): a live item.
+            let item = unsafe { &mut *items[i].as_ptr() };
+            match p.state {
+                // Leave no KSM page mapped outside the stable tree.
+                RunState::Merged if undo[i] => break_cow(item),
+                // The key lied: search again, comparing.
+                RunState::Failed(e) if e == ENOENT => {
+                    let key = merge::key(&p.page);
+                    self.cmp_and_merge_one(item, &p.page, key, Some(Search::Exact), params);
+                }
+                // Not in the run's VMA: from the start.
+                RunState::Todo => {
+                    let key = merge::key(&p.page);
+                    self.cmp_and_merge_one(item, &p.page, key, Some(Search::Fast), params);
+                }
+                // Merged, or failed as mm/ksm.c gives up on a page.
+                _ => {}
+            }
+        }
+        // Keep the vectors' room for the next run.
+        let len = pages.len();
+        // SAFETY: the pages are dropped in place right after, and not
+        // reachable through the vector any more (as Vec::clear()).
+        unsafe {
+            pages.set_len(0);
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(pages.as_mut_ptr(), len));
+            // Plain pointers: nothing to drop.
+            items.set_len(0);
+        }
+        self.run.pages = pages;
+        self.run.items = items;
     }
 
     /// stable_tree_append() under the KSM folio's lock.
@@ -504,6 +712,41 @@ impl ScanState {
         self.rewind();
         self.publish(stats);
         result.map(|()| busy)
+    }
+}
+
+/// Pages of one walk batch that the stable tree sends to one node, in one
+/// PMD: [`merge::merge_run`] merges them under one page table lock and one
+/// TLB flush per step, and [`ScanState::flush_run`] appends them to the
+/// node under one lock of its folio.
+///
+/// # Invariants
+///
+/// `items[i]` is the item of `pages[i]`, taken out of both trees, alive
+/// in the current mm's list behind the scanner's cursor (a run is flushed
+/// before the cursor moves past its walk batch).  With no `target` both
+/// are empty; otherwise `pages.len() <= room`, the mappings `target`'s
+/// node takes before it is full.
+struct Run {
+    target: Option<(NonNull<StableNode>, PageRef)>,
+    room: usize,
+    pages: KVec<RunPage>,
+    items: KVec<NonNull<RmapItem>>,
+}
+
+// SAFETY: a `Run` is part of the `ScanState`, used only by the holder of
+// the scan lock; its items belong to the same state, and its page
+// references are folio references, which any thread may drop.
+unsafe impl Send for Run {}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            target: None,
+            room: 0,
+            pages: KVec::new(),
+            items: KVec::new(),
+        }
     }
 }
 
@@ -595,7 +838,7 @@ fn split_huge(page: &PageRef) {
 fn break_cow(item: &RmapItem) {
     let _ = with_item_vma(item, |vma| {
         // SAFETY: the mmap lock is held.
-        unsafe { merge::break_ksm(vma, item.address, false) }
+        unsafe { merge::break_ksm(vma, item.address, false, false) }
     });
 }
 
@@ -631,7 +874,7 @@ pub(crate) unsafe fn unmerge_range(
                 return Err(ERESTARTSYS);
             }
             // SAFETY: the mmap lock is held.
-            unsafe { merge::break_ksm(vma, a, lock_vma) }?;
+            unsafe { merge::break_ksm(vma, a, lock_vma, true) }?;
             addr = a + PAGE_SIZE;
         }
         if !more {
