@@ -26,9 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/io_uring.h>
 
 #include "ksm_merge_util.h"
 #include "ksm_util.h"
@@ -1182,6 +1186,184 @@ static int test_zero_pages(const char *dir)
 	return ret;
 }
 
+/*
+ * Pages that equal a merged pattern but for one byte, at offsets spread
+ * over the page (so some fall where a sampling engine does not look), two
+ * copies of each, interleaved with the pattern: the pattern pages merge,
+ * each pair merges on its own, nothing else does.
+ */
+static int test_near_identical(const char *dir)
+{
+	const size_t nv = 64, n = 3 * nv;
+	unsigned long long last = 0;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long base_pfn = 0, pfn;
+	size_t k, off;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x5a, n * PS);
+	for (k = 0; k < nv; k++) {
+		off = (k * PS / nv + k * 7) % PS;
+		p[(3 * k + 1) * PS + off] = 0x5b;
+		p[(3 * k + 2) * PS + off] = 0x5b;
+	}
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, n, TIMEOUT_MS, &last) >= 0,
+	      "merged %llu of %zu pages", last, n);
+	CHECK(!ksm_run_scans(dir, 1, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("64 patterns + 64 near-identical pairs", &c);
+	CHECK_COUNTERS(c, 1 + nv, nv - 1 + nv);
+	for (k = 0; k < nv && ret == TAP_PASS; k++) {
+		pfn = pagemap_pfn(0, p + 3 * k * PS);
+		if (!k)
+			base_pfn = pfn;
+		CHECK(pfn > 0 && pfn == base_pfn,
+		      "pattern page %zu not on the pattern's PFN", 3 * k);
+		pfn = pagemap_pfn(0, p + (3 * k + 1) * PS);
+		CHECK(pfn > 0 && pfn != base_pfn &&
+		      pfn == pagemap_pfn(0, p + (3 * k + 2) * PS),
+		      "pair %zu (byte %zu differs) not merged on its own", k,
+		      (k * PS / nv + k * 7) % PS);
+	}
+	CHECK(distinct_pfns(p, n, NULL) == 1 + nv, "%zu distinct PFNs, want %zu",
+	      distinct_pfns(p, n, NULL), 1 + nv);
+	for (k = 0; k < nv; k++) {
+		off = (k * PS / nv + k * 7) % PS;
+		p[(3 * k + 1) * PS + off] = 0x5a;
+		p[(3 * k + 2) * PS + off] = 0x5a;
+	}
+	CHECK(bad_bytes_pages(p, n, 0x5a) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+/*
+ * One run of identical pages over several VMAs: [0,16) and [24,32)
+ * read-write, [16,24) read-only, all mergeable; [32,64) not mergeable;
+ * [64,96) mergeable.  Every mergeable page merges onto one KSM page, the
+ * others stay private.
+ */
+static int test_vma_boundaries(const char *dir)
+{
+	const size_t n = 96;
+	unsigned long long last = 0;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn;
+	size_t np;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x6b, n * PS);
+	CHECK(!madvise(p, 32 * PS, MADV_MERGEABLE) &&
+	      !madvise(p + 64 * PS, 32 * PS, MADV_MERGEABLE) &&
+	      !mprotect(p + 16 * PS, 8 * PS, PROT_READ), "madvise/mprotect: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, 64, TIMEOUT_MS, &last) >= 0,
+	      "merged %llu of 64 pages", last);
+	CHECK(!ksm_run_scans(dir, 1, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("3 mergeable VMAs, 1 not, in one run", &c);
+	CHECK_COUNTERS(c, 1, 63);
+	pfn = common_pfn("mergeable pages [0,32)", p, 32);
+	CHECK(pfn > 0 && pfn == common_pfn("mergeable pages [64,96)",
+					   p + 64 * PS, 32),
+	      "the mergeable pages are not on one PFN");
+	CHECK(distinct_pfns(p + 32 * PS, 32, &np) == 32 && np == 0,
+	      "the pages of the unmergeable VMA are not all private");
+	CHECK(!madvise(p, 32 * PS, MADV_UNMERGEABLE) &&
+	      !madvise(p + 64 * PS, 32 * PS, MADV_UNMERGEABLE),
+	      "MADV_UNMERGEABLE: %s", strerror(errno));
+	CHECK(distinct_pfns(p, n, &np) == n && np == 0,
+	      "not all private after MADV_UNMERGEABLE");
+	CHECK(bad_bytes_pages(p, n, 0x6b) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* Pin [FIRST, FIRST + N) of ADDR as io_uring fixed buffers: ring fd or -1. */
+static int pin_pages(char *addr, size_t first, size_t n)
+{
+	struct io_uring_params params = { 0 };
+	struct iovec iov = { addr + first * PS, n * PS };
+	int fd = (int)syscall(__NR_io_uring_setup, 2, &params);
+
+	if (fd < 0) {
+		tap_diag("io_uring_setup: %s", strerror(errno));
+		return -1;
+	}
+	if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_BUFFERS, &iov,
+		    1)) {
+		tap_diag("IORING_REGISTER_BUFFERS: %s", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Pages pinned by GUP (io_uring fixed buffers: FOLL_PIN | FOLL_LONGTERM)
+ * are never merged, even among identical ones that do merge; once
+ * unpinned, they merge.
+ */
+static int test_pinned(const char *dir)
+{
+	const size_t n = 64, first = 16, npin = 32;
+	long long pfns[32];
+	unsigned long long last = 0;
+	struct ksm_counters c;
+	int ret = TAP_PASS, fd;
+	size_t i;
+	char *p;
+
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x3c, n * PS);
+	fd = pin_pages(p, first, npin);
+	if (fd < 0) {
+		munmap(p, n * PS);
+		return tap_skip_because("no io_uring to pin pages with");
+	}
+	for (i = 0; i < npin; i++)
+		pfns[i] = pagemap_pfn(0, p + (first + i) * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, n - npin, TIMEOUT_MS, &last) >= 0,
+	      "merged %llu of %zu unpinned pages", last, n - npin);
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("32 pinned of 64 identical pages", &c);
+	CHECK_COUNTERS(c, 1, n - npin - 1);
+	for (i = 0; i < npin; i++)
+		if (pagemap_pfn(0, p + (first + i) * PS) != pfns[i]) {
+			FAILED("pinned page %zu moved (merged?)", first + i);
+			break;
+		}
+	CHECK(!syscall(__NR_io_uring_register, fd, IORING_UNREGISTER_BUFFERS,
+		       NULL, 0), "IORING_UNREGISTER_BUFFERS: %s",
+	      strerror(errno));
+	close(fd);
+	CHECK(ksm_wait_merged(dir, n, TIMEOUT_MS, &last) >= 0,
+	      "unpinned: merged %llu of %zu pages", last, n);
+	CHECK(common_pfn("all pages, unpinned", p, n) > 0,
+	      "not all on one PFN once unpinned");
+	CHECK(bad_bytes_pages(p, n, 0x3c) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1202,6 +1384,9 @@ static const struct ksm_test tests[] = {
 	{ "2048 pages x 8 patterns, 4096 random byte writes: every byte intact", test_integrity },
 	{ "mlocked pages merge; Mlocked stays right through COW and unmerge", test_mlocked },
 	{ "use_zero_pages: zero pages map the zero page, counted, unmerged", test_zero_pages },
+	{ "pages one byte off a merged pattern (64 offsets) merge only in pairs", test_near_identical },
+	{ "identical pages over 4 VMAs, one not mergeable: the right 64 merge", test_vma_boundaries },
+	{ "io_uring-pinned pages are never merged; unpinned, they merge", test_pinned },
 };
 
 int main(int argc, char **argv)
