@@ -256,12 +256,6 @@ unsafe fn ksm_page_mapped(vma: NonNull<bindings::vm_area_struct>, addr: usize) -
 /// break_ksm(): replace a KSM page at `addr` by a private copy, through an
 /// unsharing fault, until no KSM page is mapped there.
 ///
-/// `seen` says the caller has just found a KSM page there (the range walk
-/// of [`super::unmerge_range`]), so the first look is skipped: if the PTE
-/// changed since, the fault handles whatever it holds now (as it does when
-/// it changes between mm/ksm.c's look and its fault), and the look after
-/// the fault decides.
-///
 /// # Safety
 ///
 /// The mmap lock of the VMA's mm must be held.
@@ -269,42 +263,48 @@ pub(crate) unsafe fn break_ksm(
     vma: NonNull<bindings::vm_area_struct>,
     addr: usize,
     lock_vma: bool,
-    seen: bool,
 ) -> Result {
     if lock_vma {
         // SAFETY: the mmap lock is held for write when `lock_vma` is set.
         unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
     }
-    let mut look = !seen;
     loop {
         // SAFETY: plain call, no spinlock held.
         unsafe { bindings::rust_ksm_cond_resched() };
         // SAFETY: the mmap lock is held.
-        if look && !unsafe { ksm_page_mapped(vma, addr) } {
+        if !unsafe { ksm_page_mapped(vma, addr) } {
             return Ok(());
         }
-        look = true;
-        // SAFETY: the mmap lock is held; a remote unsharing fault, as
-        // mm/ksm.c does from ksmd and madvise.
-        let ret = unsafe {
-            bindings::handle_mm_fault(
-                vma.as_ptr(),
-                addr,
-                bindings::fault_flag_FAULT_FLAG_UNSHARE | bindings::fault_flag_FAULT_FLAG_REMOTE,
-                ptr::null_mut(),
-            )
-        };
-        if ret & bindings::vm_fault_reason_VM_FAULT_OOM != 0 {
-            return Err(ENOMEM);
-        }
-        if ret
-            & (bindings::vm_fault_reason_VM_FAULT_SIGBUS
-                | bindings::vm_fault_reason_VM_FAULT_SIGSEGV)
-            != 0
-        {
+        // SAFETY: the mmap lock is held.
+        if !unsafe { unshare(vma, addr) }? {
             return Ok(());
         }
     }
+}
+
+/// One remote unsharing fault at `addr`, as mm/ksm.c takes from ksmd and
+/// madvise.  `Ok(false)` if it failed for good (SIGBUS, SIGSEGV): there is
+/// no use faulting again.
+///
+/// # Safety
+///
+/// The mmap lock of the VMA's mm must be held.
+pub(crate) unsafe fn unshare(vma: NonNull<bindings::vm_area_struct>, addr: usize) -> Result<bool> {
+    // SAFETY: the mmap lock is held.
+    let ret = unsafe {
+        bindings::handle_mm_fault(
+            vma.as_ptr(),
+            addr,
+            bindings::fault_flag_FAULT_FLAG_UNSHARE | bindings::fault_flag_FAULT_FLAG_REMOTE,
+            ptr::null_mut(),
+        )
+    };
+    if ret & bindings::vm_fault_reason_VM_FAULT_OOM != 0 {
+        return Err(ENOMEM);
+    }
+    Ok(ret
+        & (bindings::vm_fault_reason_VM_FAULT_SIGBUS | bindings::vm_fault_reason_VM_FAULT_SIGSEGV)
+        == 0)
 }
 
 /// write_protect_page(): make the PTE of `folio` at `addr` read-only and

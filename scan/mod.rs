@@ -838,12 +838,20 @@ fn split_huge(page: &PageRef) {
 fn break_cow(item: &RmapItem) {
     let _ = with_item_vma(item, |vma| {
         // SAFETY: the mmap lock is held.
-        unsafe { merge::break_ksm(vma, item.address, false, false) }
+        unsafe { merge::break_ksm(vma, item.address, false) }
     });
 }
 
 /// The unmerge_range hook: break every KSM page in `[start, end)` of `vma`,
 /// visiting only populated page tables.
+///
+/// break_ksm() per page looks at the PTE, faults, and looks again, each
+/// look a walk from the top of the page table.  Here one walk finds up to
+/// a batch of KSM pages, each gets one unsharing fault, and one walk over
+/// the batch's range looks again: what is still a KSM page (a fault raced
+/// with migration, say) gets the full break_ksm() loop.  The same steps
+/// per page, in another order, with two walks per batch instead of two
+/// per page.
 ///
 /// # Safety
 ///
@@ -854,32 +862,48 @@ pub(crate) unsafe fn unmerge_range(
     end: usize,
     lock_vma: bool,
 ) -> Result {
+    if lock_vma {
+        // SAFETY: the mmap lock is held for write when `lock_vma` is set.
+        unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
+    }
     let mut addr = start;
     while addr < end {
         let mut walk = WalkState::new(true, WALK_BATCH);
-        // SAFETY: the mmap lock is held; `walk` outlives the call.
-        unsafe {
-            bindings::walk_page_range_vma(
-                vma.as_ptr(),
-                addr,
-                end,
-                &RANGE_OPS,
-                ptr::from_mut(&mut walk).cast::<c_void>(),
-            );
-        }
+        // SAFETY: the mmap lock is held.
+        unsafe { walk.run_vma(vma, addr, end) };
         let more = walk.stopped;
-        for &a in walk.take_addresses() {
+        let mut batch = [0; WALK_BATCH];
+        let found = walk.take_addresses();
+        let batch = &mut batch[..found.len()];
+        batch.copy_from_slice(found);
+        let (Some(&first), Some(&last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        for &a in batch.iter() {
             // SAFETY: plain check.
             if unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
                 return Err(ERESTARTSYS);
             }
+            // SAFETY: no spinlock held; the mmap lock is held.
+            unsafe {
+                bindings::rust_ksm_cond_resched();
+                merge::unshare(vma, a)?;
+            }
+        }
+        // Look again.  No KSM page can appear meanwhile: merging needs
+        // the scan lock (run=2 holds it) or the mmap lock for read with
+        // VM_MERGEABLE (madvise and mremap hold it for write).
+        let mut again = WalkState::new(true, WALK_BATCH);
+        // SAFETY: the mmap lock is held.
+        unsafe { again.run_vma(vma, first, last + PAGE_SIZE) };
+        for &a in again.take_addresses() {
             // SAFETY: the mmap lock is held.
-            unsafe { merge::break_ksm(vma, a, lock_vma, true) }?;
-            addr = a + PAGE_SIZE;
+            unsafe { merge::break_ksm(vma, a, false) }?;
         }
         if !more {
             return Ok(());
         }
+        addr = last + PAGE_SIZE;
     }
     Ok(())
 }
@@ -941,6 +965,25 @@ impl WalkState {
                 start,
                 end,
                 &SCAN_OPS,
+                ptr::from_mut(self).cast::<c_void>(),
+            );
+        }
+    }
+
+    /// Walks `[start, end)` of `vma` (unmerging: [`RANGE_OPS`]).
+    ///
+    /// # Safety
+    ///
+    /// The mmap lock of the VMA's mm must be held.
+    unsafe fn run_vma(&mut self, vma: NonNull<bindings::vm_area_struct>, start: usize, end: usize) {
+        // SAFETY: by the function's safety requirements; `self` outlives
+        // the call.
+        unsafe {
+            bindings::walk_page_range_vma(
+                vma.as_ptr(),
+                start,
+                end,
+                &RANGE_OPS,
                 ptr::from_mut(self).cast::<c_void>(),
             );
         }
