@@ -474,21 +474,24 @@ unsafe fn replace_pte(
     }
 }
 
-/// A page of a run for [`merge_run`], and what became of it.
+/// A page of a run for [`merge_run`], the KSM page it is to merge into,
+/// and what became of it.
 pub(crate) struct RunPage {
     /// Where the page is mapped.
     pub(crate) addr: usize,
     pub(crate) page: PageRef,
+    pub(crate) kpage: PageRef,
     pub(crate) state: RunState,
     /// We hold the page's folio lock.
     locked: bool,
 }
 
 impl RunPage {
-    pub(crate) fn new(addr: usize, page: PageRef) -> Self {
+    pub(crate) fn new(addr: usize, page: PageRef, kpage: PageRef) -> Self {
         Self {
             addr,
             page,
+            kpage,
             state: RunState::Todo,
             locked: false,
         }
@@ -536,24 +539,19 @@ unsafe fn lock_pte_table(
     }
 }
 
-/// try_to_merge_one_page() for a run of pages into one KSM page: the same
-/// steps (lock, write-protect, compare, replace) with the same rules and
-/// the same per-PTE clear-and-flush, but each page-table step taken for
-/// the whole run under one mmu notifier range and one page table lock,
-/// where mm/ksm.c takes both, and walks the page table, per page.
+/// try_to_merge_one_page() for a run of pages, each into its KSM page:
+/// the same steps (lock, write-protect, compare, replace) with the same
+/// rules and the same per-PTE clear-and-flush, but each page-table step
+/// taken for the whole run under one mmu notifier range and one page table
+/// lock, where mm/ksm.c takes both, and walks the page table, per page.
 ///
-/// `run` holds small anonymous pages mapped in `vma` at increasing
-/// addresses inside one PMD, none of them `kpage`'s; each ends `Merged`
-/// or `Failed`.
+/// `run` holds small anonymous pages (not KSM pages) mapped in `vma` at
+/// increasing addresses inside one PMD; each ends `Merged` or `Failed`.
 ///
 /// # Safety
 ///
-/// The mmap lock of the VMA's mm must be held; `kpage` is a KSM page.
-pub(crate) unsafe fn merge_run(
-    vma: NonNull<bindings::vm_area_struct>,
-    kpage: &PageRef,
-    run: &mut [RunPage],
-) {
+/// The mmap lock of the VMA's mm must be held; each `kpage` is a KSM page.
+pub(crate) unsafe fn merge_run(vma: NonNull<bindings::vm_area_struct>, run: &mut [RunPage]) {
     let (Some(first), Some(last)) = (run.first(), run.last()) else {
         return;
     };
@@ -589,7 +587,7 @@ pub(crate) unsafe fn merge_run(
         }
     }
     for p in run.iter_mut() {
-        if matches!(p.state, RunState::Protected(_)) && compare(&p.page, kpage) != 0 {
+        if matches!(p.state, RunState::Protected(_)) && compare(&p.page, &p.kpage) != 0 {
             p.state = RunState::Failed(ENOENT);
         }
     }
@@ -597,7 +595,7 @@ pub(crate) unsafe fn merge_run(
     if let Some((ptes, ptl)) = unsafe { lock_pte_table(mm, start) } {
         // SAFETY: as above.
         unsafe {
-            replace_ptes(vma, mm, ptes, start, kpage, run);
+            replace_ptes(vma, mm, ptes, start, run);
             bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl);
         }
     }
@@ -663,7 +661,6 @@ unsafe fn replace_ptes(
     mm: *mut bindings::mm_struct,
     ptes: NonNull<bindings::pte_t>,
     start: usize,
-    kpage: &PageRef,
     run: &mut [RunPage],
 ) {
     for p in run.iter_mut() {
@@ -674,7 +671,7 @@ unsafe fn replace_ptes(
         p.state = unsafe {
             let pte = ptes.as_ptr().add((p.addr - start) / PAGE_SIZE);
             if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(pte), orig) {
-                replace_pte(vma, mm, pte, &p.page, Target::Ksm(kpage), p.addr);
+                replace_pte(vma, mm, pte, &p.page, Target::Ksm(&p.kpage), p.addr);
                 RunState::Merged
             } else {
                 RunState::Failed(EFAULT)

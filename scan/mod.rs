@@ -496,33 +496,36 @@ impl ScanState {
             return Err(page);
         }
         let addr = item.address;
-        let fits = match (&self.run.target, self.run.pages.first()) {
-            (Some((n, _)), Some(head)) => {
-                *n == node
-                    && (head.addr ^ addr) >> bindings::PMD_SHIFT == 0
-                    && self.run.pages.len() < self.run.room.min(WALK_BATCH)
-            }
-            _ => false,
-        };
+        let fits = self.run.pages.first().map_or(true, |head| {
+            (head.addr ^ addr) >> bindings::PMD_SHIFT == 0 && self.run.pages.len() < WALK_BATCH
+        });
         if !fits {
             self.flush_run(params);
-            // SAFETY: scan lock held.
-            let used = unsafe { node.as_ref().items() }.len();
-            self.run.room = params.max_page_sharing.saturating_sub(used);
-            if self.run.room == 0
-                || self.run.pages.reserve(WALK_BATCH, GFP_KERNEL).is_err()
-                || self.run.items.reserve(WALK_BATCH, GFP_KERNEL).is_err()
-            {
+        }
+        if self.run.room(node, params.max_page_sharing) == 0 {
+            // Full, or full once the run is merged.
+            self.flush_run(params);
+            if self.run.room(node, params.max_page_sharing) == 0 {
                 return Err(page);
             }
-            self.run.target = Some((node, kpage));
+        }
+        if self.run.pages.is_empty()
+            && (self.run.pages.reserve(WALK_BATCH, GFP_KERNEL).is_err()
+                || self.run.items.reserve(WALK_BATCH, GFP_KERNEL).is_err()
+                || self.run.nodes.reserve(WALK_BATCH, GFP_KERNEL).is_err())
+        {
+            return Err(page);
         }
         // Out of either tree before its page changes hands, as the one-page
         // path does after its search.
         self.trees.remove_item(item);
         // Cannot fail: room was reserved for a whole batch.
         let _ = self.run.items.push(NonNull::from(item), GFP_KERNEL);
-        let _ = self.run.pages.push(RunPage::new(addr, page), GFP_KERNEL);
+        let _ = self.run.nodes.push(node, GFP_KERNEL);
+        let _ = self
+            .run
+            .pages
+            .push(RunPage::new(addr, page, kpage), GFP_KERNEL);
         Ok(())
     }
 
@@ -531,12 +534,12 @@ impl ScanState {
     /// pages it could not merge the one-page path where mm/ksm.c would go on
     /// with them.
     fn flush_run(&mut self, params: ScanParams) {
-        let Some((node, kpage)) = self.run.target.take() else {
+        let Some(head_addr) = self.run.pages.first().map(|p| p.addr) else {
             return;
         };
         let mut pages = core::mem::take(&mut self.run.pages);
         let mut items = core::mem::take(&mut self.run.items);
-        let head_addr = pages[0].addr;
+        let mut nodes = core::mem::take(&mut self.run.nodes);
         // The anon_vma (referenced once per page merged) and the linear
         // page index of the first page: all pages are in one VMA.
         // INVARIANT (Run): the items are alive in the current mm's list.
@@ -558,8 +561,8 @@ impl ScanState {
                 .take_while(|p| p.addr >= vm_start && p.addr < vm_end)
                 .count();
             // SAFETY: mmap lock held; the pages are as merge_run() wants
-            // (see run_add()) and `kpage` is the node's KSM page.
-            unsafe { merge::merge_run(vma, &kpage, &mut pages[..n]) };
+            // (see run_add()), each `kpage` its node's KSM page.
+            unsafe { merge::merge_run(vma, &mut pages[..n]) };
             for p in &pages[..n] {
                 if matches!(p.state, RunState::Merged) {
                     // SAFETY: the mmap lock pins the VMA's anon_vma.
@@ -570,36 +573,47 @@ impl ScanState {
             let index = unsafe { bindings::rust_ksm_linear_page_index(vma.as_ptr(), head_addr) };
             Ok((anon_vma, index))
         });
+        let len = pages.len();
+        // Merged but not appended: to be broken again.
         let mut undo = [false; WALK_BATCH];
         if let Ok((anon_vma, head_index)) = merged {
-            let kfolio = kpage.folio();
-            // SAFETY: referenced folio.
-            unsafe { bindings::rust_ksm_folio_lock(kfolio) };
-            // SAFETY: referenced, locked folio.
-            let live = unsafe { StableNode::of_folio(kfolio) } == Some(node);
-            for (i, p) in pages.iter().enumerate() {
-                if !matches!(p.state, RunState::Merged) {
+            // Append node by node, each under one lock of its folio.
+            let mut done = [false; WALK_BATCH];
+            for first in 0..len {
+                if done[first] || !matches!(pages[first].state, RunState::Merged) {
                     continue;
                 }
-                let index = head_index + (p.addr - head_addr) / PAGE_SIZE;
-                let appended = live && {
-                    // SAFETY: INVARIANT (Run): a live item, ours under the
-                    // scan lock; the KSM folio is locked, the anon_vma
-                    // referenced.
-                    let item = unsafe { &mut *items[i].as_ptr() };
-                    // SAFETY: as above.
-                    unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok()
-                };
-                if !appended {
-                    // SAFETY: referenced for this page above.
-                    unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
-                    undo[i] = true;
+                let node = nodes[first];
+                let kfolio = pages[first].kpage.folio();
+                // SAFETY: referenced folio.
+                unsafe { bindings::rust_ksm_folio_lock(kfolio) };
+                // The node may have lost the folio (stale) since the search.
+                // SAFETY: referenced, locked folio.
+                let live = unsafe { StableNode::of_folio(kfolio) } == Some(node);
+                for i in first..len {
+                    if done[i] || nodes[i] != node || !matches!(pages[i].state, RunState::Merged) {
+                        continue;
+                    }
+                    done[i] = true;
+                    let index = head_index + (pages[i].addr - head_addr) / PAGE_SIZE;
+                    let appended = live && {
+                        // SAFETY: INVARIANT (Run): a live item, ours under
+                        // the scan lock; the KSM folio is locked, the
+                        // anon_vma referenced.
+                        let item = unsafe { &mut *items[i].as_ptr() };
+                        // SAFETY: as above.
+                        unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok()
+                    };
+                    if !appended {
+                        // SAFETY: referenced for this page above.
+                        unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
+                        undo[i] = true;
+                    }
                 }
+                // SAFETY: locked above.
+                unsafe { bindings::folio_unlock(kfolio) };
             }
-            // SAFETY: locked above.
-            unsafe { bindings::folio_unlock(kfolio) };
         }
-        drop(kpage);
         for (i, p) in pages.iter().enumerate() {
             // SAFETY: INVARIANT (Run): a live item.
             let item = unsafe { &mut *items[i].as_ptr() };
@@ -621,7 +635,6 @@ impl ScanState {
             }
         }
         // Keep the vectors' room for the next run.
-        let len = pages.len();
         // SAFETY: the pages are dropped in place right after, and not
         // reachable through the vector any more (as Vec::clear()).
         unsafe {
@@ -629,9 +642,11 @@ impl ScanState {
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(pages.as_mut_ptr(), len));
             // Plain pointers: nothing to drop.
             items.set_len(0);
+            nodes.set_len(0);
         }
         self.run.pages = pages;
         self.run.items = items;
+        self.run.nodes = nodes;
     }
 
     /// stable_tree_append() under the KSM folio's lock.
@@ -715,38 +730,44 @@ impl ScanState {
     }
 }
 
-/// Pages of one walk batch that the stable tree sends to one node, in one
-/// PMD: [`merge::merge_run`] merges them under one page table lock and one
-/// TLB flush per step, and [`ScanState::flush_run`] appends them to the
-/// node under one lock of its folio.
+/// Pages of one walk batch, in one PMD, that the stable tree sends to
+/// stable nodes: [`merge::merge_run`] merges them under one page table
+/// lock per step, and [`ScanState::flush_run`] appends them to their nodes
+/// under one lock of each node's folio.
 ///
 /// # Invariants
 ///
 /// `items[i]` is the item of `pages[i]`, taken out of both trees, alive
 /// in the current mm's list behind the scanner's cursor (a run is flushed
-/// before the cursor moves past its walk batch).  With no `target` both
-/// are empty; otherwise `pages.len() <= room`, the mappings `target`'s
-/// node takes before it is full.
+/// before the cursor moves past its walk batch); `nodes[i]` is the node
+/// whose page is `pages[i].kpage`.  A node's pages in the run never
+/// outnumber the mappings it takes before it is full (`max_page_sharing`).
 struct Run {
-    target: Option<(NonNull<StableNode>, PageRef)>,
-    room: usize,
     pages: KVec<RunPage>,
     items: KVec<NonNull<RmapItem>>,
+    nodes: KVec<NonNull<StableNode>>,
 }
 
 // SAFETY: a `Run` is part of the `ScanState`, used only by the holder of
-// the scan lock; its items belong to the same state, and its page
-// references are folio references, which any thread may drop.
+// the scan lock; its items and nodes belong to the same state, and its
+// page references are folio references, which any thread may drop.
 unsafe impl Send for Run {}
 
 impl Run {
     fn new() -> Self {
         Self {
-            target: None,
-            room: 0,
             pages: KVec::new(),
             items: KVec::new(),
+            nodes: KVec::new(),
         }
+    }
+
+    /// How many more mappings `node` takes, counting those in the run.
+    fn room(&self, node: NonNull<StableNode>, max_sharing: usize) -> usize {
+        // SAFETY: scan lock held: the node is alive, its list stable.
+        let used = unsafe { node.as_ref().items() }.len();
+        let pending = self.nodes.iter().filter(|n| **n == node).count();
+        max_sharing.saturating_sub(used + pending)
     }
 }
 
