@@ -1364,6 +1364,69 @@ static int test_pinned(const char *dir)
 	return ret;
 }
 
+/*
+ * Four patterns interleaved page by page, 100 pages each, with
+ * max_page_sharing=8: every page merges, no KSM page takes more than 8
+ * mappings, one chain per pattern.
+ */
+static int test_interleaved_chains(const char *dir)
+{
+	const size_t npat = 4, n = 100 * npat;
+	const unsigned long long mps = 8;
+	unsigned long long last = 0;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	size_t i, j, same, worst = 0;
+	long long pfn;
+	char *p;
+
+	if (ksm_set(dir, "max_page_sharing", mps))
+		return TAP_FAIL;
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	for (i = 0; i < n; i++)
+		fill_pattern(p + i * PS, i % npat);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, n, TIMEOUT_MS, &last) >= 0,
+	      "merged %llu of %zu pages", last, n);
+	CHECK(!ksm_run_scans(dir, 1, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("4 interleaved patterns x 100, max_page_sharing 8", &c);
+	CHECK(c.shared + c.sharing == n, "shared + sharing = %llu, want %zu",
+	      c.shared + c.sharing, n);
+	CHECK(c.chains == npat, "stable_node_chains %llu, want %zu", c.chains,
+	      npat);
+	CHECK(c.shared >= n / mps && c.dups == c.shared,
+	      "pages_shared %llu, stable_node_dups %llu: want equal, >= %llu",
+	      c.shared, c.dups, n / mps);
+	for (i = 0; i < n; i++) {
+		pfn = pagemap_pfn(0, p + i * PS);
+		for (j = 0, same = 0; j < n; j++)
+			if (pagemap_pfn(0, p + j * PS) == pfn) {
+				same++;
+				if (j % npat != i % npat) {
+					FAILED("pages %zu and %zu (patterns %zu, %zu) share a PFN",
+					       i, j, i % npat, j % npat);
+					break;
+				}
+			}
+		if (same > worst)
+			worst = same;
+	}
+	CHECK(worst <= mps, "a KSM page has %zu mappings, max_page_sharing %llu",
+	      worst, mps);
+	for (i = 0; i < n; i++)
+		if (!check_pattern(p + i * PS, i % npat)) {
+			FAILED("page %zu corrupted", i);
+			break;
+		}
+	munmap(p, n * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1387,6 +1450,7 @@ static const struct ksm_test tests[] = {
 	{ "pages one byte off a merged pattern (64 offsets) merge only in pairs", test_near_identical },
 	{ "identical pages over 4 VMAs, one not mergeable: the right 64 merge", test_vma_boundaries },
 	{ "io_uring-pinned pages are never merged; unpinned, they merge", test_pinned },
+	{ "4 patterns interleaved x 100, max_page_sharing=8: <= 8 per KSM page", test_interleaved_chains },
 };
 
 int main(int argc, char **argv)
