@@ -78,6 +78,8 @@ struct Control {
     sleep_millisecs: u32,
     max_page_sharing: u32,
     use_zero_pages: bool,
+    smart_scan: bool,
+    stable_node_chains_prune_millisecs: u32,
     /// Set once at unload, before the thread is stopped.
     stopping: bool,
 }
@@ -94,7 +96,9 @@ struct Ksm {
     #[pin]
     registry: Mutex<MmRegistry>,
     /// rmap items and trees: held by rust_ksmd for a batch, by `run=2` and
-    /// unload to unmerge.  Taken with no other lock of ours held.
+    /// unload to unmerge, briefly by `run=0` to wait for a batch.  Taken
+    /// with no other lock of ours held; `control` and `registry` may be
+    /// taken under it.
     #[pin]
     scan: Mutex<ScanState>,
     /// Set while everything is being unmerged: swap-in must copy.
@@ -125,6 +129,8 @@ impl Ksm {
                 sleep_millisecs: 20,
                 max_page_sharing: 256,
                 use_zero_pages: false,
+                smart_scan: true,
+                stable_node_chains_prune_millisecs: 2000,
                 stopping: false,
             }),
             wake <- new_condvar!(),
@@ -204,14 +210,20 @@ impl Ksm {
                 pages: control.pages_to_scan,
                 max_page_sharing: control.max_page_sharing as usize,
                 use_zero_pages: control.use_zero_pages,
+                smart_scan: control.smart_scan,
+                chains_prune_millisecs: control.stable_node_chains_prune_millisecs,
             };
             drop(control);
 
             let scanning = self.should_scan(run);
             if scanning {
-                self.scan
-                    .lock()
-                    .scan_batch(&self.registry, &self.stats, params);
+                let mut scan = self.scan.lock();
+                // run=0 waits for the batch in progress by taking the scan
+                // lock (as upstream's ksm_thread_mutex), so a batch starts
+                // only if run is still 1 under it.
+                if self.control.lock().run == run {
+                    scan.scan_batch(&self.registry, &self.stats, params);
+                }
             }
             // SAFETY: called from the freezable kthread with no lock held.
             unsafe { bindings::rust_ksm_try_to_freeze() };
@@ -222,7 +234,13 @@ impl Ksm {
             if control.stopping || control.sleep_millisecs != sleep || control.run != run {
                 continue;
             }
-            if scanning {
+            if scanning && sleep == 0 {
+                // As ksmd: no sleep at all (a zero timeout would still
+                // sleep until the next tick).
+                drop(control);
+                // SAFETY: no lock held.
+                unsafe { bindings::rust_ksm_cond_resched() };
+            } else if scanning {
                 let _ = self
                     .wake
                     .wait_interruptible_timeout(&mut control, msecs_to_jiffies(sleep));
@@ -565,6 +583,11 @@ show!(run_show, |k| k.control.lock().run as u64);
 store!(run_store, |k, v| {
     let run = Run::from_knob(v)?;
     k.update(|c| c.run = run);
+    if run == Run::Stop {
+        // As upstream: return once the batch in progress is done, so the
+        // counters stand still from here on.
+        drop(k.scan.lock());
+    }
     if run == Run::Unmerge {
         // As upstream: unmerge synchronously; on failure run goes back to 0.
         if let Err(e) = k.unmerge_all() {
@@ -623,6 +646,19 @@ show!(ksm_zero_pages_show, i64, |_| {
     // SAFETY: reads an atomic counter.
     unsafe { bindings::rust_ksm_zero_pages() as i64 }
 });
+show!(smart_scan_show, |k| u64::from(k.control.lock().smart_scan));
+store!(smart_scan_store, parse_bool, bool, |k, v| {
+    k.update(|c| c.smart_scan = v);
+    Ok(())
+});
+show_counter!(pages_skipped_show, pages_skipped);
+show!(stable_node_chains_prune_millisecs_show, |k| u64::from(
+    k.control.lock().stable_node_chains_prune_millisecs
+));
+store!(stable_node_chains_prune_millisecs_store, |k, v| {
+    k.update(|c| c.stable_node_chains_prune_millisecs = v);
+    Ok(())
+});
 show!(pages_to_scan_show, |k| u64::from(
     k.control.lock().pages_to_scan
 ));
@@ -672,7 +708,7 @@ const fn attr(
     attr
 }
 
-const NR_ATTRS: usize = 15;
+const NR_ATTRS: usize = 18;
 
 /// The attributes and their group, in static storage: lockdep wants static
 /// keys for sysfs attributes, which `kobj_attribute` embeds.
@@ -722,6 +758,17 @@ static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables 
             Some(use_zero_pages_store),
         ),
         attr(c_str!("ksm_zero_pages"), ksm_zero_pages_show, None),
+        attr(
+            c_str!("smart_scan"),
+            smart_scan_show,
+            Some(smart_scan_store),
+        ),
+        attr(c_str!("pages_skipped"), pages_skipped_show, None),
+        attr(
+            c_str!("stable_node_chains_prune_millisecs"),
+            stable_node_chains_prune_millisecs_show,
+            Some(stable_node_chains_prune_millisecs_store),
+        ),
     ],
     list: [ptr::null_mut(); NR_ATTRS + 1],
     // SAFETY: all-zero is a valid (empty, unnamed) attribute group.

@@ -45,6 +45,10 @@ pub(crate) struct RmapItem {
     pub(crate) address: usize,
     /// Checksum of the page at the previous scan (unstable-tree gate).
     pub(crate) checksum: u32,
+    /// Scans of the page so far, saturating (smart_scan).
+    pub(crate) age: u8,
+    /// Scans smart_scan still skips the page for.
+    pub(crate) remaining_skips: u8,
     pub(crate) state: ItemState,
 }
 
@@ -66,6 +70,8 @@ impl RmapItem {
             mm,
             address,
             checksum: 0,
+            age: 0,
+            remaining_skips: 0,
             state: ItemState::Volatile,
         }
     }

@@ -92,6 +92,8 @@ pub(crate) struct Stats {
     pub(crate) pages_scanned: AtomicU64,
     /// Completed passes over all registered mms (`full_scans`).
     pub(crate) full_scans: AtomicU64,
+    /// Pages smart scan passed over (`pages_skipped`).
+    pub(crate) pages_skipped: AtomicU64,
     pub(crate) pages_shared: AtomicUsize,
     pub(crate) pages_sharing: AtomicUsize,
     pub(crate) pages_unshared: AtomicUsize,
@@ -132,6 +134,9 @@ pub(crate) struct ScanParams {
     pub(crate) pages: u32,
     pub(crate) max_page_sharing: usize,
     pub(crate) use_zero_pages: bool,
+    pub(crate) smart_scan: bool,
+    /// `stable_node_chains_prune_millisecs`.
+    pub(crate) chains_prune_millisecs: u32,
 }
 
 impl ScanState {
@@ -171,6 +176,7 @@ impl ScanState {
         params: ScanParams,
     ) {
         let mut budget = params.pages;
+        self.trees.chains_prune_ns = i64::from(params.chains_prune_millisecs) * 1_000_000;
         while budget > 0 {
             let Some(mm) = self.current_mm(registry, stats) else {
                 break;
@@ -186,13 +192,22 @@ impl ScanState {
             let more = walk.stopped;
             for (addr, page) in walk.take() {
                 self.address = addr + PAGE_SIZE;
+                let Some(item) = self.next_item(addr) else {
+                    budget -= 1;
+                    continue;
+                };
+                // SAFETY: the item lives in its mm's list, which nothing
+                // else touches while we hold the scan lock.
+                let item = unsafe { &mut *item.as_ptr() };
+                if params.smart_scan && self.should_skip(item, &page) {
+                    // Skipped pages do not count against the batch, as
+                    // upstream's scan_get_next_rmap_item() passes them by.
+                    stats.pages_skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 budget -= 1;
                 stats.pages_scanned.fetch_add(1, Ordering::Relaxed);
-                if let Some(item) = self.next_item(addr) {
-                    // SAFETY: the item lives in its mm's list, which nothing
-                    // else touches while we hold the scan lock.
-                    self.cmp_and_merge(unsafe { &mut *item.as_ptr() }, page, params);
-                }
+                self.cmp_and_merge(item, page, params);
                 // SAFETY: no spinlock held.
                 unsafe { bindings::rust_ksm_cond_resched() };
             }
@@ -315,6 +330,36 @@ impl ScanState {
         unsafe { (*mm_ptr.as_ptr()).__bindgen_anon_1.ksm_rmap_items += 1 };
         self.trees.counters.rmap_items += 1;
         Some(item)
+    }
+
+    /// should_skip_rmap_item() (smart_scan): a page that has been scanned
+    /// a few times without merging is looked at less and less often: after
+    /// its third scan every other scan, from its sixth one in three, from
+    /// its ninth one in five, from then on one in nine.  KSM pages are
+    /// never skipped.  A skipped page leaves the trees, as upstream's does.
+    fn should_skip(&mut self, item: &mut RmapItem, page: &PageRef) -> bool {
+        // SAFETY: referenced folio.
+        if unsafe { bindings::rust_ksm_folio_test_ksm(page.folio()) } {
+            return false;
+        }
+        let age = item.age;
+        item.age = age.saturating_add(1);
+        // Young pages get their chance at every phase of merging.
+        if age < 3 {
+            return false;
+        }
+        if item.remaining_skips == 0 {
+            item.remaining_skips = match age {
+                ..=3 => 1,
+                4..=5 => 2,
+                6..=8 => 4,
+                _ => 8,
+            };
+            return false;
+        }
+        item.remaining_skips -= 1;
+        self.trees.remove_item(item);
+        true
     }
 
     /// cmp_and_merge_page(): the heart of KSM, after mm/ksm.c.  A page

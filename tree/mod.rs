@@ -12,7 +12,7 @@ use crate::rmap::{ItemState, RmapItem};
 use crate::scan::merge::{self, PageRef};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -37,6 +37,9 @@ pub(crate) struct StableNode {
     /// The stable items mapping the page.  Changed only under the scan lock
     /// with the KSM folio locked, so a folio-lock holder may read it.
     items: UnsafeCell<KVec<NonNull<RmapItem>>>,
+    /// When the chain of dups this node is the newest of was last pruned
+    /// of stale dups (ktime ns); its creation time to begin with.
+    pruned_at: AtomicI64,
 }
 
 impl StableNode {
@@ -127,6 +130,8 @@ pub(crate) struct Trees {
     pub(crate) counters: Counters,
     /// Offset of the unstable link inside an `RmapItem`.
     unstable_link_offset: usize,
+    /// `stable_node_chains_prune_millisecs`, in ns.
+    pub(crate) chains_prune_ns: i64,
 }
 
 // SAFETY: the trees are only reachable through the scan lock.
@@ -158,6 +163,7 @@ impl Trees {
             seqnr: 0,
             counters: Counters::default(),
             unstable_link_offset: unstable_link_offset(),
+            chains_prune_ns: 2000 * 1_000_000,
         }
     }
 
@@ -510,7 +516,40 @@ impl Trees {
                     None => continue 'restart,
                 },
             };
+            self.prune_chain(node);
             return self.equal_with_room(node, tree_page, max_sharing);
+        }
+    }
+
+    /// If `node` (live) is the newest dup of a chain that was not pruned
+    /// for `stable_node_chains_prune_millisecs`, looks at every dup of the
+    /// chain, removing the stale ones (as upstream's stable_node_dup()
+    /// does every so often).  Searches land on the newest dup, so without
+    /// this a dup in the middle whose page went away unnoticed (its last
+    /// mapping was not one the scanner had an item for, a forked child's)
+    /// would stay in the tree and in `stable_node_dups`.
+    fn prune_chain(&mut self, node: NonNull<StableNode>) {
+        // SAFETY: plain call.
+        let now = unsafe { bindings::ktime_get() };
+        // SAFETY: nodes in the tree are alive (scan lock held).
+        let n = unsafe { node.as_ref() };
+        if now - n.pruned_at.load(Ordering::Relaxed) < self.chains_prune_ns {
+            return;
+        }
+        n.pruned_at.store(now, Ordering::Relaxed);
+        // The newest dup is the last of its chain.
+        // SAFETY: `node` is in the tree.
+        let mut rb = unsafe { bindings::rb_prev(n.rb.get()) };
+        while !rb.is_null() {
+            let dup = Self::node_of(rb);
+            // SAFETY: `rb` and `node` are in the tree.
+            if unsafe { !dup.as_ref().same_contents(n) } {
+                break;
+            }
+            // SAFETY: as above; step on before a stale `dup` goes away.
+            rb = unsafe { bindings::rb_prev(rb) };
+            // Removes `dup` if stale.
+            drop(self.get_folio(dup, GetFolio::NoLock));
         }
     }
 
@@ -573,6 +612,8 @@ impl Trees {
                 key,
                 hash,
                 items: UnsafeCell::new(KVec::new()),
+                // SAFETY: plain call.
+                pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
             },
             GFP_KERNEL,
         )?;
