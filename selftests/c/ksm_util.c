@@ -142,6 +142,8 @@ void rk_reset(void)
 	rk_set("run", DEF_RUN);
 	rk_set("pages_to_scan", DEF_PAGES_TO_SCAN);
 	rk_set("sleep_millisecs", DEF_SLEEP_MILLISECS);
+	rk_set("smart_scan", DEF_SMART_SCAN);
+	rk_set("stable_node_chains_prune_millisecs", DEF_CHAINS_PRUNE_MS);
 }
 
 int rk_fast(void)

@@ -26,6 +26,8 @@ extern const char *kthread_name;
 #define DEF_RUN			0
 #define DEF_PAGES_TO_SCAN	100
 #define DEF_SLEEP_MILLISECS	20
+#define DEF_SMART_SCAN		1
+#define DEF_CHAINS_PRUNE_MS	2000
 
 /* Returned by knob_get() when the knob cannot be read or parsed. */
 #define KNOB_ERR	(~0ULL)

@@ -26,6 +26,9 @@ static const struct knob_desc knobs[] = {
 	{ "sleep_millisecs", 0644 },
 	{ "pages_scanned", 0444 },
 	{ "full_scans", 0444 },
+	{ "smart_scan", 0644 },
+	{ "pages_skipped", 0444 },
+	{ "stable_node_chains_prune_millisecs", 0644 },
 };
 
 /* Printable form of a written buffer for diagnostics. */
@@ -79,11 +82,16 @@ static int test_defaults(void)
 	unsigned long long run = rk_get("run");
 	unsigned long long pts = rk_get("pages_to_scan");
 	unsigned long long slp = rk_get("sleep_millisecs");
+	unsigned long long smart = rk_get("smart_scan");
+	unsigned long long prune = rk_get("stable_node_chains_prune_millisecs");
 	int ret = TAP_PASS;
 
 	CHECK(run == DEF_RUN, "run is %llu", run);
 	CHECK(pts == DEF_PAGES_TO_SCAN, "pages_to_scan is %llu", pts);
 	CHECK(slp == DEF_SLEEP_MILLISECS, "sleep_millisecs is %llu", slp);
+	CHECK(smart == DEF_SMART_SCAN, "smart_scan is %llu", smart);
+	CHECK(prune == DEF_CHAINS_PRUNE_MS,
+	      "stable_node_chains_prune_millisecs is %llu", prune);
 	return ret;
 }
 
@@ -222,6 +230,32 @@ static int test_invalid_run(void)
 	return ret;
 }
 
+static int test_chains_prune(void)
+{
+	const char *knob = "stable_node_chains_prune_millisecs";
+
+	if (check_valid(knob, valid_u32, ARRAY_SIZE(valid_u32)) != TAP_PASS)
+		return TAP_FAIL;
+	return check_invalid(knob, 1234, invalid_u32, ARRAY_SIZE(invalid_u32));
+}
+
+/* smart_scan takes kstrtobool() input, as upstream. */
+static int test_smart_scan(void)
+{
+	static const struct valid_write valid[] = {
+		{ "0", 0 }, { "1", 1 }, { "n", 0 }, { "y\n", 1 }, { "N", 0 },
+		{ "Y", 1 }, { "off", 0 }, { "on\n", 1 }, { "0\n", 0 },
+		{ "yes", 1 },
+	};
+	static const char *const invalid[] = {
+		"2", "x", "o", "\n", "-1", " 1", "ox",
+	};
+
+	if (check_valid("smart_scan", valid, ARRAY_SIZE(valid)) != TAP_PASS)
+		return TAP_FAIL;
+	return check_invalid("smart_scan", 1, invalid, ARRAY_SIZE(invalid));
+}
+
 static int test_zero_length_write(void)
 {
 	static const char *const rw[] = { "run", "pages_to_scan",
@@ -250,7 +284,8 @@ static int test_zero_length_write(void)
 
 static int test_read_only(void)
 {
-	static const char *const ro[] = { "pages_scanned", "full_scans" };
+	static const char *const ro[] = { "pages_scanned", "full_scans",
+					  "pages_skipped" };
 	static const char *const in[] = { "0", "1", "12345\n", "abc" };
 	int ret = TAP_PASS;
 	unsigned int i, j;
@@ -314,7 +349,7 @@ static int test_independent_of_builtin(void)
 }
 
 static const struct tap_test tests[] = {
-	{ "defaults: run=0 pages_to_scan=100 sleep_millisecs=20", test_defaults },
+	{ "defaults: run=0 pages_to_scan=100 sleep_millisecs=20 smart_scan=1 ...", test_defaults },
 	{ "knob files exist with upstream modes", test_files },
 	{ "counters read as one decimal line", test_counters_readable },
 	{ "valid writes to pages_to_scan read back", test_valid_pages_to_scan },
@@ -323,6 +358,8 @@ static const struct tap_test tests[] = {
 	{ "invalid writes to pages_to_scan: EINVAL, unchanged", test_invalid_pages_to_scan },
 	{ "invalid writes to sleep_millisecs: EINVAL, unchanged", test_invalid_sleep_millisecs },
 	{ "invalid writes to run: EINVAL, unchanged", test_invalid_run },
+	{ "stable_node_chains_prune_millisecs: u32 writes, EINVAL otherwise", test_chains_prune },
+	{ "smart_scan: kstrtobool writes, EINVAL otherwise", test_smart_scan },
 	{ "zero-length writes change nothing", test_zero_length_write },
 	{ "read-only counters reject writes", test_read_only },
 	{ "run transitions 0->1->0->2->0, 1->2, 2->1 read back", test_run_transitions },

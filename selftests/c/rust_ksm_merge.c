@@ -1427,6 +1427,86 @@ static int test_interleaved_chains(const char *dir)
 	return ret;
 }
 
+/* Skips smart_scan makes of a never-merging page in SCANS scans of it. */
+static unsigned int smart_skips(unsigned int scans)
+{
+	unsigned int age = 0, remaining = 0, skips = 0, i, a;
+
+	for (i = 0; i < scans; i++) {
+		a = age;
+		if (age < 255)
+			age++;
+		if (a < 3)
+			continue;
+		if (!remaining) {
+			remaining = a <= 3 ? 1 : a <= 5 ? 2 : a <= 8 ? 4 : 8;
+			continue;
+		}
+		remaining--;
+		skips++;
+	}
+	return skips;
+}
+
+/*
+ * smart_scan: 64 unique pages are scanned for a dozen full scans or more.
+ * From its fourth scan on a page that has not merged is skipped more and
+ * more often (smart_skips()).  The 64 identical pages beside them merge
+ * by the second scan and, as KSM pages, are never skipped.  With
+ * smart_scan=0 nothing is.
+ */
+static int test_smart_scan(const char *dir)
+{
+	const size_t n = 64;
+	unsigned long long s0, s1, s2, f0, f1;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	size_t i, lo, hi;
+	char *p;
+
+	p = map_anon(2 * n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x42, n * PS);
+	for (i = n; i < 2 * n; i++)
+		fill_pattern(p + i * PS, 2000000 + i);
+	CHECK(!knob_write_str(dir, "smart_scan", "1"), "smart_scan=1");
+	CHECK(!knob_read(dir, "pages_skipped", &s0), "pages_skipped");
+	CHECK(!knob_read(dir, "full_scans", &f0), "full_scans");
+	CHECK(!madvise(p, 2 * n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 12, TIMEOUT_MS), "scanner not scanning");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	CHECK(!knob_read(dir, "pages_skipped", &s1), "pages_skipped");
+	CHECK(!knob_read(dir, "full_scans", &f1), "full_scans");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("64 identical + 64 unique, >= 12 scans", &c);
+	/* The scan in progress at madvise and at run=0: one more or less. */
+	lo = n * smart_skips((unsigned int)(f1 - f0) - 1);
+	hi = n * smart_skips((unsigned int)(f1 - f0) + 1);
+	tap_diag("%llu full scans, pages_skipped +%llu (want %zu..%zu)",
+		 f1 - f0, s1 - s0, lo, hi);
+	CHECK_COUNTERS(c, 1, n - 1);
+	CHECK(s1 - s0 >= lo && s1 - s0 <= hi,
+	      "pages_skipped +%llu, want %zu..%zu", s1 - s0, lo, hi);
+
+	CHECK(!knob_write_str(dir, "smart_scan", "n"), "smart_scan=n");
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
+	CHECK(!knob_read(dir, "pages_skipped", &s2), "pages_skipped");
+	CHECK(s2 == s1, "pages_skipped +%llu with smart_scan=0", s2 - s1);
+	CHECK(!knob_write_str(dir, "smart_scan", "1"), "smart_scan=1");
+	CHECK(common_pfn("identical pages", p, n) > 0, "not merged");
+	CHECK(distinct_pfns(p + n * PS, n, NULL) == n, "unique pages merged");
+	CHECK(bad_bytes_pages(p, n, 0x42) == 0, "identical pages corrupted");
+	for (i = n; i < 2 * n; i++)
+		if (!check_pattern(p + i * PS, 2000000 + i)) {
+			FAILED("unique page %zu corrupted", i);
+			break;
+		}
+	munmap(p, 2 * n * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1451,6 +1531,7 @@ static const struct ksm_test tests[] = {
 	{ "identical pages over 4 VMAs, one not mergeable: the right 64 merge", test_vma_boundaries },
 	{ "io_uring-pinned pages are never merged; unpinned, they merge", test_pinned },
 	{ "4 patterns interleaved x 100, max_page_sharing=8: <= 8 per KSM page", test_interleaved_chains },
+	{ "smart_scan skips unmerged pages more and more, never KSM pages", test_smart_scan },
 };
 
 int main(int argc, char **argv)
