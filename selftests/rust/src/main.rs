@@ -28,8 +28,14 @@ mod sys {
     pub const SIGKILL: c_int = 9;
 
     extern "C" {
-        pub fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int,
-                    off: i64) -> *mut c_void;
+        pub fn mmap(
+            addr: *mut c_void,
+            len: usize,
+            prot: c_int,
+            flags: c_int,
+            fd: c_int,
+            off: i64,
+        ) -> *mut c_void;
         pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
         pub fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
         pub fn sysconf(name: c_int) -> c_long;
@@ -53,7 +59,11 @@ fn errno() -> i32 {
 fn page_size() -> usize {
     // SAFETY: sysconf() has no memory effects.
     let ps = unsafe { sys::sysconf(sys::SC_PAGESIZE) };
-    if ps > 0 { ps as usize } else { 4096 }
+    if ps > 0 {
+        ps as usize
+    } else {
+        4096
+    }
 }
 
 /// A populated private anonymous mapping (4 KiB pages only), unmapped on drop.
@@ -67,8 +77,14 @@ impl Region {
         let len = pages * page_size();
         // SAFETY: a fresh anonymous mapping; the result is checked.
         let p = unsafe {
-            sys::mmap(std::ptr::null_mut(), len, sys::PROT_READ | sys::PROT_WRITE,
-                      sys::MAP_PRIVATE | sys::MAP_ANONYMOUS, -1, 0)
+            sys::mmap(
+                std::ptr::null_mut(),
+                len,
+                sys::PROT_READ | sys::PROT_WRITE,
+                sys::MAP_PRIVATE | sys::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if p as isize == -1 {
             return Err(format!("mmap {} pages: errno {}", pages, errno()));
@@ -78,7 +94,10 @@ impl Region {
             sys::madvise(p, len, sys::MADV_NOHUGEPAGE);
             std::ptr::write_bytes(p as *mut u8, fill, len);
         }
-        Ok(Region { addr: p as *mut u8, len })
+        Ok(Region {
+            addr: p as *mut u8,
+            len,
+        })
     }
 
     fn mergeable(&self) -> Result<(), String> {
@@ -116,11 +135,15 @@ fn get(knob: &str) -> Result<u64, String> {
     File::open(&path)
         .and_then(|mut f| f.read_to_string(&mut s))
         .map_err(|e| format!("read {}: {}", path, e))?;
-    let digits = s.strip_suffix('\n').ok_or_else(|| format!("{}: no newline in {:?}", path, s))?;
+    let digits = s
+        .strip_suffix('\n')
+        .ok_or_else(|| format!("{}: no newline in {:?}", path, s))?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{}: malformed {:?}", path, s));
     }
-    digits.parse().map_err(|e| format!("{}: {:?}: {}", path, s, e))
+    digits
+        .parse()
+        .map_err(|e| format!("{}: {:?}: {}", path, s, e))
 }
 
 /// One open + one write(2) of the whole buffer: Ok, or the errno.
@@ -159,7 +182,10 @@ fn wait_ge(knob: &str, target: u64, timeout: Duration) -> Result<u64, String> {
             return Ok(v);
         }
         if start.elapsed() > timeout {
-            return Err(format!("{} stuck at {} (< {}) after {:?}", knob, v, target, timeout));
+            return Err(format!(
+                "{} stuck at {} (< {}) after {:?}",
+                knob, v, target, timeout
+            ));
         }
         sleep(Duration::from_millis(2));
     }
@@ -190,8 +216,14 @@ mod model_tests {
 
     #[test]
     fn accepts() {
-        for (s, v) in [("0", 0), ("+7", 7), ("010", 10), ("5\n", 5), ("+0\n", 0),
-                       ("4294967295", u32::MAX)] {
+        for (s, v) in [
+            ("0", 0),
+            ("+7", 7),
+            ("010", 10),
+            ("5\n", 5),
+            ("+0\n", 0),
+            ("4294967295", u32::MAX),
+        ] {
             assert_eq!(kstrtouint(s.as_bytes()), Some(v), "{:?}", s);
         }
     }
@@ -278,12 +310,20 @@ fn spell(rng: &mut Rng, v: u64) -> String {
 
 fn round_trips(t: &mut T, knob: &str) {
     for i in 0..300 {
-        let v = if i == 0 { u32::MAX } else if i == 1 { 0 } else { t.rng.u32() } as u64;
+        let v = if i == 0 {
+            u32::MAX
+        } else if i == 1 {
+            0
+        } else {
+            t.rng.u32()
+        } as u64;
         let s = spell(&mut t.rng, v);
         let w = put_raw(knob, s.as_bytes());
         t.check(w.is_ok(), || format!("{} <- {:?}: errno {:?}", knob, s, w));
         let got = get(knob);
-        t.check(got == Ok(v), || format!("{} <- {:?} reads back {:?}", knob, s, got));
+        t.check(got == Ok(v), || {
+            format!("{} <- {:?} reads back {:?}", knob, s, got)
+        });
         if t.failed {
             return;
         }
@@ -299,25 +339,73 @@ fn test_round_trip_sleep_millisecs(t: &mut T) {
 }
 
 const INVALID: &[&str] = &[
-    " 5", "5 5", "0x10", "1e3", "99999999999999999999", "4294967296", "18446744073709551615",
-    "18446744073709551616", "-1", "-0", "--5", "+-5", "++5", "+", "-", "abc", "1x", "x1",
-    "\n", "\n5", "5\n\n", "5\r\n", "5 ", "\t5", "5\t", "1,000", "1_000", "1.0", "0b1", "0o7",
-    "\u{ff15}", "5\u{a0}", "nan", "inf", " ",
+    " 5",
+    "5 5",
+    "0x10",
+    "1e3",
+    "99999999999999999999",
+    "4294967296",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-1",
+    "-0",
+    "--5",
+    "+-5",
+    "++5",
+    "+",
+    "-",
+    "abc",
+    "1x",
+    "x1",
+    "\n",
+    "\n5",
+    "5\n\n",
+    "5\r\n",
+    "5 ",
+    "\t5",
+    "5\t",
+    "1,000",
+    "1_000",
+    "1.0",
+    "0b1",
+    "0o7",
+    "\u{ff15}",
+    "5\u{a0}",
+    "nan",
+    "inf",
+    " ",
 ];
 const INVALID_RUN: &[&str] = &["3", "+3", "03\n", "4", "10", "255", "256", "4294967295"];
 
 fn rejects(t: &mut T, knob: &str, marker: u64, input: &[u8]) {
     let w = put_raw(knob, input);
-    t.check(w == Err(EINVAL), || format!("{} <- {:?}: {:?}, want EINVAL", knob,
-                                         String::from_utf8_lossy(input), w));
+    t.check(w == Err(EINVAL), || {
+        format!(
+            "{} <- {:?}: {:?}, want EINVAL",
+            knob,
+            String::from_utf8_lossy(input),
+            w
+        )
+    });
     let got = get(knob);
-    t.check(got == Ok(marker), || format!("{} <- {:?} changed {} to {:?}", knob,
-                                          String::from_utf8_lossy(input), marker, got));
+    t.check(got == Ok(marker), || {
+        format!(
+            "{} <- {:?} changed {} to {:?}",
+            knob,
+            String::from_utf8_lossy(input),
+            marker,
+            got
+        )
+    });
 }
 
 fn test_invalid_table(t: &mut T) {
     for knob in ["pages_to_scan", "sleep_millisecs", "run"] {
-        let marker = if knob == "run" { t.rng.below(3) } else { t.rng.u32() as u64 };
+        let marker = if knob == "run" {
+            t.rng.below(3)
+        } else {
+            t.rng.u32() as u64
+        };
         if t.ok(put(knob, marker)).is_none() {
             return;
         }
@@ -341,8 +429,9 @@ fn test_fuzz_against_model(t: &mut T) {
     for i in 0..600 {
         let knob = ["pages_to_scan", "sleep_millisecs", "run"][i % 3];
         let len = 1 + t.rng.below(12) as usize;
-        let input: Vec<u8> =
-            (0..len).map(|_| ALPHABET[t.rng.below(ALPHABET.len() as u64) as usize]).collect();
+        let input: Vec<u8> = (0..len)
+            .map(|_| ALPHABET[t.rng.below(ALPHABET.len() as u64) as usize])
+            .collect();
         let before = match t.ok(get(knob)) {
             Some(v) => v,
             None => return,
@@ -354,16 +443,21 @@ fn test_fuzz_against_model(t: &mut T) {
         match want {
             Some(v) => {
                 accepted += 1;
-                t.check(w.is_ok(), || format!("{} <- {:?} (= {}): errno {:?}", knob, shown, v, w));
-                t.check(got == Ok(v as u64), || format!("{} <- {:?} reads {:?}, want {}",
-                                                        knob, shown, got, v));
+                t.check(w.is_ok(), || {
+                    format!("{} <- {:?} (= {}): errno {:?}", knob, shown, v, w)
+                });
+                t.check(got == Ok(v as u64), || {
+                    format!("{} <- {:?} reads {:?}, want {}", knob, shown, got, v)
+                });
             }
             None => {
                 rejected += 1;
-                t.check(w == Err(EINVAL), || format!("{} <- {:?}: {:?}, want EINVAL",
-                                                     knob, shown, w));
-                t.check(got == Ok(before), || format!("{} <- {:?} changed {} to {:?}",
-                                                      knob, shown, before, got));
+                t.check(w == Err(EINVAL), || {
+                    format!("{} <- {:?}: {:?}, want EINVAL", knob, shown, w)
+                });
+                t.check(got == Ok(before), || {
+                    format!("{} <- {:?} changed {} to {:?}", knob, shown, before, got)
+                });
             }
         }
         if t.failed {
@@ -373,19 +467,28 @@ fn test_fuzz_against_model(t: &mut T) {
             let _ = put("run", 0);
         }
     }
-    diag(&format!("{} inputs accepted, {} rejected", accepted, rejected));
+    diag(&format!(
+        "{} inputs accepted, {} rejected",
+        accepted, rejected
+    ));
 }
 
 fn test_run_transitions(t: &mut T) {
     for from in 0..3u64 {
         for to in 0..3u64 {
             t.ok(put("run", from));
-            t.check(get("run") == Ok(from), || format!("run={} does not read back", from));
+            t.check(get("run") == Ok(from), || {
+                format!("run={} does not read back", from)
+            });
             let s = spell(&mut t.rng, to);
             let w = put_raw("run", s.as_bytes());
-            t.check(w.is_ok(), || format!("run {} -> {:?}: errno {:?}", from, s, w));
+            t.check(w.is_ok(), || {
+                format!("run {} -> {:?}: errno {:?}", from, s, w)
+            });
             let got = get("run");
-            t.check(got == Ok(to), || format!("run {} -> {:?} reads back {:?}", from, s, got));
+            t.check(got == Ok(to), || {
+                format!("run {} -> {:?} reads back {:?}", from, s, got)
+            });
         }
     }
 }
@@ -420,16 +523,26 @@ fn test_counters_monotonic(t: &mut T) {
             _ => return,
         };
         samples += 1;
-        t.check(ps >= ps_prev, || format!("pages_scanned went back {} -> {}", ps_prev, ps));
-        t.check(fs_before >= fs_prev && fs >= fs_before,
-                || format!("full_scans went back {} -> {} -> {}", fs_prev, fs_before, fs));
+        t.check(ps >= ps_prev, || {
+            format!("pages_scanned went back {} -> {}", ps_prev, ps)
+        });
+        t.check(fs_before >= fs_prev && fs >= fs_before, || {
+            format!(
+                "full_scans went back {} -> {} -> {}",
+                fs_prev, fs_before, fs
+            )
+        });
         // One region: between two pages_scanned readings at most one page
         // per page per pass, for the passes that ended between the
         // full_scans readings around them, plus a partial one at either
         // end.  (A fast scanner ends passes between two sysfs reads.)
         let (dp, df) = (ps.wrapping_sub(ps_prev), fs.wrapping_sub(fs_before_prev));
-        t.check(dp <= (df + 2) * PAGES,
-                || format!("pages_scanned +{} while full_scans +{} ({} pages)", dp, df, PAGES));
+        t.check(dp <= (df + 2) * PAGES, || {
+            format!(
+                "pages_scanned +{} while full_scans +{} ({} pages)",
+                dp, df, PAGES
+            )
+        });
         if t.failed {
             return;
         }
@@ -438,12 +551,23 @@ fn test_counters_monotonic(t: &mut T) {
         fs_prev = fs;
         sleep(Duration::from_millis(3));
     }
-    diag(&format!("{} samples in {:?}: pages_scanned +{} full_scans +{}", samples,
-                  start.elapsed(), ps_prev - ps_start, fs_prev - fs_start));
-    t.check(fs_prev >= fs_start + 5, || "fewer than 5 passes in 20 s".into());
-    t.check(ps_prev - ps_start >= 4 * PAGES,
-            || format!("only {} pages scanned over {} passes", ps_prev - ps_start,
-                       fs_prev - fs_start));
+    diag(&format!(
+        "{} samples in {:?}: pages_scanned +{} full_scans +{}",
+        samples,
+        start.elapsed(),
+        ps_prev - ps_start,
+        fs_prev - fs_start
+    ));
+    t.check(fs_prev >= fs_start + 5, || {
+        "fewer than 5 passes in 20 s".into()
+    });
+    t.check(ps_prev - ps_start >= 4 * PAGES, || {
+        format!(
+            "only {} pages scanned over {} passes",
+            ps_prev - ps_start,
+            fs_prev - fs_start
+        )
+    });
 
     // run=0: both counters freeze.
     t.ok(put("run", 0));
@@ -452,7 +576,9 @@ fn test_counters_monotonic(t: &mut T) {
     for _ in 0..50 {
         sleep(Duration::from_millis(10));
         let now = (get("pages_scanned"), get("full_scans"));
-        t.check(now == frozen, || format!("counters moved at run=0: {:?} -> {:?}", frozen, now));
+        t.check(now == frozen, || {
+            format!("counters moved at run=0: {:?} -> {:?}", frozen, now)
+        });
         if t.failed {
             return;
         }
@@ -552,19 +678,31 @@ fn test_fork_picked_up(t: &mut T) {
     let fs = get("full_scans").unwrap_or(0);
     let _ = wait_ge("full_scans", fs + 2, Duration::from_secs(30));
     let after = t.ok(pages_per_pass(PASSES));
-    diag(&format!("pages per pass: {:.1} alone, {:?} with the child, {:?} after it exited \
-                   ({} pages)", before, with_child, after, PAGES));
+    diag(&format!(
+        "pages per pass: {:.1} alone, {:?} with the child, {:?} after it exited \
+                   ({} pages)",
+        before, with_child, after, PAGES
+    ));
     let n = PAGES as f64;
-    t.check((before - n).abs() <= 0.25 * n,
-            || format!("{:.1} pages per pass for a {}-page region", before, PAGES));
+    t.check((before - n).abs() <= 0.25 * n, || {
+        format!("{:.1} pages per pass for a {}-page region", before, PAGES)
+    });
     if let Some(w) = with_child {
-        t.check((w - before - n).abs() <= 0.25 * n,
-                || format!("fork grew pages per pass by {:.1}, want about {}", w - before, PAGES));
+        t.check((w - before - n).abs() <= 0.25 * n, || {
+            format!(
+                "fork grew pages per pass by {:.1}, want about {}",
+                w - before,
+                PAGES
+            )
+        });
     }
     if let Some(a) = after {
-        t.check((a - before).abs() <= 0.25 * n,
-                || format!("after the child exited: {:.1} pages per pass, before fork {:.1}",
-                           a, before));
+        t.check((a - before).abs() <= 0.25 * n, || {
+            format!(
+                "after the child exited: {:.1} pages per pass, before fork {:.1}",
+                a, before
+            )
+        });
     }
     drop(region);
 }
@@ -575,7 +713,12 @@ fn test_fork_picked_up(t: &mut T) {
 
 /// Sum of `pages_shared` + `pages_sharing` etc. read together.
 fn merge_counters() -> Result<[u64; 4], String> {
-    Ok([get("pages_shared")?, get("pages_sharing")?, get("pages_unshared")?, get("pages_volatile")?])
+    Ok([
+        get("pages_shared")?,
+        get("pages_sharing")?,
+        get("pages_unshared")?,
+        get("pages_volatile")?,
+    ])
 }
 
 /// What the counters must read for pages with these contents: each group of
@@ -610,15 +753,25 @@ fn check_against_model(t: &mut T, region: &Region, model: &[Vec<u8>], what: &str
         Ok(v) => v,
         Err(e) => return t.check(false, || e),
     };
-    if t.ok(put("run", 1)).is_none() || t.ok(wait_ge("full_scans", fs + 3, Duration::from_secs(30))).is_none() {
+    if t.ok(put("run", 1)).is_none()
+        || t.ok(wait_ge("full_scans", fs + 3, Duration::from_secs(30)))
+            .is_none()
+    {
         return;
     }
     let _ = put("run", 0);
     let (shared, sharing, single) = expected_merge(model, 256);
     if let Some([s, sh, un, vol]) = t.ok(merge_counters()) {
         diag(&format!("{what}: shared {s} sharing {sh} unshared {un} volatile {vol}; model {shared}/{sharing}/{single}"));
-        t.check(s == shared && sh == sharing, || format!("{what}: shared/sharing {s}/{sh}, model {shared}/{sharing}"));
-        t.check(un + vol == single, || format!("{what}: unshared+volatile {}, model {single} single pages", un + vol));
+        t.check(s == shared && sh == sharing, || {
+            format!("{what}: shared/sharing {s}/{sh}, model {shared}/{sharing}")
+        });
+        t.check(un + vol == single, || {
+            format!(
+                "{what}: unshared+volatile {}, model {single} single pages",
+                un + vol
+            )
+        });
     }
     for (i, want) in model.iter().enumerate() {
         // SAFETY: the page lies inside the live mapping.
@@ -642,7 +795,11 @@ fn test_merge_model(t: &mut T) {
     // Page i holds pattern (random) or, for the last `unique`, its own.
     let mut model: Vec<Vec<u8>> = (0..n)
         .map(|i| {
-            let tag = if i >= n - unique { 1000 + i as u64 } else { t.rng.below(patterns as u64) };
+            let tag = if i >= n - unique {
+                1000 + i as u64
+            } else {
+                t.rng.below(patterns as u64)
+            };
             let mut page = vec![(tag % 251) as u8 + 1; ps];
             page[..8].copy_from_slice(&tag.to_le_bytes());
             page
@@ -653,14 +810,20 @@ fn test_merge_model(t: &mut T) {
         unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), region.addr.add(i * ps), ps) };
     }
     diag(&format!("{n} pages: {patterns} patterns, {unique} unique"));
-    if t.ok(put("pages_to_scan", 1000)).is_none() || t.ok(put("sleep_millisecs", 0)).is_none() || t.ok(region.mergeable()).is_none() {
+    if t.ok(put("pages_to_scan", 1000)).is_none()
+        || t.ok(put("sleep_millisecs", 0)).is_none()
+        || t.ok(region.mergeable()).is_none()
+    {
         return;
     }
     check_against_model(t, &region, &model, "merged");
 
     // Random single-byte writes: each breaks sharing of its page only.
     for _ in 0..64 {
-        let (i, off) = (t.rng.below(n as u64) as usize, 8 + t.rng.below(ps as u64 - 8) as usize);
+        let (i, off) = (
+            t.rng.below(n as u64) as usize,
+            8 + t.rng.below(ps as u64 - 8) as usize,
+        );
         let v = t.rng.next() as u8;
         model[i][off] = v;
         // SAFETY: inside the mapping.
@@ -683,14 +846,35 @@ fn main() {
         })
         | 1;
     let tests: &[(&str, fn(&mut T))] = &[
-        ("pages_to_scan round-trips 300 random u32 spellings", test_round_trip_pages_to_scan),
-        ("sleep_millisecs round-trips 300 random u32 spellings", test_round_trip_sleep_millisecs),
-        ("invalid input table: EINVAL, value unchanged", test_invalid_table),
-        ("600 random strings agree with a kstrtouint model", test_fuzz_against_model),
+        (
+            "pages_to_scan round-trips 300 random u32 spellings",
+            test_round_trip_pages_to_scan,
+        ),
+        (
+            "sleep_millisecs round-trips 300 random u32 spellings",
+            test_round_trip_sleep_millisecs,
+        ),
+        (
+            "invalid input table: EINVAL, value unchanged",
+            test_invalid_table,
+        ),
+        (
+            "600 random strings agree with a kstrtouint model",
+            test_fuzz_against_model,
+        ),
         ("run transition table 0/1/2 x 0/1/2", test_run_transitions),
-        ("counters monotonic while scanning, frozen at run=0", test_counters_monotonic),
-        ("forked child's MADV_MERGEABLE pages are scanned too", test_fork_picked_up),
-        ("random pages merge as a content model predicts, before and after writes", test_merge_model),
+        (
+            "counters monotonic while scanning, frozen at run=0",
+            test_counters_monotonic,
+        ),
+        (
+            "forked child's MADV_MERGEABLE pages are scanned too",
+            test_fork_picked_up,
+        ),
+        (
+            "random pages merge as a content model predicts, before and after writes",
+            test_merge_model,
+        ),
     ];
 
     println!("TAP version 13");
@@ -699,7 +883,11 @@ fn main() {
     let (mut pass, mut fail, mut skip) = (0, 0, 0);
     let mut rng = Rng(seed);
     for (i, (name, f)) in tests.iter().enumerate() {
-        let mut t = T { failed: false, skip: None, rng: Rng(rng.next() | 1) };
+        let mut t = T {
+            failed: false,
+            skip: None,
+            rng: Rng(rng.next() | 1),
+        };
         f(&mut t);
         reset_defaults();
         match (t.failed, t.skip) {
@@ -718,7 +906,10 @@ fn main() {
         }
         std::io::stdout().flush().ok();
     }
-    println!("# Totals: pass:{} fail:{} xfail:0 xpass:0 skip:{} error:0", pass, fail, skip);
+    println!(
+        "# Totals: pass:{} fail:{} xfail:0 xpass:0 skip:{} error:0",
+        pass, fail, skip
+    );
     std::io::stdout().flush().ok();
     std::process::exit(if fail > 0 { 1 } else { 0 });
 }
