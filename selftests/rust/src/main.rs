@@ -655,8 +655,10 @@ fn test_fork_picked_up(t: &mut T) {
     if t.ok(region.mergeable()).is_none() {
         return;
     }
-    // Small batches keep the race between reading the two counters small.
-    for (k, v) in [("pages_to_scan", 100), ("sleep_millisecs", 0), ("run", 1)] {
+    // One batch per pass (a batch ends with the pass), then a sleep: the
+    // two counters are read while the scanner stands still, whatever the
+    // speed of a pass.
+    for (k, v) in [("pages_to_scan", 100000), ("sleep_millisecs", 50), ("run", 1)] {
         t.ok(put(k, v));
     }
     let before = match t.ok(pages_per_pass(PASSES)) {
