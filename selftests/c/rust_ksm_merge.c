@@ -23,6 +23,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -894,6 +896,20 @@ static int test_ksm_stat(const char *dir)
 	return ret;
 }
 
+/* $RUST_KSM_SEED, or one from the clock; printed so a run can be replayed. */
+static uint64_t test_seed(void)
+{
+	uint64_t seed = getenv("RUST_KSM_SEED") ?
+		strtoull(getenv("RUST_KSM_SEED"), NULL, 0) :
+		(uint64_t)time(NULL) * 2654435761ULL;
+
+	if (!seed)
+		seed = 1;
+	tap_diag("seed %llu (RUST_KSM_SEED=%llu replays it)",
+		 (unsigned long long)seed, (unsigned long long)seed);
+	return seed;
+}
+
 static int test_integrity(const char *dir)
 {
 	const size_t n = 2048, npat = 8, nwrites = 4096;
@@ -903,12 +919,7 @@ static int test_integrity(const char *dir)
 	int ret = TAP_PASS;
 	size_t i, bad, first = 0, d;
 
-	seed = getenv("RUST_KSM_SEED") ? strtoull(getenv("RUST_KSM_SEED"), NULL, 0)
-				       : (uint64_t)time(NULL) * 2654435761ULL;
-	if (!seed)
-		seed = 1;
-	tap_diag("seed %llu (RUST_KSM_SEED=%llu replays it)",
-		 (unsigned long long)seed, (unsigned long long)seed);
+	seed = test_seed();
 	p = map_anon(n);
 	shadow = malloc(n * PS);
 	if (!p || !shadow)
@@ -1507,6 +1518,99 @@ static int test_smart_scan(const char *dir)
 	return ret;
 }
 
+/* The writer of test_concurrent_writes(). */
+struct writer {
+	char *area, *shadow, *patterns;
+	size_t pages, npat;
+	uint64_t seed;
+	atomic_bool stop;
+	unsigned long writes;
+};
+
+/*
+ * Until told to stop: half the time a random byte of a random page, half
+ * the time a whole page put back to its pattern (so it merges again),
+ * each mirrored in the shadow copy.
+ */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint64_t r;
+	size_t i, off;
+
+	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+		r = rnd_next(&w->seed);
+		i = (size_t)(r % w->pages);
+		if (r & (1ULL << 40)) {
+			off = (size_t)((r >> 8) % PS);
+			w->area[i * PS + off] = (char)(r >> 48);
+			w->shadow[i * PS + off] = (char)(r >> 48);
+		} else {
+			memcpy(w->area + i * PS, w->patterns + (i % w->npat) * PS,
+			       PS);
+			memcpy(w->shadow + i * PS,
+			       w->patterns + (i % w->npat) * PS, PS);
+		}
+		w->writes++;
+	}
+	return NULL;
+}
+
+/*
+ * A thread writes into 1024 pages of 4 patterns while the scanner merges
+ * them (write-protect, compare and replace race with the writes, and
+ * merged pages are broken again): afterwards every byte is what was last
+ * written, by a shadow copy kept outside mergeable memory.
+ */
+static int test_concurrent_writes(const char *dir)
+{
+	const size_t n = 1024, npat = 4;
+	struct writer w = { .pages = n, .npat = npat, .stop = false };
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	uint64_t seed = test_seed();
+	size_t i, bad = 0;
+	pthread_t th;
+
+	w.area = map_anon(n);
+	w.shadow = map_anon(n);
+	w.patterns = map_anon(npat);
+	if (!w.area || !w.shadow || !w.patterns)
+		return TAP_FAIL;
+	for (i = 0; i < npat; i++)
+		fill_pattern(w.patterns + i * PS, 300 + i);
+	for (i = 0; i < n; i++)
+		memcpy(w.area + i * PS, w.patterns + (i % npat) * PS, PS);
+	memcpy(w.shadow, w.area, n * PS);
+	w.seed = seed;
+	CHECK(!madvise(w.area, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	CHECK(!pthread_create(&th, NULL, writer_main, &w), "pthread_create");
+	if (ret == TAP_PASS) {
+		CHECK(!ksm_run_scans(dir, 20, TIMEOUT_MS),
+		      "scanner not scanning");
+		msleep(500);
+		atomic_store(&w.stop, true);
+		pthread_join(th, NULL);
+	}
+	tap_diag("%lu writes while scanning", w.writes);
+	CHECK(!ksm_run_scans(dir, 3, TIMEOUT_MS), "scanner not scanning");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("after the writes, 3 scans", &c);
+	CHECK(c.shared + c.sharing <= n, "more pages merged than there are");
+	for (i = 0; i < n; i++)
+		if (memcmp(w.area + i * PS, w.shadow + i * PS, PS))
+			bad++;
+	CHECK(!bad, "%zu of %zu pages differ from what was written", bad, n);
+	CHECK(!madvise(w.area, n * PS, MADV_UNMERGEABLE), "MADV_UNMERGEABLE");
+	CHECK(!memcmp(w.area, w.shadow, n * PS), "differs after unmerging");
+	munmap(w.area, n * PS);
+	munmap(w.shadow, n * PS);
+	munmap(w.patterns, npat * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1532,6 +1636,7 @@ static const struct ksm_test tests[] = {
 	{ "io_uring-pinned pages are never merged; unpinned, they merge", test_pinned },
 	{ "4 patterns interleaved x 100, max_page_sharing=8: <= 8 per KSM page", test_interleaved_chains },
 	{ "smart_scan skips unmerged pages more and more, never KSM pages", test_smart_scan },
+	{ "a thread writes while the scanner merges: every byte as written", test_concurrent_writes },
 };
 
 int main(int argc, char **argv)
