@@ -23,6 +23,7 @@ mod scan;
 mod tree;
 
 use core::sync::atomic::AtomicBool;
+use scan::advisor::{self, Advisor};
 use scan::{MmGrab, MmRegistry, ScanParams, ScanState, Stats};
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
@@ -71,6 +72,9 @@ impl Run {
     }
 }
 
+/// `pages_to_scan` at load, and again when the advisor is turned off.
+const DEFAULT_PAGES_TO_SCAN: u32 = 100;
+
 /// Knob values, read by the thread under the control lock.
 struct Control {
     run: Run,
@@ -80,6 +84,14 @@ struct Control {
     use_zero_pages: bool,
     smart_scan: bool,
     stable_node_chains_prune_millisecs: u32,
+    /// `advisor_mode`: whether the scan-time advisor sets `pages_to_scan`.
+    advisor_scan_time: bool,
+    /// Set when `advisor_mode` changes: the thread starts a new advisor.
+    advisor_reset: bool,
+    advisor_max_cpu: u64,
+    advisor_min_pages_to_scan: u64,
+    advisor_max_pages_to_scan: u64,
+    advisor_target_scan_time: u64,
     /// Set once at unload, before the thread is stopped.
     stopping: bool,
 }
@@ -125,12 +137,18 @@ impl Ksm {
         pin_init!(Self {
             control <- new_mutex!(Control {
                 run: Run::Stop,
-                pages_to_scan: 100,
+                pages_to_scan: DEFAULT_PAGES_TO_SCAN,
                 sleep_millisecs: 20,
                 max_page_sharing: 256,
                 use_zero_pages: false,
                 smart_scan: true,
                 stable_node_chains_prune_millisecs: 2000,
+                advisor_scan_time: false,
+                advisor_reset: false,
+                advisor_max_cpu: 70,
+                advisor_min_pages_to_scan: 500,
+                advisor_max_pages_to_scan: 30000,
+                advisor_target_scan_time: 200,
                 stopping: false,
             }),
             wake <- new_condvar!(),
@@ -198,10 +216,43 @@ impl Ksm {
         }
     }
 
+    /// The scan-time advisor's part of a batch: note when a full scan
+    /// began, and when one ended set `pages_to_scan` from it (unless
+    /// `advisor_mode` changed meanwhile).
+    fn advise(
+        &self,
+        advisor: &mut Advisor,
+        limits: advisor::Limits,
+        marks: scan::PassMarks,
+        batch_start: i64,
+        pages: u32,
+    ) {
+        if marks.began {
+            advisor.start_scan(batch_start);
+        }
+        if !marks.ended {
+            return;
+        }
+        // SAFETY: plain call; `current` is this thread, whose own runtime
+        // only it updates.
+        let (now, cpu_ns) = unsafe {
+            (
+                bindings::ktime_get(),
+                (*bindings::get_current()).se.sum_exec_runtime,
+            )
+        };
+        let next = advisor.end_scan(now, cpu_ns, u64::from(pages), limits);
+        let mut control = self.control.lock();
+        if control.advisor_scan_time && !control.advisor_reset {
+            control.pages_to_scan = u32::try_from(next).unwrap_or(u32::MAX);
+        }
+    }
+
     /// The body of `rust_ksmd`.
     fn thread(&self) {
+        let mut advisor = Advisor::default();
         loop {
-            let control = self.control.lock();
+            let mut control = self.control.lock();
             if control.stopping {
                 return;
             }
@@ -213,16 +264,30 @@ impl Ksm {
                 smart_scan: control.smart_scan,
                 chains_prune_millisecs: control.stable_node_chains_prune_millisecs,
             };
+            if core::mem::take(&mut control.advisor_reset) {
+                advisor = Advisor::default();
+            }
+            let limits = control.advisor_scan_time.then_some(advisor::Limits {
+                max_cpu: control.advisor_max_cpu,
+                max_pages: control.advisor_max_pages_to_scan,
+                target_scan_time: control.advisor_target_scan_time,
+            });
             drop(control);
 
             let scanning = self.should_scan(run);
             if scanning {
+                // SAFETY: plain call.
+                let batch_start = unsafe { bindings::ktime_get() };
                 let mut scan = self.scan.lock();
                 // run=0 waits for the batch in progress by taking the scan
                 // lock (as upstream's ksm_thread_mutex), so a batch starts
                 // only if run is still 1 under it.
                 if self.control.lock().run == run {
-                    scan.scan_batch(&self.registry, &self.stats, params);
+                    let marks = scan.scan_batch(&self.registry, &self.stats, params);
+                    drop(scan);
+                    if let Some(limits) = limits {
+                        self.advise(&mut advisor, limits, marks, batch_start, params.pages);
+                    }
                 }
             }
             // SAFETY: called from the freezable kthread with no lock held.
@@ -502,6 +567,38 @@ unsafe fn parse_bool(buf: *const c_char) -> Result<bool> {
     Ok(value)
 }
 
+/// Parses a sysfs write like the kernel's `kstrtoul(buf, 10, ...)`.
+///
+/// # Safety
+///
+/// `buf` is a NUL-terminated string (sysfs guarantees it for stores).
+unsafe fn parse_u64(buf: *const c_char) -> Result<u64> {
+    let mut value: u64 = 0;
+    // SAFETY: `buf` is NUL-terminated by the safety requirements.
+    if unsafe { bindings::kstrtoull(buf, 10, &mut value) } != 0 {
+        return Err(EINVAL);
+    }
+    Ok(value)
+}
+
+/// Parses an `advisor_mode` write: `scan-time` (true) or `none` (false),
+/// with an optional trailing newline, as upstream's sysfs_streq().
+///
+/// # Safety
+///
+/// `buf` is a NUL-terminated string (sysfs guarantees it for stores).
+unsafe fn parse_advisor_mode(buf: *const c_char) -> Result<bool> {
+    // SAFETY: both strings are NUL-terminated.
+    let is = |s: &CStr| unsafe { bindings::sysfs_streq(buf, s.as_char_ptr()) };
+    if is(c_str!("scan-time")) {
+        Ok(true)
+    } else if is(c_str!("none")) {
+        Ok(false)
+    } else {
+        Err(EINVAL)
+    }
+}
+
 /// A value a sysfs file shows, printed as upstream prints it.
 trait Emit {
     /// # Safety
@@ -514,6 +611,18 @@ impl Emit for u64 {
     unsafe fn emit(self, buf: *mut c_char) -> isize {
         // SAFETY: `buf` is a sysfs buffer; the format takes one u64.
         unsafe { bindings::sysfs_emit(buf, c_str!("%llu\n").as_char_ptr(), self) as isize }
+    }
+}
+
+/// A string a sysfs file shows.
+type StaticStr = &'static CStr;
+
+impl Emit for StaticStr {
+    unsafe fn emit(self, buf: *mut c_char) -> isize {
+        // SAFETY: `buf` is a sysfs buffer; the format takes one string.
+        unsafe {
+            bindings::sysfs_emit(buf, c_str!("%s\n").as_char_ptr(), self.as_char_ptr()) as isize
+        }
     }
 }
 
@@ -663,7 +772,74 @@ show!(pages_to_scan_show, |k| u64::from(
     k.control.lock().pages_to_scan
 ));
 store!(pages_to_scan_store, |k, v| {
-    k.update(|c| c.pages_to_scan = v);
+    let mut result = Ok(());
+    k.update(|c| {
+        // The scan-time advisor owns it (as upstream).
+        if c.advisor_scan_time {
+            result = Err(EINVAL);
+        } else {
+            c.pages_to_scan = v;
+        }
+    });
+    result
+});
+show!(advisor_mode_show, StaticStr, |k| {
+    if k.control.lock().advisor_scan_time {
+        c_str!("none [scan-time]")
+    } else {
+        c_str!("[none] scan-time")
+    }
+});
+store!(
+    advisor_mode_store,
+    parse_advisor_mode,
+    bool,
+    |k, scan_time| {
+        k.update(|c| {
+            if c.advisor_scan_time != scan_time {
+                // Upstream's set_advisor_defaults().
+                c.advisor_scan_time = scan_time;
+                c.advisor_reset = true;
+                c.pages_to_scan = if scan_time {
+                    u32::try_from(c.advisor_min_pages_to_scan).unwrap_or(u32::MAX)
+                } else {
+                    DEFAULT_PAGES_TO_SCAN
+                };
+            }
+        });
+        Ok(())
+    }
+);
+show!(advisor_max_cpu_show, |k| k.control.lock().advisor_max_cpu);
+store!(advisor_max_cpu_store, parse_u64, u64, |k, v| {
+    k.update(|c| c.advisor_max_cpu = v);
+    Ok(())
+});
+show!(advisor_min_pages_to_scan_show, |k| k
+    .control
+    .lock()
+    .advisor_min_pages_to_scan);
+store!(advisor_min_pages_to_scan_store, parse_u64, u64, |k, v| {
+    k.update(|c| c.advisor_min_pages_to_scan = v);
+    Ok(())
+});
+show!(advisor_max_pages_to_scan_show, |k| k
+    .control
+    .lock()
+    .advisor_max_pages_to_scan);
+store!(advisor_max_pages_to_scan_store, parse_u64, u64, |k, v| {
+    k.update(|c| c.advisor_max_pages_to_scan = v);
+    Ok(())
+});
+show!(advisor_target_scan_time_show, |k| k
+    .control
+    .lock()
+    .advisor_target_scan_time);
+store!(advisor_target_scan_time_store, parse_u64, u64, |k, v| {
+    if v < 1 {
+        return Err(EINVAL);
+    }
+    k.update(|c| c.advisor_target_scan_time = v);
     Ok(())
 });
 show!(sleep_millisecs_show, |k| u64::from(
@@ -708,7 +884,7 @@ const fn attr(
     attr
 }
 
-const NR_ATTRS: usize = 18;
+const NR_ATTRS: usize = 23;
 
 /// The attributes and their group, in static storage: lockdep wants static
 /// keys for sysfs attributes, which `kobj_attribute` embeds.
@@ -768,6 +944,31 @@ static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables 
             c_str!("stable_node_chains_prune_millisecs"),
             stable_node_chains_prune_millisecs_show,
             Some(stable_node_chains_prune_millisecs_store),
+        ),
+        attr(
+            c_str!("advisor_mode"),
+            advisor_mode_show,
+            Some(advisor_mode_store),
+        ),
+        attr(
+            c_str!("advisor_max_cpu"),
+            advisor_max_cpu_show,
+            Some(advisor_max_cpu_store),
+        ),
+        attr(
+            c_str!("advisor_min_pages_to_scan"),
+            advisor_min_pages_to_scan_show,
+            Some(advisor_min_pages_to_scan_store),
+        ),
+        attr(
+            c_str!("advisor_max_pages_to_scan"),
+            advisor_max_pages_to_scan_show,
+            Some(advisor_max_pages_to_scan_store),
+        ),
+        attr(
+            c_str!("advisor_target_scan_time"),
+            advisor_target_scan_time_show,
+            Some(advisor_target_scan_time_store),
         ),
     ],
     list: [ptr::null_mut(); NR_ATTRS + 1],

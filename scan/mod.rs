@@ -8,6 +8,7 @@
 //! page-table holes cost nothing: a 32 TiB mapping with one page populated is
 //! one page of work, not eight billion lookups.
 
+pub(crate) mod advisor;
 pub(crate) mod merge;
 mod mm;
 
@@ -128,6 +129,15 @@ pub(crate) struct ScanState {
     run: Run,
 }
 
+/// Where a batch was in the passes over all mms.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PassMarks {
+    /// A full scan began in the batch.
+    pub(crate) began: bool,
+    /// A full scan ended with the batch.
+    pub(crate) ended: bool,
+}
+
 /// Knob values a batch runs with.
 #[derive(Clone, Copy)]
 pub(crate) struct ScanParams {
@@ -174,11 +184,12 @@ impl ScanState {
         registry: &Mutex<MmRegistry>,
         stats: &Stats,
         params: ScanParams,
-    ) {
+    ) -> PassMarks {
+        let mut marks = PassMarks::default();
         let mut budget = params.pages;
         self.trees.chains_prune_ns = i64::from(params.chains_prune_millisecs) * 1_000_000;
         while budget > 0 {
-            let Some(mm) = self.current_mm(registry, stats) else {
+            let Some(mm) = self.current_mm(registry, stats, &mut marks) else {
                 break;
             };
             // Collect a run of pages in one walk (one mmap lock round trip),
@@ -222,16 +233,23 @@ impl ScanState {
             self.publish(stats);
         }
         self.publish(stats);
+        marks
     }
 
     /// The mm under the cursor, or the next one.  Past the last mm a full
     /// scan is complete: count it, reset the unstable tree, forget the items
     /// of mms that went away, rewind and end the batch (None).
-    fn current_mm(&mut self, registry: &Mutex<MmRegistry>, stats: &Stats) -> Option<MmGrab> {
+    fn current_mm(
+        &mut self,
+        registry: &Mutex<MmRegistry>,
+        stats: &Stats,
+        marks: &mut PassMarks,
+    ) -> Option<MmGrab> {
         let mut reg = registry.lock();
         let Some((key, mm)) = reg.at_or_after(self.mm_key) else {
             if self.mm_key != 0 && !reg.is_empty() {
                 stats.full_scans.fetch_add(1, Ordering::Relaxed);
+                marks.ended = true;
             }
             drop(reg);
             self.mm_key = 0;
@@ -242,6 +260,7 @@ impl ScanState {
         };
         drop(reg);
         if self.mm_key == 0 {
+            marks.began = true;
             // A pass begins.  Freshly faulted pages sit in per-CPU LRU
             // batches, whose references make write_protect_page() refuse
             // them: drain them, as ksmd does.
