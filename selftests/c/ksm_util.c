@@ -139,6 +139,8 @@ void rk_reset(void)
 {
 	if (access(RKSM_DIR, F_OK))
 		return;
+	/* First: the scan-time advisor refuses pages_to_scan writes. */
+	knob_write_str(RKSM_DIR, "advisor_mode", "none");
 	rk_set("run", DEF_RUN);
 	rk_set("pages_to_scan", DEF_PAGES_TO_SCAN);
 	rk_set("sleep_millisecs", DEF_SLEEP_MILLISECS);

@@ -29,6 +29,11 @@ static const struct knob_desc knobs[] = {
 	{ "smart_scan", 0644 },
 	{ "pages_skipped", 0444 },
 	{ "stable_node_chains_prune_millisecs", 0644 },
+	{ "advisor_mode", 0644 },
+	{ "advisor_max_cpu", 0644 },
+	{ "advisor_min_pages_to_scan", 0644 },
+	{ "advisor_max_pages_to_scan", 0644 },
+	{ "advisor_target_scan_time", 0644 },
 };
 
 /* Printable form of a written buffer for diagnostics. */

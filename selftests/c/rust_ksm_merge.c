@@ -1611,6 +1611,88 @@ static int test_concurrent_writes(const char *dir)
 	return ret;
 }
 
+/* The first line of KNOB in BUF (newline dropped): 0 or -1. */
+static int knob_line(const char *dir, const char *knob, char *buf, size_t len)
+{
+	char *nl;
+
+	if (knob_read_line(dir, knob, buf, len) < 0)
+		return -1;
+	nl = strchr(buf, '\n');
+	if (nl)
+		*nl = '\0';
+	return 0;
+}
+
+/*
+ * advisor_mode: "[none] scan-time" by default; scan-time owns
+ * pages_to_scan (writes EINVAL), starts it at advisor_min_pages_to_scan
+ * and, at the end of each full scan, moves it to reach
+ * advisor_target_scan_time within advisor_max_pages_to_scan; none gives
+ * pages_to_scan back, reset to 100.  Bad writes: EINVAL, nothing changes.
+ */
+static int test_advisor(const char *dir)
+{
+	const size_t n = 2000;
+	unsigned long long pts, minp;
+	int ret = TAP_PASS;
+	char mode[64];
+	size_t i;
+	char *p;
+
+	CHECK(!knob_line(dir, "advisor_mode", mode, sizeof(mode)) &&
+	      !strcmp(mode, "[none] scan-time"), "advisor_mode reads \"%s\"",
+	      mode);
+	CHECK(!knob_read(dir, "advisor_min_pages_to_scan", &minp),
+	      "advisor_min_pages_to_scan");
+	CHECK(!knob_write_str(dir, "advisor_mode", "scan-time\n"),
+	      "advisor_mode=scan-time");
+	CHECK(!knob_line(dir, "advisor_mode", mode, sizeof(mode)) &&
+	      !strcmp(mode, "none [scan-time]"), "advisor_mode reads \"%s\"",
+	      mode);
+	CHECK(!knob_read(dir, "pages_to_scan", &pts) && pts == minp,
+	      "pages_to_scan %llu, want advisor_min_pages_to_scan %llu", pts,
+	      minp);
+	CHECK(knob_write_str(dir, "pages_to_scan", "1000") == -EINVAL,
+	      "pages_to_scan writable under the advisor");
+	CHECK(knob_write_str(dir, "advisor_mode", "scan") == -EINVAL &&
+	      knob_write_str(dir, "advisor_mode", "none x") == -EINVAL &&
+	      knob_write_str(dir, "advisor_mode", "Scan-time") == -EINVAL,
+	      "bad advisor_mode accepted");
+	CHECK(!knob_line(dir, "advisor_mode", mode, sizeof(mode)) &&
+	      !strcmp(mode, "none [scan-time]"), "a bad write changed the mode");
+	CHECK(knob_write_str(dir, "advisor_target_scan_time", "0") == -EINVAL &&
+	      knob_write_str(dir, "advisor_max_cpu", "-1") == -EINVAL,
+	      "bad advisor values accepted");
+
+	CHECK(!ksm_set(dir, "advisor_target_scan_time", 1) &&
+	      !ksm_set(dir, "advisor_max_pages_to_scan", 3000) &&
+	      !ksm_set(dir, "sleep_millisecs", 20), "advisor knobs");
+	p = map_anon(n);
+	CHECK(p != NULL, "mmap");
+	for (i = 0; p && i < n; i++)
+		fill_pattern(p + i * PS, 3000000 + i);
+	CHECK(p && !madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_run_scans(dir, 4, TIMEOUT_MS), "scanner not scanning");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	CHECK(!knob_read(dir, "pages_to_scan", &pts), "pages_to_scan");
+	tap_diag("pages_to_scan %llu after 4 advised scans", pts);
+	CHECK(pts != minp && pts >= 1 && pts <= 3000,
+	      "pages_to_scan %llu: not advised (from %llu, max 3000)", pts,
+	      minp);
+
+	CHECK(!knob_write_str(dir, "advisor_mode", "none"), "advisor_mode=none");
+	CHECK(!knob_read(dir, "pages_to_scan", &pts) && pts == 100,
+	      "pages_to_scan %llu after advisor_mode=none, want 100", pts);
+	CHECK(!ksm_set(dir, "pages_to_scan", 1000), "pages_to_scan writable");
+	ksm_set(dir, "advisor_target_scan_time", 200);
+	ksm_set(dir, "advisor_max_pages_to_scan", 30000);
+	if (p)
+		munmap(p, n * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1637,6 +1719,7 @@ static const struct ksm_test tests[] = {
 	{ "4 patterns interleaved x 100, max_page_sharing=8: <= 8 per KSM page", test_interleaved_chains },
 	{ "smart_scan skips unmerged pages more and more, never KSM pages", test_smart_scan },
 	{ "a thread writes while the scanner merges: every byte as written", test_concurrent_writes },
+	{ "advisor_mode scan-time owns and tunes pages_to_scan; none gives it back", test_advisor },
 };
 
 int main(int argc, char **argv)
