@@ -288,6 +288,16 @@ unsigned long rust_ksm_pte_pfn(pte_t pte)
 	return pte_pfn(pte);
 }
 
+int rust_ksm_folio_nid(struct folio *folio)
+{
+	return folio_nid(folio);
+}
+
+unsigned int rust_ksm_nr_node_ids(void)
+{
+	return nr_node_ids;
+}
+
 bool rust_ksm_mm_tlb_flush_pending(struct mm_struct *mm)
 {
 	return mm_tlb_flush_pending(mm);

@@ -84,6 +84,8 @@ struct Control {
     use_zero_pages: bool,
     smart_scan: bool,
     stable_node_chains_prune_millisecs: u32,
+    /// A copy of the trees' setting, changed under the scan lock.
+    merge_across_nodes: bool,
     /// `advisor_mode`: whether the scan-time advisor sets `pages_to_scan`.
     advisor_scan_time: bool,
     /// Set when `advisor_mode` changes: the thread starts a new advisor.
@@ -143,6 +145,7 @@ impl Ksm {
                 use_zero_pages: false,
                 smart_scan: true,
                 stable_node_chains_prune_millisecs: 2000,
+                merge_across_nodes: true,
                 advisor_scan_time: false,
                 advisor_reset: false,
                 advisor_max_cpu: 70,
@@ -810,6 +813,21 @@ store!(
         Ok(())
     }
 );
+show!(merge_across_nodes_show, |k| u64::from(
+    k.control.lock().merge_across_nodes
+));
+store!(merge_across_nodes_store, parse_u64, u64, |k, v| {
+    if v > 1 {
+        return Err(EINVAL);
+    }
+    // The trees change only with no stable node left (EBUSY otherwise),
+    // under the scan lock, like upstream's under ksm_thread_mutex.
+    let mut scan = k.scan.lock();
+    scan.trees.set_across_nodes(v == 1)?;
+    k.update(|c| c.merge_across_nodes = v == 1);
+    drop(scan);
+    Ok(())
+});
 show!(advisor_max_cpu_show, |k| k.control.lock().advisor_max_cpu);
 store!(advisor_max_cpu_store, parse_u64, u64, |k, v| {
     k.update(|c| c.advisor_max_cpu = v);
@@ -884,7 +902,7 @@ const fn attr(
     attr
 }
 
-const NR_ATTRS: usize = 23;
+const NR_ATTRS: usize = 24;
 
 /// The attributes and their group, in static storage: lockdep wants static
 /// keys for sysfs attributes, which `kobj_attribute` embeds.
@@ -944,6 +962,11 @@ static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables 
             c_str!("stable_node_chains_prune_millisecs"),
             stable_node_chains_prune_millisecs_show,
             Some(stable_node_chains_prune_millisecs_store),
+        ),
+        attr(
+            c_str!("merge_across_nodes"),
+            merge_across_nodes_show,
+            Some(merge_across_nodes_store),
         ),
         attr(
             c_str!("advisor_mode"),

@@ -84,6 +84,8 @@ pte_t rust_ksm_mk_pte(struct page *page, struct vm_area_struct *vma);
 void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
 			 pte_t pte);
 unsigned long rust_ksm_pte_pfn(pte_t pte);
+int rust_ksm_folio_nid(struct folio *folio);
+unsigned int rust_ksm_nr_node_ids(void);
 bool rust_ksm_mm_tlb_flush_pending(struct mm_struct *mm);
 pmd_t *rust_ksm_mm_find_pmd(struct mm_struct *mm, unsigned long addr);
 void rust_ksm_folio_walk_end(struct folio_walk *fw, struct vm_area_struct *vma);

@@ -20,10 +20,12 @@ use kernel::types::Opaque;
 pub(crate) enum ItemState {
     /// Scanned; its page changed since the previous scan, or it just arrived.
     Volatile,
-    /// In the unstable tree of scan `seqnr` (linked through `link`).
+    /// In the unstable tree of NUMA node `nid` (0 when merging across
+    /// nodes) of scan `seqnr`, linked through `link`.
     Unstable {
         link: Opaque<bindings::rb_node>,
         seqnr: u32,
+        nid: u16,
     },
     /// Maps the KSM page of `node`.  `index` is the page's linear page index
     /// in its anon_vma (`vm_pgoff + (addr - vm_start) / PAGE_SIZE` when it

@@ -40,6 +40,9 @@ pub(crate) struct StableNode {
     /// When the chain of dups this node is the newest of was last pruned
     /// of stale dups (ktime ns); its creation time to begin with.
     pruned_at: AtomicI64,
+    /// The stable tree the node is in: its NUMA node's, or 0 when merging
+    /// across nodes.
+    nid: u16,
 }
 
 impl StableNode {
@@ -123,8 +126,14 @@ pub(crate) struct Counters {
 /// Both trees and their counters; owned by the scan state, so only the
 /// scan-lock holder touches them.
 pub(crate) struct Trees {
-    stable: bindings::rb_root,
-    unstable: bindings::rb_root,
+    /// The stable and unstable trees with `merge_across_nodes=1` (upstream's
+    /// one_stable_tree / one_unstable_tree) ...
+    stable_one: bindings::rb_root,
+    unstable_one: bindings::rb_root,
+    /// ... and one of each per NUMA node with `merge_across_nodes=0`, when
+    /// these are not empty.
+    stable_per_node: KVec<bindings::rb_root>,
+    unstable_per_node: KVec<bindings::rb_root>,
     /// Scan number; unstable items of older scans are no longer linked.
     pub(crate) seqnr: u32,
     pub(crate) counters: Counters,
@@ -133,6 +142,10 @@ pub(crate) struct Trees {
     /// `stable_node_chains_prune_millisecs`, in ns.
     pub(crate) chains_prune_ns: i64,
 }
+
+const EMPTY_ROOT: bindings::rb_root = bindings::rb_root {
+    rb_node: ptr::null_mut(),
+};
 
 // SAFETY: the trees are only reachable through the scan lock.
 unsafe impl Send for Trees {}
@@ -144,6 +157,7 @@ fn unstable_link_offset() -> usize {
     item.state = ItemState::Unstable {
         link: Opaque::uninit(),
         seqnr: 0,
+        nid: 0,
     };
     match &item.state {
         ItemState::Unstable { link, .. } => link.get() as usize - ptr::from_ref(&item) as usize,
@@ -154,12 +168,10 @@ fn unstable_link_offset() -> usize {
 impl Trees {
     pub(crate) fn new() -> Self {
         Self {
-            stable: bindings::rb_root {
-                rb_node: ptr::null_mut(),
-            },
-            unstable: bindings::rb_root {
-                rb_node: ptr::null_mut(),
-            },
+            stable_one: EMPTY_ROOT,
+            unstable_one: EMPTY_ROOT,
+            stable_per_node: KVec::new(),
+            unstable_per_node: KVec::new(),
             seqnr: 0,
             counters: Counters::default(),
             unstable_link_offset: unstable_link_offset(),
@@ -167,10 +179,106 @@ impl Trees {
         }
     }
 
+    /// Whether pages of different NUMA nodes merge (`merge_across_nodes`).
+    pub(crate) fn across_nodes(&self) -> bool {
+        self.stable_per_node.is_empty()
+    }
+
+    /// The stable tree of `nid` (see [`Self::tree_nid`]).
+    fn stable_root(&mut self, nid: usize) -> &mut bindings::rb_root {
+        if self.across_nodes() {
+            &mut self.stable_one
+        } else {
+            &mut self.stable_per_node[nid]
+        }
+    }
+
+    /// The unstable tree of `nid`.
+    fn unstable_root(&mut self, nid: usize) -> &mut bindings::rb_root {
+        if self.across_nodes() {
+            &mut self.unstable_one
+        } else {
+            &mut self.unstable_per_node[nid]
+        }
+    }
+
+    /// Every stable tree.
+    fn stable_roots(&self) -> impl Iterator<Item = &bindings::rb_root> {
+        Iterator::chain(
+            core::iter::once(&self.stable_one),
+            self.stable_per_node.iter(),
+        )
+    }
+
+    /// merge_across_nodes_store(): one pair of trees for all nodes, or one
+    /// per node.  `EBUSY` while any stable node is left once the stale ones
+    /// are dropped (a KSM page is still mapped), as upstream.
+    pub(crate) fn set_across_nodes(&mut self, across: bool) -> Result {
+        if across == self.across_nodes() {
+            return Ok(());
+        }
+        if self.counters.pages_shared != 0 || !self.drop_stale_nodes() {
+            return Err(EBUSY);
+        }
+        let (stable, unstable) = if across {
+            (KVec::new(), KVec::new())
+        } else {
+            // SAFETY: reads an exported variable, fixed after boot.
+            let n = unsafe { bindings::rust_ksm_nr_node_ids() } as usize;
+            (
+                KVec::from_elem(EMPTY_ROOT, n, GFP_KERNEL)?,
+                KVec::from_elem(EMPTY_ROOT, n, GFP_KERNEL)?,
+            )
+        };
+        // The unstable items left are unlinked lazily, by their old seqnr.
+        self.new_scan();
+        self.stable_per_node = stable;
+        self.unstable_per_node = unstable;
+        Ok(())
+    }
+
+    /// Removes every stale stable node; true if none is left.
+    fn drop_stale_nodes(&mut self) -> bool {
+        for nid in 0..self.stable_per_node.len().max(1) {
+            loop {
+                // SAFETY: walking our own tree.
+                let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
+                let mut removed = false;
+                while !rb.is_null() {
+                    let node = Self::node_of(rb);
+                    // SAFETY: `rb` is in the tree; step on before it may go.
+                    rb = unsafe { bindings::rb_next(rb) };
+                    if self.get_folio(node, GetFolio::NoLock).is_none() {
+                        // Removed: the tree changed, walk it again.
+                        removed = true;
+                        break;
+                    }
+                }
+                if !removed {
+                    break;
+                }
+            }
+        }
+        self.stable_roots().all(|root| root.rb_node.is_null())
+    }
+
+    /// The trees a page belongs in: its NUMA node's, or the only ones.
+    fn tree_nid(&self, page: &PageRef) -> usize {
+        if self.across_nodes() {
+            0
+        } else {
+            // SAFETY: referenced folio.
+            unsafe { bindings::rust_ksm_folio_nid(page.folio()) as usize }
+        }
+    }
+
     /// A full scan ended: forget the unstable tree (its items are unlinked
     /// lazily: their `seqnr` is now old).
     pub(crate) fn new_scan(&mut self) {
-        self.unstable.rb_node = ptr::null_mut();
+        self.unstable_one = EMPTY_ROOT;
+        for root in self.unstable_per_node.iter_mut() {
+            *root = EMPTY_ROOT;
+        }
         self.seqnr = self.seqnr.wrapping_add(1);
     }
 
@@ -208,8 +316,9 @@ impl Trees {
         page: &PageRef,
     ) -> Option<(NonNull<RmapItem>, PageRef)> {
         use core::cmp::Ordering::{Equal, Less};
+        let nid = self.tree_nid(page);
         let mut parent = ptr::null_mut();
-        let mut link: *mut *mut bindings::rb_node = &mut self.unstable.rb_node;
+        let mut link: *mut *mut bindings::rb_node = &mut self.unstable_root(nid).rb_node;
         // SAFETY: `link` points into the tree we own.
         while !unsafe { *link }.is_null() {
             // SAFETY: as above.
@@ -226,6 +335,10 @@ impl Trees {
                         return None;
                     }
                     match merge::compare(page, &tree_page).cmp(&0) {
+                        // A page migrated to another node since it went in
+                        // merges only across nodes (upstream: it moves to
+                        // its node's tree next scan).
+                        Equal if nid != self.tree_nid(&tree_page) => return None,
                         Equal => return Some((tree_item, tree_page)),
                         order => order,
                     }
@@ -243,6 +356,7 @@ impl Trees {
         item.state = ItemState::Unstable {
             link: Opaque::uninit(),
             seqnr: self.seqnr,
+            nid: nid as u16,
         };
         let ItemState::Unstable { link: node, .. } = &item.state else {
             unreachable!()
@@ -251,7 +365,7 @@ impl Trees {
         // lives in its mm's list; `link` and `parent` come from the search.
         unsafe {
             bindings::rust_ksm_rb_link_node(node.get(), parent, link);
-            bindings::rb_insert_color(node.get(), &mut self.unstable);
+            bindings::rb_insert_color(node.get(), self.unstable_root(nid));
         }
         self.counters.pages_unshared += 1;
         None
@@ -261,11 +375,13 @@ impl Trees {
     pub(crate) fn remove_item(&mut self, item: &mut RmapItem) {
         let (node, anon_vma) = match &item.state {
             ItemState::Volatile => return,
-            ItemState::Unstable { link, seqnr } => {
+            ItemState::Unstable { link, seqnr, nid } => {
                 // Items of an older scan are not linked any more.
                 if *seqnr == self.seqnr {
-                    // SAFETY: the link is in the unstable tree, in place.
-                    unsafe { bindings::rb_erase(link.get(), &mut self.unstable) };
+                    // SAFETY: the link is in that unstable tree, in place.
+                    unsafe {
+                        bindings::rb_erase(link.get(), self.unstable_root(usize::from(*nid)))
+                    };
                 }
                 self.counters.pages_unshared -= 1;
                 item.state = ItemState::Volatile;
@@ -403,7 +519,7 @@ impl Trees {
             _ => self.counters.dups -= 1,
         }
         // SAFETY: the node is linked in the stable tree.
-        unsafe { bindings::rb_erase(node.rb.get(), &mut self.stable) };
+        unsafe { bindings::rb_erase(node.rb.get(), self.stable_root(usize::from(node.nid))) };
         self.counters.stable_nodes -= 1;
     }
 
@@ -464,8 +580,9 @@ impl Trees {
                 return Some((own, kpage));
             }
         }
+        let nid = self.tree_nid(page);
         'restart: loop {
-            let mut rb = self.stable.rb_node;
+            let mut rb = self.stable_root(nid).rb_node;
             // The last equal node met, and its page if we read it.
             let mut last: Option<(NonNull<StableNode>, Option<PageRef>)> = None;
             while !rb.is_null() {
@@ -516,6 +633,10 @@ impl Trees {
                     None => continue 'restart,
                 },
             };
+            if nid != self.tree_nid(&tree_page) {
+                // Migrated to another node: merges only across nodes.
+                return None;
+            }
             self.prune_chain(node);
             return self.equal_with_room(node, tree_page, max_sharing);
         }
@@ -604,6 +725,7 @@ impl Trees {
         key: u64,
         hash: u64,
     ) -> Result<NonNull<StableNode>> {
+        let nid = self.tree_nid(kpage);
         let node = KBox::new(
             StableNode {
                 rb: Opaque::uninit(),
@@ -614,12 +736,13 @@ impl Trees {
                 items: UnsafeCell::new(KVec::new()),
                 // SAFETY: plain call.
                 pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
+                nid: nid as u16,
             },
             GFP_KERNEL,
         )?;
         'restart: loop {
             let mut parent = ptr::null_mut();
-            let mut link: *mut *mut bindings::rb_node = &mut self.stable.rb_node;
+            let mut link: *mut *mut bindings::rb_node = &mut self.stable_root(nid).rb_node;
             // SAFETY: walking our own tree.
             while !unsafe { *link }.is_null() {
                 // SAFETY: as above.
@@ -650,7 +773,7 @@ impl Trees {
             // SAFETY: the node is new and pinned in its box from now on.
             unsafe {
                 bindings::rust_ksm_rb_link_node(node.as_ref().rb.get(), parent, link);
-                bindings::rb_insert_color(node.as_ref().rb.get(), &mut self.stable);
+                bindings::rb_insert_color(node.as_ref().rb.get(), self.stable_root(nid));
                 bindings::rust_ksm_folio_set_mapping(kpage.folio(), StableNode::mapping(node));
             }
             self.counters.stable_nodes += 1;
@@ -705,11 +828,11 @@ impl Trees {
     pub(crate) fn remove_all_nodes(&mut self) -> usize {
         let mut busy = 0;
         loop {
-            // SAFETY: walking our own tree.
-            let rb = unsafe { bindings::rb_first(&self.stable) };
-            if rb.is_null() {
+            let Some(root) = self.stable_roots().find(|root| !root.rb_node.is_null()) else {
                 return busy;
-            }
+            };
+            // SAFETY: walking our own tree, not empty.
+            let rb = unsafe { bindings::rb_first(root) };
             let node = Self::node_of(rb);
             if let Some(kpage) = self.get_folio(node, GetFolio::Lock) {
                 let folio = kpage.folio();
