@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "ksm_merge_util.h"
@@ -510,4 +511,25 @@ void ksm_tests_main(int argc, char **argv, const struct ksm_test *tests, size_t 
 	if (done)
 		done();
 	tap_finish();
+}
+
+long sys_move_pages(pid_t pid, unsigned long n, void **pages, const int *nodes,
+		    int *status, int flags)
+{
+	return syscall(SYS_move_pages, pid, n, pages, nodes, status, flags);
+}
+
+int page_node(pid_t pid, void *addr)
+{
+	int status = -1;
+
+	if (sys_move_pages(pid, 1, &addr, NULL, &status, 0))
+		return -errno;
+	return status;
+}
+
+bool two_nodes(void)
+{
+	return !access("/sys/devices/system/node/node0", F_OK) &&
+	       !access("/sys/devices/system/node/node1", F_OK);
 }

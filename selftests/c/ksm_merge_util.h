@@ -126,4 +126,13 @@ void __attribute__((noreturn))
 ksm_tests_main(int argc, char **argv, const struct ksm_test *tests, size_t n,
 	       const char *root_for, void (*done)(void));
 
+/* NUMA: move_pages(2); the node of the page at ADDR in PID (0: self) or
+ * -errno; whether the machine has nodes 0 and 1. */
+#define MPOL_MF_MOVE_	(1 << 1)	/* <linux/mempolicy.h> */
+#define MPOL_MF_MOVE_ALL_	(1 << 2)
+long sys_move_pages(pid_t pid, unsigned long n, void **pages, const int *nodes,
+		    int *status, int flags);
+int page_node(pid_t pid, void *addr);
+bool two_nodes(void);
+
 #endif /* RUST_KSM_MERGE_UTIL_H */

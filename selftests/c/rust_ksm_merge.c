@@ -1693,6 +1693,90 @@ static int test_advisor(const char *dir)
 	return ret;
 }
 
+/* Move NPAGES pages at ADDR to NODE: 0 or -1 (with a diagnostic). */
+static int move_to_node(char *addr, size_t npages, int node)
+{
+	void *pages[64];
+	int nodes[64], status[64];
+	size_t i;
+
+	if (npages > 64)
+		return -1;
+	for (i = 0; i < npages; i++) {
+		pages[i] = addr + i * PS;
+		nodes[i] = node;
+	}
+	if (sys_move_pages(0, npages, pages, nodes, status, MPOL_MF_MOVE_)) {
+		tap_diag("move_pages: %s", strerror(errno));
+		return -1;
+	}
+	for (i = 0; i < npages; i++)
+		if (status[i] != node) {
+			tap_diag("page %zu on node %d, not %d", i, status[i], node);
+			return -1;
+		}
+	return 0;
+}
+
+/*
+ * merge_across_nodes=0: 64 identical pages, half on node 0 and half on
+ * node 1, merge into one KSM page per node; the knob cannot change while
+ * pages are merged (EBUSY), can after run=2; with 1 they merge into one.
+ */
+static int test_merge_across_nodes(const char *dir)
+{
+	const size_t n = 64, half = 32;
+	unsigned long long v;
+	struct ksm_counters c;
+	int ret = TAP_PASS;
+	long long pfn0, pfn1;
+	char *p;
+
+	if (!two_nodes())
+		return tap_skip_because("fewer than 2 NUMA nodes");
+	CHECK(!knob_read(dir, "merge_across_nodes", &v) && v == 1,
+	      "merge_across_nodes %llu, want 1", v);
+	CHECK(knob_write_str(dir, "merge_across_nodes", "2") == -EINVAL &&
+	      knob_write_str(dir, "merge_across_nodes", "x") == -EINVAL,
+	      "bad merge_across_nodes accepted");
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0x7e, n * PS);
+	CHECK(!move_to_node(p, half, 0) && !move_to_node(p + half * PS, half, 1),
+	      "cannot place the pages");
+	CHECK(!ksm_set(dir, "merge_across_nodes", 0), "merge_across_nodes=0");
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_counters(dir, 2, n - 2, TIMEOUT_MS) >= 0,
+	      "not one KSM page per node");
+	pfn0 = common_pfn("node 0 half", p, half);
+	pfn1 = common_pfn("node 1 half", p + half * PS, half);
+	CHECK(pfn0 > 0 && pfn1 > 0 && pfn0 != pfn1,
+	      "each half not merged on its own");
+	CHECK(page_node(0, p) == 0 && page_node(0, p + half * PS) == 1,
+	      "KSM pages on nodes %d and %d, want 0 and 1", page_node(0, p),
+	      page_node(0, p + half * PS));
+	CHECK(knob_write_str(dir, "merge_across_nodes", "1") == -EBUSY,
+	      "merge_across_nodes changed while pages are merged");
+	CHECK(!knob_read(dir, "merge_across_nodes", &v) && v == 0,
+	      "merge_across_nodes %llu after EBUSY, want 0", v);
+
+	CHECK(!ksm_unmerge_stop(dir), "run=2");
+	CHECK(!ksm_set(dir, "merge_across_nodes", 1),
+	      "merge_across_nodes=1 after run=2");
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_counters(dir, 1, n - 1, TIMEOUT_MS) >= 0,
+	      "not one KSM page across nodes");
+	CHECK(common_pfn("all pages", p, n) > 0, "not one PFN across nodes");
+	ksm_counters_read(dir, &c);
+	ksm_counters_diag("merge_across_nodes=1 again", &c);
+	CHECK(bad_bytes_pages(p, n, 0x7e) == 0, "content changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1720,6 +1804,7 @@ static const struct ksm_test tests[] = {
 	{ "smart_scan skips unmerged pages more and more, never KSM pages", test_smart_scan },
 	{ "a thread writes while the scanner merges: every byte as written", test_concurrent_writes },
 	{ "advisor_mode scan-time owns and tunes pages_to_scan; none gives it back", test_advisor },
+	{ "merge_across_nodes=0 merges per NUMA node; EBUSY while merged", test_merge_across_nodes },
 };
 
 int main(int argc, char **argv)

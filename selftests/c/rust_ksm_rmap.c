@@ -101,7 +101,6 @@
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT	21
 #endif
-#define MPOL_MF_MOVE_ALL_	(1 << 2)	/* <linux/mempolicy.h> */
 
 #define TIMEOUT_MS	30000
 #define PS		page_size
@@ -236,28 +235,6 @@ static size_t maps_bad_data(const struct maps *m)
 
 /* ------------------------------------------------------------------ */
 /* NUMA */
-
-static long sys_move_pages(pid_t pid, unsigned long n, void **pages,
-			   const int *nodes, int *status, int flags)
-{
-	return syscall(SYS_move_pages, pid, n, pages, nodes, status, flags);
-}
-
-/* The node of the page at ADDR in PID, or -errno. */
-static int page_node(pid_t pid, void *addr)
-{
-	int status = -1;
-
-	if (sys_move_pages(pid, 1, &addr, NULL, &status, 0))
-		return -errno;
-	return status;
-}
-
-static bool two_nodes(void)
-{
-	return !access("/sys/devices/system/node/node0", F_OK) &&
-	       !access("/sys/devices/system/node/node1", F_OK);
-}
 
 /*
  * Migrate the merged page of M (through its first mapping) to the other
