@@ -29,6 +29,7 @@ static const struct knob_desc knobs[] = {
 	{ "smart_scan", 0644 },
 	{ "pages_skipped", 0444 },
 	{ "stable_node_chains_prune_millisecs", 0644 },
+	{ "merge_across_nodes", 0644 },
 	{ "advisor_mode", 0644 },
 	{ "advisor_max_cpu", 0644 },
 	{ "advisor_min_pages_to_scan", 0644 },
