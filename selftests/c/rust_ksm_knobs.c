@@ -7,6 +7,7 @@
  * Needs the module loaded; merging is not exercised.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -262,6 +263,51 @@ static int test_smart_scan(void)
 	return check_invalid("smart_scan", 1, invalid, ARRAY_SIZE(invalid));
 }
 
+/* Every file of the built-in's directory, with its mode, and no other. */
+static int test_same_files_as_builtin(void)
+{
+	const char *ksm = "/sys/kernel/mm/ksm";
+	unsigned int n_ksm = 0, n_ours = 0;
+	int ret = TAP_PASS;
+	struct dirent *de;
+	DIR *d;
+
+	d = opendir(ksm);
+	if (!d)
+		return tap_skip_because("no /sys/kernel/mm/ksm");
+	while ((de = readdir(d))) {
+		char a[512], b[512];
+		struct stat sa, sb;
+
+		if (de->d_name[0] == '.')
+			continue;
+		n_ksm++;
+		snprintf(a, sizeof(a), "%s/%s", ksm, de->d_name);
+		snprintf(b, sizeof(b), "%s/%s", RKSM_DIR, de->d_name);
+		if (stat(a, &sa))
+			continue;
+		if (stat(b, &sb)) {
+			FAILED("%s: %s", b, strerror(errno));
+			continue;
+		}
+		CHECK((sa.st_mode & 07777) == (sb.st_mode & 07777),
+		      "%s has mode %04o, the built-in's %04o", b,
+		      (unsigned int)(sb.st_mode & 07777),
+		      (unsigned int)(sa.st_mode & 07777));
+	}
+	closedir(d);
+	d = opendir(RKSM_DIR);
+	CHECK(d != NULL, "opendir %s: %s", RKSM_DIR, strerror(errno));
+	while (d && (de = readdir(d)))
+		if (de->d_name[0] != '.')
+			n_ours++;
+	if (d)
+		closedir(d);
+	tap_diag("%u files in %s, %u in %s", n_ksm, ksm, n_ours, RKSM_DIR);
+	CHECK(n_ours == n_ksm, "%u files, the built-in has %u", n_ours, n_ksm);
+	return ret;
+}
+
 static int test_zero_length_write(void)
 {
 	static const char *const rw[] = { "run", "pages_to_scan",
@@ -366,6 +412,7 @@ static const struct tap_test tests[] = {
 	{ "invalid writes to run: EINVAL, unchanged", test_invalid_run },
 	{ "stable_node_chains_prune_millisecs: u32 writes, EINVAL otherwise", test_chains_prune },
 	{ "smart_scan: kstrtobool writes, EINVAL otherwise", test_smart_scan },
+	{ "the same files, with the same modes, as /sys/kernel/mm/ksm", test_same_files_as_builtin },
 	{ "zero-length writes change nothing", test_zero_length_write },
 	{ "read-only counters reject writes", test_read_only },
 	{ "run transitions 0->1->0->2->0, 1->2, 2->1 read back", test_run_transitions },
