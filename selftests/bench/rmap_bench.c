@@ -55,7 +55,6 @@
 #include "ksm_util.h"
 #include "tap.h"
 
-#define MPOL_MF_MOVE_ALL_	(1 << 2)
 #define TR		"/sys/kernel/tracing"
 #define KPROBE_GROUP	"rmapbench"
 #define KPROBE_EVENT	"visit"
@@ -376,12 +375,6 @@ static void visits_off(void)
 /* ------------------------------------------------------------------ */
 /* workload */
 
-static long sys_move_pages(unsigned long n, void **pages, const int *nodes,
-			   int *status, int flags)
-{
-	return syscall(SYS_move_pages, 0, n, pages, nodes, status, flags);
-}
-
 /* VMAs of this process that start in [p, p + n pages). */
 static size_t count_vmas(const char *p, size_t n)
 {
@@ -466,7 +459,7 @@ static int migrate_round_trip(char *p, size_t n, size_t w)
 	}
 	for (i = 0; i < w; i++)
 		addr[i] = p + 2 * (i * npairs / w) * page_size;
-	if (sys_move_pages(w, addr, NULL, status, 0)) {
+	if (sys_move_pages(0, w, addr, NULL, status, 0)) {
 		tap_diag("move_pages query: %s", strerror(errno));
 		ret = -1;
 		goto out;
@@ -474,7 +467,7 @@ static int migrate_round_trip(char *p, size_t n, size_t w)
 	for (pass = 0; pass < 2; pass++) {
 		for (i = 0; i < w; i++)
 			node[i] = status[i] < 0 ? 0 : !status[i];
-		rc = sys_move_pages(w, addr, node, status, MPOL_MF_MOVE_ALL_);
+		rc = sys_move_pages(0, w, addr, node, status, MPOL_MF_MOVE_ALL_);
 		for (i = 0, bad = 0; i < w; i++)
 			bad += status[i] != node[i];
 		if (rc || bad) {
