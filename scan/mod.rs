@@ -261,6 +261,7 @@ impl ScanState {
         drop(reg);
         if self.mm_key == 0 {
             marks.began = true;
+            self.trees.rehome_migrated();
             // A pass begins.  Freshly faulted pages sit in per-CPU LRU
             // batches, whose references make write_protect_page() refuse
             // them: drain them, as ksmd does.

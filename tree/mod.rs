@@ -12,7 +12,7 @@ use crate::rmap::{ItemState, RmapItem};
 use crate::scan::merge::{self, PageRef};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -41,9 +41,14 @@ pub(crate) struct StableNode {
     /// of stale dups (ktime ns); its creation time to begin with.
     pruned_at: AtomicI64,
     /// The stable tree the node is in: its NUMA node's, or 0 when merging
-    /// across nodes.
-    nid: u16,
+    /// across nodes.  Changed under the scan lock.
+    nid: AtomicU16,
 }
+
+/// Set when a KSM page of ours migrates: with `merge_across_nodes=0` the
+/// scanner then moves the nodes whose pages changed NUMA node into their
+/// new node's tree ([`Trees::rehome_migrated`]).
+static MIGRATED: AtomicBool = AtomicBool::new(false);
 
 impl StableNode {
     /// The stable node a KSM folio points to (NULL when it has none).
@@ -78,6 +83,12 @@ impl StableNode {
     /// folio_migrate_ksm(): the page moved to `new_pfn`.
     pub(crate) fn migrated(&self, new_pfn: usize) {
         self.kpfn.store(new_pfn, Ordering::Release);
+        MIGRATED.store(true, Ordering::Release);
+    }
+
+    /// The tree the node is in.
+    fn nid(&self) -> usize {
+        usize::from(self.nid.load(Ordering::Relaxed))
     }
 
     fn pfn(&self) -> usize {
@@ -510,16 +521,7 @@ impl Trees {
                 self.counters.pages_sharing -= 1;
             }
         }
-        match Self::group_size(&node) {
-            1 => {}
-            2 => {
-                self.counters.chains -= 1;
-                self.counters.dups -= 2;
-            }
-            _ => self.counters.dups -= 1,
-        }
-        // SAFETY: the node is linked in the stable tree.
-        unsafe { bindings::rb_erase(node.rb.get(), self.stable_root(usize::from(node.nid))) };
+        self.unlink_node(&node);
         self.counters.stable_nodes -= 1;
     }
 
@@ -736,10 +738,29 @@ impl Trees {
                 items: UnsafeCell::new(KVec::new()),
                 // SAFETY: plain call.
                 pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
-                nid: nid as u16,
+                nid: AtomicU16::new(nid as u16),
             },
             GFP_KERNEL,
         )?;
+        // The node is pinned in its box from now on.
+        let node = NonNull::from(KBox::leak(node));
+        // SAFETY: a new node, not in any tree; `kpage` has its contents.
+        unsafe { self.link_node(node, kpage) };
+        // SAFETY: the caller holds the folio lock.
+        unsafe { bindings::rust_ksm_folio_set_mapping(kpage.folio(), StableNode::mapping(node)) };
+        self.counters.stable_nodes += 1;
+        Ok(node)
+    }
+
+    /// Links `node` into its tree (`node.nid`), ordered by (key, contents),
+    /// right of any equal node, and counts it into its chain.
+    ///
+    /// # Safety
+    ///
+    /// `node` is alive and in no tree; `kpage` holds its contents.
+    unsafe fn link_node(&mut self, node: NonNull<StableNode>, kpage: &PageRef) {
+        // SAFETY: alive, by the safety requirements.
+        let (key, nid) = unsafe { (node.as_ref().key, node.as_ref().nid()) };
         'restart: loop {
             let mut parent = ptr::null_mut();
             let mut link: *mut *mut bindings::rb_node = &mut self.stable_root(nid).rb_node;
@@ -769,14 +790,12 @@ impl Trees {
                     }
                 };
             }
-            let node = NonNull::from(KBox::leak(node));
-            // SAFETY: the node is new and pinned in its box from now on.
+            // SAFETY: `link` and `parent` come from the descent; the node
+            // stays in place while linked.
             unsafe {
                 bindings::rust_ksm_rb_link_node(node.as_ref().rb.get(), parent, link);
                 bindings::rb_insert_color(node.as_ref().rb.get(), self.stable_root(nid));
-                bindings::rust_ksm_folio_set_mapping(kpage.folio(), StableNode::mapping(node));
             }
-            self.counters.stable_nodes += 1;
             // SAFETY: just linked.
             match Self::group_size(unsafe { node.as_ref() }) {
                 1 => {}
@@ -786,7 +805,59 @@ impl Trees {
                 }
                 _ => self.counters.dups += 1,
             }
-            return Ok(node);
+            return;
+        }
+    }
+
+    /// Counts `node` out of its chain and unlinks it from its tree.
+    fn unlink_node(&mut self, node: &StableNode) {
+        match Self::group_size(node) {
+            1 => {}
+            2 => {
+                self.counters.chains -= 1;
+                self.counters.dups -= 2;
+            }
+            _ => self.counters.dups -= 1,
+        }
+        // SAFETY: the node is linked in that tree.
+        unsafe { bindings::rb_erase(node.rb.get(), self.stable_root(node.nid())) };
+    }
+
+    /// With `merge_across_nodes=0`, after a migration of one of our KSM
+    /// pages: moves each stable node whose page is now on another NUMA node
+    /// into that node's tree, so its pages merge with it from now on (as
+    /// upstream does through its migrate_nodes list).  Called as a pass
+    /// begins.
+    pub(crate) fn rehome_migrated(&mut self) {
+        if self.across_nodes() || !MIGRATED.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for nid in 0..self.stable_per_node.len() {
+            'again: loop {
+                // SAFETY: walking our own tree.
+                let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
+                while !rb.is_null() {
+                    let node = Self::node_of(rb);
+                    // SAFETY: `rb` is in the tree; step on before it may go.
+                    rb = unsafe { bindings::rb_next(rb) };
+                    let Some(kpage) = self.get_folio(node, GetFolio::NoLock) else {
+                        // Stale, removed: the tree changed.
+                        continue 'again;
+                    };
+                    let to = self.tree_nid(&kpage);
+                    if to != nid {
+                        // SAFETY: nodes in the tree are alive.
+                        self.unlink_node(unsafe { node.as_ref() });
+                        // SAFETY: as above; the node is in no tree now.
+                        unsafe {
+                            node.as_ref().nid.store(to as u16, Ordering::Relaxed);
+                            self.link_node(node, &kpage);
+                        }
+                        continue 'again;
+                    }
+                }
+                break;
+            }
         }
     }
 
