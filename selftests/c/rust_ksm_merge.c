@@ -1777,6 +1777,62 @@ static int test_merge_across_nodes(const char *dir)
 	return ret;
 }
 
+/*
+ * merge_across_nodes=0 and migration: 32 identical pages on node 0 merge;
+ * their KSM page is migrated to node 1 (every mapping follows); then 32
+ * more identical pages on node 1 merge with it, now a node-1 page: one
+ * KSM page, not one per... node it once was on.
+ */
+static int test_across_nodes_migrated(const char *dir)
+{
+	const size_t half = 32;
+	int ret = TAP_PASS, dst = 1, status = -1;
+	long long pfn0, pfn;
+	char *p, *q;
+	void *a;
+
+	if (!two_nodes())
+		return tap_skip_because("fewer than 2 NUMA nodes");
+	p = map_anon(half);
+	q = map_anon(half);
+	if (!p || !q)
+		return TAP_FAIL;
+	memset(p, 0x6d, half * PS);
+	CHECK(!move_to_node(p, half, 0), "cannot place the pages");
+	CHECK(!ksm_set(dir, "merge_across_nodes", 0), "merge_across_nodes=0");
+	CHECK(!madvise(p, half * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_counters(dir, 1, half - 1, TIMEOUT_MS) >= 0,
+	      "the node-0 pages did not merge");
+	pfn0 = common_pfn("node-0 pages", p, half);
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	a = p;
+	CHECK(!sys_move_pages(0, 1, &a, &dst, &status, MPOL_MF_MOVE_ALL_) &&
+	      status == 1, "move_pages of the KSM page: status %d", status);
+	pfn = common_pfn("migrated KSM page", p, half);
+	CHECK(pfn > 0 && pfn != pfn0 && page_node(0, p) == 1,
+	      "the KSM page did not move to node 1 with all its mappings");
+
+	memset(q, 0x6d, half * PS);
+	CHECK(!move_to_node(q, half, 1), "cannot place the new pages");
+	CHECK(!madvise(q, half * PS, MADV_MERGEABLE), "madvise: %s",
+	      strerror(errno));
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, 2 * half, TIMEOUT_MS, NULL) >= 0,
+	      "not all 64 pages merged");
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
+	CHECK(common_pfn("node-1 pages", q, half) == pfn,
+	      "the new node-1 pages did not merge into the migrated KSM page");
+	CHECK(bad_bytes_pages(p, half, 0x6d) == 0 &&
+	      bad_bytes_pages(q, half, 0x6d) == 0, "content changed");
+	CHECK(!ksm_unmerge_stop(dir), "run=2");
+	CHECK(!ksm_set(dir, "merge_across_nodes", 1), "merge_across_nodes=1");
+	munmap(p, half * PS);
+	munmap(q, half * PS);
+	return ret;
+}
+
 /* ------------------------------------------------------------------ */
 
 
@@ -1805,6 +1861,7 @@ static const struct ksm_test tests[] = {
 	{ "a thread writes while the scanner merges: every byte as written", test_concurrent_writes },
 	{ "advisor_mode scan-time owns and tunes pages_to_scan; none gives it back", test_advisor },
 	{ "merge_across_nodes=0 merges per NUMA node; EBUSY while merged", test_merge_across_nodes },
+	{ "merge_across_nodes=0: a KSM page migrated to another node serves that node", test_across_nodes_migrated },
 };
 
 int main(int argc, char **argv)
