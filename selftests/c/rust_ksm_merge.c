@@ -1780,8 +1780,8 @@ static int test_merge_across_nodes(const char *dir)
 /*
  * merge_across_nodes=0 and migration: 32 identical pages on node 0 merge;
  * their KSM page is migrated to node 1 (every mapping follows); then 32
- * more identical pages on node 1 merge with it, now a node-1 page: one
- * KSM page, not one per... node it once was on.
+ * more identical pages on node 1 merge with it, now a node-1 page,
+ * instead of making a KSM page of their own.
  */
 static int test_across_nodes_migrated(const char *dir)
 {
