@@ -16,6 +16,7 @@
 #include <linux/pagewalk.h>
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
+#include <linux/swap.h>
 #include <linux/xxhash.h>
 
 /* helpers.c: out-of-line copies of static inline kernel functions. */

@@ -469,6 +469,11 @@ unsafe fn replace_pte(
         bindings::rust_ksm_set_pte_at(mm, addr, ptep, newpte);
         let folio = page.folio();
         bindings::folio_remove_rmap_ptes(folio, page.page(), 1, vma.as_ptr());
+        // Unmapped now: let its swap slot go rather than wait for reclaim
+        // (the folio is locked, as folio_free_swap() wants).
+        if !bindings::rust_ksm_folio_mapped(folio) {
+            bindings::folio_free_swap(folio);
+        }
         // The reference of the mapping just removed.
         bindings::rust_ksm_folio_put(folio);
     }
