@@ -410,7 +410,8 @@ impl ScanState {
                 self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
                 return;
             }
-            // No node has the key: no search would find one.
+            // Fast found nothing: neither would Exact, which only tells
+            // apart nodes that share the key.
             self.cmp_and_merge_one(item, &page, key, None, params);
             return;
         }
