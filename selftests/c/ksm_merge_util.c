@@ -323,21 +323,16 @@ size_t distinct_pfns(const void *addr, size_t npages, size_t *np)
 int ksm_stat_read(pid_t pid, struct ksm_stat *st)
 {
 	char path[64], buf[1024], *line, *save;
-	int fd, seen = 0;
+	int seen = 0;
 	ssize_t n;
 
 	if (pid)
 		snprintf(path, sizeof(path), "/proc/%d/ksm_stat", (int)pid);
 	else
 		snprintf(path, sizeof(path), "/proc/self/ksm_stat");
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -EIO;
-	buf[n] = '\0';
+	n = read_text(path, buf, sizeof(buf));
+	if (n < 0)
+		return (int)n;
 	memset(st, 0, sizeof(*st));
 	for (line = strtok_r(buf, "\n", &save); line;
 	     line = strtok_r(NULL, "\n", &save)) {
@@ -361,22 +356,14 @@ int ksm_stat_read(pid_t pid, struct ksm_stat *st)
 long long ksm_merging_pages(pid_t pid)
 {
 	char path[64], buf[64];
-	ssize_t n;
-	int fd;
 
 	if (pid)
 		snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages",
 			 (int)pid);
 	else
 		snprintf(path, sizeof(path), "/proc/self/ksm_merging_pages");
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_text(path, buf, sizeof(buf)) < 0)
 		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
 	return atoll(buf);
 }
 

@@ -269,22 +269,35 @@ out:
 	return found;
 }
 
+ssize_t read_text(const char *path, char *buf, size_t len)
+{
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, len - 1);
+	err = errno;
+	close(fd);
+	if (n < 0)
+		return -err;
+	if (n == 0)
+		return -EIO;
+	buf[n] = '\0';
+	return n;
+}
+
 int proc_stat(pid_t pid, char *state, pid_t *ppid, unsigned long long *ticks)
 {
 	unsigned long long ut, st;
 	char path[64], buf[1024], *p;
 	ssize_t n;
-	int fd, pp;
+	int pp;
 
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -EIO;
-	buf[n] = '\0';
+	n = read_text(path, buf, sizeof(buf));
+	if (n < 0)
+		return (int)n;
 	/* comm may contain anything: the fields start after the last ')'. */
 	p = strrchr(buf, ')');
 	if (!p)

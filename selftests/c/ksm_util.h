@@ -94,6 +94,10 @@ pid_t find_task(const char *name, int *count);
 /* State letter, parent pid and utime+stime (clock ticks) from /proc/PID/stat. */
 int proc_stat(pid_t pid, char *state, pid_t *ppid, unsigned long long *ticks);
 
+/* Up to LEN - 1 bytes of PATH into BUF, NUL-terminated: the length read,
+ * or -errno (-EIO when empty). */
+ssize_t read_text(const char *path, char *buf, size_t len);
+
 uint64_t now_ms(void);
 void msleep(unsigned int ms);
 

@@ -301,16 +301,9 @@ static bool swap_ours;
 static bool swap_active(void)
 {
 	char buf[512];
-	ssize_t n;
-	int fd = open("/proc/swaps", O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
+	if (read_text("/proc/swaps", buf, sizeof(buf)) < 0)
 		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	buf[n] = '\0';
 	/* A header line, then one line per active swap area. */
 	return strchr(buf, '\n') && strchr(buf, '\n')[1] != '\0';
 }
@@ -414,19 +407,11 @@ static void swap_teardown(void)
 static unsigned long long node_kb(int node, const char *field)
 {
 	char path[96], buf[4096], *s;
-	ssize_t n;
-	int fd;
 
 	snprintf(path, sizeof(path), "/sys/devices/system/node/node%d/meminfo",
 		 node);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_text(path, buf, sizeof(buf)) < 0)
 		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
 	s = strstr(buf, field);
 	return s ? strtoull(s + strlen(field) + 1, NULL, 10) : 0;
 }
@@ -436,16 +421,9 @@ static unsigned long long pgscan(void)
 {
 	char buf[8192], *s;
 	unsigned long long n = 0;
-	ssize_t r;
-	int fd = open("/proc/vmstat", O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
+	if (read_text("/proc/vmstat", buf, sizeof(buf)) < 0)
 		return 0;
-	r = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (r <= 0)
-		return 0;
-	buf[r] = '\0';
 	s = strstr(buf, "\npgscan_kswapd ");
 	if (s)
 		n += strtoull(s + 15, NULL, 10);
@@ -954,16 +932,9 @@ static int scenario_de(enum walk w, bool dontneed)
 static long long swapcached_kb(void)
 {
 	char buf[4096], *s;
-	ssize_t n;
-	int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
+	if (read_text("/proc/meminfo", buf, sizeof(buf)) < 0)
 		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
 	s = strstr(buf, "SwapCached:");
 	return s ? strtoll(s + strlen("SwapCached:"), NULL, 10) : -1;
 }
