@@ -126,6 +126,30 @@ static size_t bad_bytes_pages(const char *addr, size_t npages, int b)
 	return bad;
 }
 
+/*
+ * NPAGES pages of byte B, MADV_MERGEABLE, then two full scans (merged, if
+ * the engine works): the area, or NULL with a diagnostic.
+ */
+static char *merged_area(const char *dir, size_t npages, int b)
+{
+	char *p = map_anon(npages);
+
+	if (!p)
+		return NULL;
+	memset(p, b, npages * PS);
+	if (madvise(p, npages * PS, MADV_MERGEABLE)) {
+		tap_diag("madvise: %s", strerror(errno));
+		munmap(p, npages * PS);
+		return NULL;
+	}
+	if (ksm_run_scans(dir, 2, TIMEOUT_MS)) {
+		tap_diag("scanner not scanning");
+		munmap(p, npages * PS);
+		return NULL;
+	}
+	return p;
+}
+
 #define CHECK_COUNTERS(c, sh, shg)					\
 	CHECK((c).shared == (sh) && (c).sharing == (shg),		\
 	      "pages_shared %llu pages_sharing %llu, want %llu and %llu", \
@@ -264,13 +288,9 @@ static int test_cow(const char *dir)
 	size_t i, j;
 	char *p;
 
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x33);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x33, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	pfn = common_pfn("before the write", p, n);
 	CHECK(pfn > 0, "pages not merged");
 
@@ -315,13 +335,9 @@ static int test_unmergeable(const char *dir)
 	size_t d;
 	char *p;
 
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x44);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x44, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	ksm_counters_read(dir, &c);
 	CHECK_COUNTERS(c, 1, n - 1);
 	pfn = common_pfn("merged", p, n);
@@ -375,13 +391,9 @@ static int test_run2(const char *dir)
 	size_t d, np;
 	char *p;
 
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x55);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x55, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	pfn = common_pfn("merged", p, n);
 	CHECK(pfn > 0, "pages not merged");
 
@@ -428,13 +440,9 @@ static int test_fork(const char *dir)
 	size_t i;
 	char *p;
 
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x5a);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x5a, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	pfn = common_pfn("parent, before fork", p, n);
 	if (pfn <= 0) {
 		munmap(p, n * PS);
@@ -588,13 +596,9 @@ static int test_mremap(const char *dir)
 	char *p, *q, *r;
 	size_t d;
 
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x77);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x77, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	pfn = common_pfn("before mremap", p, n);
 	CHECK(pfn > 0, "pages not merged");
 	/* Stopped, so that nothing re-merges before we look. */
@@ -643,13 +647,9 @@ static int test_dontneed_munmap(const char *dir)
 	size_t i;
 	char *p;
 
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x88);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x88, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	pfn = common_pfn("merged", p, n);
 	CHECK(pfn > 0, "pages not merged");
 
@@ -813,13 +813,9 @@ static int test_chains(const char *dir)
 
 	if (ksm_set(dir, "max_page_sharing", mps))
 		return TAP_FAIL;
-	p = map_anon(n);
+	p = merged_area(dir, n, 0x99);
 	if (!p)
 		return TAP_FAIL;
-	memset(p, 0x99, n * PS);
-	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise: %s",
-	      strerror(errno));
-	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scanner not scanning");
 	ksm_counters_read(dir, &c);
 	ksm_counters_diag("2000 identical pages, max_page_sharing 256", &c);
 	/* Each KSM page (a dup of the chain) takes at most max_page_sharing
