@@ -44,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "ksm_merge_util.h"
 #include "ksm_util.h"
 #include "tap.h"
@@ -51,24 +52,8 @@
 #define MiB		(1024UL * 1024UL)
 #define PTS		1000
 
-static const char *dir, *engine;
+static const char *dir;
 static unsigned int stall_s = 30, limit_s = 600, mib_big = 400, reps = 3;
-static int missing;
-
-static void result(const char *name, double v, int ok, const char *fmt,
-		   const char *unit)
-{
-	char buf[64];
-
-	if (ok)
-		snprintf(buf, sizeof(buf), fmt, v);
-	else
-		snprintf(buf, sizeof(buf), "NA");
-	printf("RESULT %s %s %s %s\n", engine, name, buf, unit);
-	fflush(stdout);
-	if (!ok)
-		missing++;
-}
 
 /* Ticks of utime+stime of the KSM thread, or -1. */
 static long long kthread_ticks(void)

@@ -51,6 +51,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "ksm_merge_util.h"
 #include "ksm_util.h"
 #include "tap.h"
@@ -61,25 +62,9 @@
 #define MAX_SIZES	8
 #define MERGE_TIMEOUT_MS	600000
 
-static const char *dir, *engine;
+static const char *dir;
 static size_t walk_pages = 64;
 static bool want_visits = true;
-static int missing;
-
-static void result(const char *name, double v, int ok, const char *fmt,
-		   const char *unit)
-{
-	char buf[64];
-
-	if (ok)
-		snprintf(buf, sizeof(buf), fmt, v);
-	else
-		snprintf(buf, sizeof(buf), "NA");
-	printf("RESULT %s %s %s %s\n", engine, name, buf, unit);
-	fflush(stdout);
-	if (!ok)
-		missing++;
-}
 
 /* ------------------------------------------------------------------ */
 /* tracefs */
