@@ -583,27 +583,50 @@ pub(crate) unsafe fn merge_run(vma: NonNull<bindings::vm_area_struct>, run: &mut
     let mut range = MaybeUninit::<bindings::mmu_notifier_range>::zeroed();
     // SAFETY: mmap lock held; `range` is ours and ended below.
     unsafe { bindings::rust_ksm_mmu_notifier_clear_start(range.as_mut_ptr(), mm, start, end) };
-    // SAFETY: mmap lock held.
-    if let Some((ptes, ptl)) = unsafe { lock_pte_table(mm, start) } {
-        // SAFETY: `ptes` maps `start..end`, locked; folios locked.
-        unsafe {
-            protect_ptes(vma, mm, ptes, start, run);
-            bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl);
+    // write_protect_page() for every page locked.
+    let protect = |p: &RunPage, pte: *mut bindings::pte_t| {
+        if !matches!(p.state, RunState::Locked) {
+            return None;
         }
-    }
+        let folio = p.page.folio();
+        // SAFETY: `pte` is locked and is the PTE of `p.addr`; the folio
+        // is locked, referenced and small.
+        Some(unsafe {
+            let entry = bindings::rust_ksm_ptep_get(pte);
+            if !bindings::rust_ksm_pte_present(entry)
+                || bindings::rust_ksm_pte_pfn(entry) != bindings::rust_ksm_folio_pfn(folio)
+            {
+                RunState::Failed(EFAULT)
+            } else {
+                write_protect_pte(vma, mm, folio, p.addr, pte)
+                    .map_or(RunState::Failed(EFAULT), RunState::Protected)
+            }
+        })
+    };
+    // SAFETY: mmap lock held; the run lies in one PMD from `start`.
+    unsafe { step_ptes(mm, start, run, protect) };
     for p in run.iter_mut() {
         if matches!(p.state, RunState::Protected(_)) && compare(&p.page, &p.kpage) != 0 {
             p.state = RunState::Failed(ENOENT);
         }
     }
-    // SAFETY: mmap lock held.
-    if let Some((ptes, ptl)) = unsafe { lock_pte_table(mm, start) } {
-        // SAFETY: as above.
-        unsafe {
-            replace_ptes(vma, mm, ptes, start, run);
-            bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl);
-        }
-    }
+    // replace_page() for every page write-protected and equal to its KSM page.
+    let replace = |p: &RunPage, pte: *mut bindings::pte_t| {
+        let RunState::Protected(orig) = p.state else {
+            return None;
+        };
+        // SAFETY: as above; both pages referenced.
+        Some(unsafe {
+            if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(pte), orig) {
+                replace_pte(vma, mm, pte, &p.page, Target::Ksm(&p.kpage), p.addr);
+                RunState::Merged
+            } else {
+                RunState::Failed(EFAULT)
+            }
+        })
+    };
+    // SAFETY: as above.
+    unsafe { step_ptes(mm, start, run, replace) };
     // SAFETY: started above.
     unsafe { bindings::rust_ksm_mmu_notifier_end(range.as_mut_ptr()) };
     for p in run.iter_mut() {
@@ -618,71 +641,33 @@ pub(crate) unsafe fn merge_run(vma: NonNull<bindings::vm_area_struct>, run: &mut
     }
 }
 
-/// The write-protect step of [`merge_run`]: write_protect_page() for
-/// every `Locked` page, leaving it `Protected` or `Failed`.
+/// Under the lock of the PTE table mapping `start`, hands `step` each page
+/// of `run` with its PTE and moves the page to the state `step` returns
+/// (`None`: leaves it).  Does nothing if there is no PTE table there.
 ///
 /// # Safety
 ///
-/// As [`merge_run`], with `ptes` the locked PTE table entry of `start`.
-unsafe fn protect_ptes(
-    vma: NonNull<bindings::vm_area_struct>,
+/// The mmap lock of `mm` must be held; the run lies in the PMD of `start`,
+/// from `start` on.
+unsafe fn step_ptes(
     mm: *mut bindings::mm_struct,
-    ptes: NonNull<bindings::pte_t>,
     start: usize,
     run: &mut [RunPage],
+    mut step: impl FnMut(&RunPage, *mut bindings::pte_t) -> Option<RunState>,
 ) {
+    // SAFETY: the mmap lock is held.
+    let Some((ptes, ptl)) = (unsafe { lock_pte_table(mm, start) }) else {
+        return;
+    };
     for p in run.iter_mut() {
-        if !matches!(p.state, RunState::Locked) {
-            continue;
+        // SAFETY: the table maps the PMD of `start`, where the run lies.
+        let pte = unsafe { ptes.as_ptr().add((p.addr - start) / PAGE_SIZE) };
+        if let Some(state) = step(p, pte) {
+            p.state = state;
         }
-        // SAFETY: by the function's safety requirements: the PTE table
-        // covers the run and is locked, the folio locked and referenced.
-        p.state = unsafe {
-            let pte = ptes.as_ptr().add((p.addr - start) / PAGE_SIZE);
-            let entry = bindings::rust_ksm_ptep_get(pte);
-            let folio = p.page.folio();
-            if !bindings::rust_ksm_pte_present(entry)
-                || bindings::rust_ksm_pte_pfn(entry) != bindings::rust_ksm_folio_pfn(folio)
-            {
-                RunState::Failed(EFAULT)
-            } else {
-                match write_protect_pte(vma, mm, folio, p.addr, pte) {
-                    Some(entry) => RunState::Protected(entry),
-                    None => RunState::Failed(EFAULT),
-                }
-            }
-        };
     }
-}
-
-/// The replace step of [`merge_run`]: replace_page() for every
-/// `Protected` page, leaving it `Merged` or `Failed`.
-///
-/// # Safety
-///
-/// As [`protect_ptes`].
-unsafe fn replace_ptes(
-    vma: NonNull<bindings::vm_area_struct>,
-    mm: *mut bindings::mm_struct,
-    ptes: NonNull<bindings::pte_t>,
-    start: usize,
-    run: &mut [RunPage],
-) {
-    for p in run.iter_mut() {
-        let RunState::Protected(orig) = p.state else {
-            continue;
-        };
-        // SAFETY: as for protect_ptes().
-        p.state = unsafe {
-            let pte = ptes.as_ptr().add((p.addr - start) / PAGE_SIZE);
-            if bindings::rust_ksm_pte_same(bindings::rust_ksm_ptep_get(pte), orig) {
-                replace_pte(vma, mm, pte, &p.page, Target::Ksm(&p.kpage), p.addr);
-                RunState::Merged
-            } else {
-                RunState::Failed(EFAULT)
-            }
-        };
-    }
+    // SAFETY: mapped and locked above.
+    unsafe { bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl) };
 }
 
 /// try_to_merge_one_page(): merge `page`, mapped at `addr` of `vma`, into
