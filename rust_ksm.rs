@@ -684,6 +684,18 @@ macro_rules! store {
     };
 }
 
+/// Defines the show and store callbacks of a knob that is a plain field
+/// of `Control`: any value `$parse` accepts is stored as is.
+macro_rules! control_knob {
+    ($show:ident, $store:ident, $field:ident, $parse:ident, $ty:ty) => {
+        show!($show, |k| u64::from(k.control.lock().$field));
+        store!($store, $parse, $ty, |k, v| {
+            k.update(|c| c.$field = v);
+            Ok(())
+        });
+    };
+}
+
 /// Defines a sysfs show callback for a counter of `Stats`.
 macro_rules! show_counter {
     ($name:ident, $field:ident) => {
@@ -745,32 +757,34 @@ show!(general_profit_show, i64, |k| {
     (s.pages_sharing.load(Ordering::Relaxed) as i64 + zero_pages) * PAGE_SIZE as i64
         - (s.rmap_items.load(Ordering::Relaxed) * rmap::RMAP_ITEM_BYTES) as i64
 });
-show!(use_zero_pages_show, |k| u64::from(
-    k.control.lock().use_zero_pages
-));
-store!(use_zero_pages_store, parse_bool, bool, |k, v| {
-    k.update(|c| c.use_zero_pages = v);
-    Ok(())
-});
+control_knob!(
+    use_zero_pages_show,
+    use_zero_pages_store,
+    use_zero_pages,
+    parse_bool,
+    bool
+);
 // The core keeps the count (it drops as KSM zero PTEs are unmapped); while
 // rust_ksm is the engine, every KSM zero page is one it placed.
 show!(ksm_zero_pages_show, i64, |_| {
     // SAFETY: reads an atomic counter.
     unsafe { bindings::rust_ksm_zero_pages() as i64 }
 });
-show!(smart_scan_show, |k| u64::from(k.control.lock().smart_scan));
-store!(smart_scan_store, parse_bool, bool, |k, v| {
-    k.update(|c| c.smart_scan = v);
-    Ok(())
-});
+control_knob!(
+    smart_scan_show,
+    smart_scan_store,
+    smart_scan,
+    parse_bool,
+    bool
+);
 show_counter!(pages_skipped_show, pages_skipped);
-show!(stable_node_chains_prune_millisecs_show, |k| u64::from(
-    k.control.lock().stable_node_chains_prune_millisecs
-));
-store!(stable_node_chains_prune_millisecs_store, |k, v| {
-    k.update(|c| c.stable_node_chains_prune_millisecs = v);
-    Ok(())
-});
+control_knob!(
+    stable_node_chains_prune_millisecs_show,
+    stable_node_chains_prune_millisecs_store,
+    stable_node_chains_prune_millisecs,
+    parse_u32,
+    u32
+);
 show!(pages_to_scan_show, |k| u64::from(
     k.control.lock().pages_to_scan
 ));
@@ -828,27 +842,27 @@ store!(merge_across_nodes_store, parse_u64, u64, |k, v| {
     drop(scan);
     Ok(())
 });
-show!(advisor_max_cpu_show, |k| k.control.lock().advisor_max_cpu);
-store!(advisor_max_cpu_store, parse_u64, u64, |k, v| {
-    k.update(|c| c.advisor_max_cpu = v);
-    Ok(())
-});
-show!(advisor_min_pages_to_scan_show, |k| k
-    .control
-    .lock()
-    .advisor_min_pages_to_scan);
-store!(advisor_min_pages_to_scan_store, parse_u64, u64, |k, v| {
-    k.update(|c| c.advisor_min_pages_to_scan = v);
-    Ok(())
-});
-show!(advisor_max_pages_to_scan_show, |k| k
-    .control
-    .lock()
-    .advisor_max_pages_to_scan);
-store!(advisor_max_pages_to_scan_store, parse_u64, u64, |k, v| {
-    k.update(|c| c.advisor_max_pages_to_scan = v);
-    Ok(())
-});
+control_knob!(
+    advisor_max_cpu_show,
+    advisor_max_cpu_store,
+    advisor_max_cpu,
+    parse_u64,
+    u64
+);
+control_knob!(
+    advisor_min_pages_to_scan_show,
+    advisor_min_pages_to_scan_store,
+    advisor_min_pages_to_scan,
+    parse_u64,
+    u64
+);
+control_knob!(
+    advisor_max_pages_to_scan_show,
+    advisor_max_pages_to_scan_store,
+    advisor_max_pages_to_scan,
+    parse_u64,
+    u64
+);
 show!(advisor_target_scan_time_show, |k| k
     .control
     .lock()
@@ -860,13 +874,13 @@ store!(advisor_target_scan_time_store, parse_u64, u64, |k, v| {
     k.update(|c| c.advisor_target_scan_time = v);
     Ok(())
 });
-show!(sleep_millisecs_show, |k| u64::from(
-    k.control.lock().sleep_millisecs
-));
-store!(sleep_millisecs_store, |k, v| {
-    k.update(|c| c.sleep_millisecs = v);
-    Ok(())
-});
+control_knob!(
+    sleep_millisecs_show,
+    sleep_millisecs_store,
+    sleep_millisecs,
+    parse_u32,
+    u32
+);
 show!(pages_scanned_show, |k| k
     .stats
     .pages_scanned
