@@ -124,8 +124,8 @@ pub(crate) struct ScanState {
     zero_hash: u64,
     zero_key: u64,
     pub(crate) trees: Trees,
-    /// Pages of the current walk batch found to merge into one stable
-    /// node, merged together at the end of the run (see [`Run`]).
+    /// Pages of the current walk batch the stable tree takes, merged
+    /// together when the run ends (see [`Run`]).
     run: Run,
 }
 
@@ -147,6 +147,16 @@ pub(crate) struct ScanParams {
     pub(crate) smart_scan: bool,
     /// `stable_node_chains_prune_millisecs`.
     pub(crate) chains_prune_millisecs: u32,
+}
+
+impl ScanParams {
+    /// What a stable tree search needs of the knobs.
+    fn search(&self) -> crate::tree::SearchLimits {
+        crate::tree::SearchLimits {
+            max_sharing: self.max_page_sharing,
+            chains_prune_ns: i64::from(self.chains_prune_millisecs) * 1_000_000,
+        }
+    }
 }
 
 impl ScanState {
@@ -187,7 +197,6 @@ impl ScanState {
     ) -> PassMarks {
         let mut marks = PassMarks::default();
         let mut budget = params.pages;
-        self.trees.chains_prune_ns = i64::from(params.chains_prune_millisecs) * 1_000_000;
         while budget > 0 {
             let Some(mm) = self.current_mm(registry, stats, &mut marks) else {
                 break;
@@ -394,28 +403,27 @@ impl ScanState {
             }
         }
         let key = merge::key(&page);
-        let zero_candidate = params.use_zero_pages && key == self.zero_key;
-        if !zero_candidate {
-            if let Some((node, kpage)) =
-                self.trees
-                    .stable_search(&page, key, params.max_page_sharing, Search::Fast)
-            {
-                let page = match self.run_add(item, page, node, kpage, params) {
-                    Ok(()) => return,
-                    Err(page) => page,
-                };
-                // Not for a run (a KSM page itself, a huge page, or the
-                // node full after the run merged): on its own, from the
-                // search, which the run may have changed.
-                self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
-                return;
-            }
+        // All-zero candidates (use_zero_pages) take the one-page path, which
+        // tries the zero page first.
+        if params.use_zero_pages && key == self.zero_key {
+            self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
+            return;
+        }
+        let Some((node, kpage)) =
+            self.trees
+                .stable_search(&page, key, &params.search(), Search::Fast)
+        else {
             // Fast found nothing: neither would Exact, which only tells
             // apart nodes that share the key.
             self.cmp_and_merge_one(item, &page, key, None, params);
             return;
+        };
+        if let Err(page) = self.run_add(item, page, node, kpage, params) {
+            // Not for a run (a KSM page itself, a huge page, or the node
+            // full after the run merged): on its own, from the search,
+            // which the run may have changed.
+            self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
         }
-        self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
     }
 
     /// cmp_and_merge_page() for one page, starting with a stable tree
@@ -459,7 +467,7 @@ impl ScanState {
         for &search in searches {
             let found = self
                 .trees
-                .stable_search(page, key, params.max_page_sharing, search);
+                .stable_search(page, key, &params.search(), search);
             self.trees.remove_item(item);
             let Some((node, kpage)) = found else {
                 break;

@@ -120,6 +120,14 @@ pub(crate) enum GetFolio {
     Lock,
 }
 
+/// The knobs a stable tree search goes by.
+pub(crate) struct SearchLimits {
+    /// `max_page_sharing`: mappings a node takes.
+    pub(crate) max_sharing: usize,
+    /// `stable_node_chains_prune_millisecs`, in ns.
+    pub(crate) chains_prune_ns: i64,
+}
+
 /// Global merge counters (sysfs).
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -150,8 +158,6 @@ pub(crate) struct Trees {
     pub(crate) counters: Counters,
     /// Offset of the unstable link inside an `RmapItem`.
     unstable_link_offset: usize,
-    /// `stable_node_chains_prune_millisecs`, in ns.
-    pub(crate) chains_prune_ns: i64,
 }
 
 const EMPTY_ROOT: bindings::rb_root = bindings::rb_root {
@@ -186,7 +192,6 @@ impl Trees {
             seqnr: 0,
             counters: Counters::default(),
             unstable_link_offset: unstable_link_offset(),
-            chains_prune_ns: 2000 * 1_000_000,
         }
     }
 
@@ -550,7 +555,7 @@ impl Trees {
 
     /// stable_tree_search(): a stable node with `page`'s contents (whose
     /// sampled key is `key`) that can take one more mapping
-    /// (`max_sharing`), with its page referenced.
+    /// (`limits.max_sharing`), with its page referenced.
     ///
     /// The tree is ordered by (key, contents), so the descent compares
     /// integers, and reads a node's page only on a key match.  With
@@ -570,7 +575,7 @@ impl Trees {
         &mut self,
         page: &PageRef,
         key: u64,
-        max_sharing: usize,
+        limits: &SearchLimits,
         search: Search,
     ) -> Option<(NonNull<StableNode>, PageRef)> {
         // A page that is already ours: its own node, full or not.  (While we
@@ -639,8 +644,8 @@ impl Trees {
                 // Migrated to another node: merges only across nodes.
                 return None;
             }
-            self.prune_chain(node);
-            return self.equal_with_room(node, tree_page, max_sharing);
+            self.prune_chain(node, limits.chains_prune_ns);
+            return self.equal_with_room(node, tree_page, limits.max_sharing);
         }
     }
 
@@ -651,12 +656,12 @@ impl Trees {
     /// this a dup in the middle whose page went away unnoticed (its last
     /// mapping was not one the scanner had an item for, a forked child's)
     /// would stay in the tree and in `stable_node_dups`.
-    fn prune_chain(&mut self, node: NonNull<StableNode>) {
+    fn prune_chain(&mut self, node: NonNull<StableNode>, prune_ns: i64) {
         // SAFETY: plain call.
         let now = unsafe { bindings::ktime_get() };
         // SAFETY: nodes in the tree are alive (scan lock held).
         let n = unsafe { node.as_ref() };
-        if now - n.pruned_at.load(Ordering::Relaxed) < self.chains_prune_ns {
+        if now - n.pruned_at.load(Ordering::Relaxed) < prune_ns {
             return;
         }
         n.pruned_at.store(now, Ordering::Relaxed);
