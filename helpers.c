@@ -438,3 +438,21 @@ long rust_ksm_mm_zero_pages(struct mm_struct *mm)
 {
 	return mm_ksm_zero_pages(mm);
 }
+
+/* A migration entry (the page is locked and referenced by migration). */
+bool rust_ksm_is_migration_pte(pte_t pte)
+{
+	return !pte_none(pte) && !pte_present(pte) &&
+	       is_migration_entry(pte_to_swp_entry(pte));
+}
+
+struct folio *rust_ksm_migration_pte_folio(pte_t pte)
+{
+	return pfn_swap_entry_folio(pte_to_swp_entry(pte));
+}
+
+/* An engine invariant broke: report it once, loudly, and go on. */
+void rust_ksm_warn_once(const char *msg)
+{
+	WARN_ONCE(1, "rust_ksm: %s\n", msg);
+}

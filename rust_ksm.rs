@@ -15,6 +15,7 @@ use kernel::error::to_result;
 use kernel::ffi::{c_char, c_int, c_long, c_uint, c_void};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
+use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 use kernel::time::msecs_to_jiffies;
 
@@ -22,9 +23,9 @@ mod rmap;
 mod scan;
 mod tree;
 
-use core::sync::atomic::AtomicBool;
+use core::sync::atomic::{AtomicBool, AtomicUsize};
 use scan::advisor::{self, Advisor};
-use scan::{MmGrab, MmRegistry, ScanParams, ScanState, Stats};
+use scan::{MmGrab, MmRegistry, ScanParams, ScanState, Stats, Unmerge};
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
 #[allow(
@@ -117,6 +118,11 @@ struct Ksm {
     scan: Mutex<ScanState>,
     /// Set while everything is being unmerged: swap-in must copy.
     unmerging: AtomicBool,
+    /// Memory blocks going offline (see [`Ksm::scan_lock`]); changed under
+    /// the control lock, and `offline_done` is signalled when it drops.
+    offlining: AtomicUsize,
+    #[pin]
+    offline_done: CondVar,
     stats: Stats,
 }
 
@@ -158,6 +164,8 @@ impl Ksm {
             registry <- new_mutex!(MmRegistry::new()),
             scan <- new_mutex!(ScanState::new()),
             unmerging: AtomicBool::new(false),
+            offlining: AtomicUsize::new(0),
+            offline_done <- new_condvar!(),
             stats: Stats::default(),
         })
     }
@@ -170,16 +178,67 @@ impl Ksm {
         self.wake.notify_all();
     }
 
+    /// The scan lock, once no memory is going offline.
+    ///
+    /// Stable nodes keep the pfn of their page; a stale one (its page freed)
+    /// keeps it until a search happens to look, and by then the memory may
+    /// have gone offline, its memmap poisoned or removed.  So, as upstream's
+    /// ksm_memory_callback() holds ksm_thread_mutex, nobody takes the scan
+    /// lock (to look at nodes) from MEM_GOING_OFFLINE until the nodes of the
+    /// range are pruned at MEM_OFFLINE, or the offline is cancelled.
+    fn scan_lock(&self) -> Guard<'_, ScanState, MutexBackend> {
+        loop {
+            let scan = self.scan.lock();
+            if self.offlining.load(Ordering::Acquire) == 0 {
+                return scan;
+            }
+            drop(scan);
+            let mut control = self.control.lock();
+            while self.offlining.load(Ordering::Acquire) != 0 {
+                self.offline_done.wait(&mut control);
+            }
+        }
+    }
+
+    /// MEM_GOING_OFFLINE: keep everyone off the nodes, and wait for whoever
+    /// holds the scan lock now.
+    fn offline_begin(&self) {
+        let control = self.control.lock();
+        self.offlining.fetch_add(1, Ordering::AcqRel);
+        drop(control);
+        drop(self.scan.lock());
+    }
+
+    /// MEM_OFFLINE (with the range) or MEM_CANCEL_OFFLINE: prune the nodes
+    /// of the range, then let everyone back.
+    fn offline_end(&self, range: Option<(usize, usize)>) {
+        if let Some((start, end)) = range {
+            let mut scan = self.scan.lock();
+            scan.trees.remove_nodes_in(start, end);
+            scan.publish(&self.stats);
+        }
+        let control = self.control.lock();
+        self.offlining.fetch_sub(1, Ordering::AcqRel);
+        drop(control);
+        self.offline_done.notify_all();
+    }
+
     /// Registers an mm that became mergeable.
     fn enter(&self, mm: NonNull<bindings::mm_struct>) -> Result {
         let slot = scan::MmSlotReservation::new(GFP_KERNEL)?;
         // SAFETY: the hook's `mm` is valid for the call.
         let mm = unsafe { MmGrab::new(mm) };
+        let mut registry = self.registry.lock();
+        // Adopted at registration while exiting: nothing to scan.  Checked
+        // under the registry lock: `mm_users` drops to 0 before the exit
+        // hook takes this lock to unregister the mm, so either we see it
+        // exiting here or the exit hook sees it registered and removes it.
+        // (Checked before the lock, an exit in between left the mm
+        // registered and grabbed until rmmod.)
         if mm.exiting() {
-            // Adopted at registration while exiting: nothing to scan.
+            drop(registry);
             return Ok(());
         }
-        let mut registry = self.registry.lock();
         let was_empty = registry.is_empty();
         let unused = registry.insert(mm, slot);
         drop(registry);
@@ -204,18 +263,33 @@ impl Ksm {
         run == Run::Merge && !self.registry.lock().is_empty()
     }
 
-    /// Unmerges everything (`run=2`, unload).
-    fn unmerge_all(&self) -> Result {
+    /// Unmerges everything (`run=2`, unload; see [`ScanState::unmerge_all`]).
+    fn unmerge_all(&self, how: Unmerge) -> Result {
         self.unmerging.store(true, Ordering::Relaxed);
-        let result = self.scan.lock().unmerge_all(&self.registry, &self.stats);
+        let result = self
+            .scan_lock()
+            .unmerge_all(&self.registry, &self.stats, how);
         self.unmerging.store(false, Ordering::Relaxed);
-        match result {
-            Ok(0) => Ok(()),
-            Ok(busy) => {
-                pr_warn!("{busy} KSM pages still mapped after unmerging\n");
-                Ok(())
+        result
+    }
+
+    /// Unmerging at unload: it must not fail, nor leave a KSM page pointing
+    /// into the module.  Signals are ignored; a failure (an unsharing fault
+    /// that ran out of memory, say) is retried for a while; in the end the
+    /// pages that could not be unmerged lose their stable node (they stay
+    /// shared, but nothing tracks them: reported as an engine invariant
+    /// failure).
+    fn unmerge_all_at_unload(&self) {
+        const TRIES: u32 = 50;
+        for _ in 0..TRIES {
+            match self.unmerge_all(Unmerge::Uninterruptible) {
+                Ok(()) => return,
+                // SAFETY: plain call, no lock held.
+                Err(_) => unsafe { bindings::msleep(100) },
             }
-            Err(e) => Err(e),
+        }
+        if let Err(e) = self.unmerge_all(Unmerge::Orphan) {
+            pr_err!("INVARIANT: unmerging at unload failed ({e:?}): KSM pages left untracked\n");
         }
     }
 
@@ -281,7 +355,7 @@ impl Ksm {
             if scanning {
                 // SAFETY: plain call.
                 let batch_start = unsafe { bindings::ktime_get() };
-                let mut scan = self.scan.lock();
+                let mut scan = self.scan_lock();
                 // run=0 waits for the batch in progress by taking the scan
                 // lock (as upstream's ksm_thread_mutex), so a batch starts
                 // only if run is still 1 under it.
@@ -429,7 +503,7 @@ unsafe extern "C" fn engine_unmerge_range(
         return EINVAL.to_errno();
     };
     // SAFETY: the core holds the mmap lock, as the hook requires.
-    match unsafe { scan::unmerge_range(vma, start, end, lock_vma) } {
+    match unsafe { scan::unmerge_range(vma, start, end, lock_vma, true) } {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -710,11 +784,11 @@ store!(run_store, |k, v| {
     if run == Run::Stop {
         // As upstream: return once the batch in progress is done, so the
         // counters stand still from here on.
-        drop(k.scan.lock());
+        drop(k.scan_lock());
     }
     if run == Run::Unmerge {
         // As upstream: unmerge synchronously; on failure run goes back to 0.
-        if let Err(e) = k.unmerge_all() {
+        if let Err(e) = k.unmerge_all(Unmerge::Interruptible) {
             k.update(|c| c.run = Run::Stop);
             return Err(e);
         }
@@ -836,7 +910,7 @@ store!(merge_across_nodes_store, parse_u64, u64, |k, v| {
     }
     // The trees change only with no stable node left (EBUSY otherwise),
     // under the scan lock, like upstream's under ksm_thread_mutex.
-    let mut scan = k.scan.lock();
+    let mut scan = k.scan_lock();
     scan.trees.set_across_nodes(v == 1)?;
     k.update(|c| c.merge_across_nodes = v == 1);
     drop(scan);
@@ -1074,10 +1148,106 @@ impl Drop for Sysfs {
 /// teardown order: sysfs first, then the thread, then the engine hooks; the
 /// state they all use goes last.
 struct RustKsm {
+    _debugfs: Debugfs,
     _sysfs: Sysfs,
     _ksmd: KsmdStopper,
     _engine: EngineRegistration,
+    _memory: MemoryNotifier,
     _ksm: KsmOwner,
+}
+
+/// `Sync` wrapper for the memory notifier block, which the notifier chain
+/// links through.
+struct NotifierBlock(core::cell::UnsafeCell<bindings::notifier_block>);
+
+// SAFETY: the block is only changed by the notifier chain, under its lock.
+unsafe impl Sync for NotifierBlock {}
+
+static MEMORY_NB: NotifierBlock =
+    NotifierBlock(core::cell::UnsafeCell::new(bindings::notifier_block {
+        notifier_call: Some(memory_callback),
+        next: ptr::null_mut(),
+        priority: 0,
+    }));
+
+/// Memory hotplug events (see [`Ksm::scan_lock`]).
+///
+/// # Safety
+///
+/// Called by the memory notifier chain; for MEM_OFFLINE `data` is a
+/// `struct memory_notify`.
+unsafe extern "C" fn memory_callback(
+    _nb: *mut bindings::notifier_block,
+    action: kernel::ffi::c_ulong,
+    data: *mut c_void,
+) -> c_int {
+    match action as bindings::memory_block_state {
+        bindings::memory_block_state_MEM_GOING_OFFLINE => ksm().offline_begin(),
+        bindings::memory_block_state_MEM_OFFLINE => {
+            // SAFETY: as the chain guarantees for this action.
+            let arg = unsafe { &*data.cast::<bindings::memory_notify>() };
+            ksm().offline_end(Some((arg.start_pfn, arg.start_pfn + arg.nr_pages)));
+        }
+        bindings::memory_block_state_MEM_CANCEL_OFFLINE => ksm().offline_end(None),
+        _ => {}
+    }
+    bindings::NOTIFY_OK as c_int
+}
+
+/// Registration of [`memory_callback`]; unregistered on drop, after the
+/// last unmerge (which may wait for an offline to end).
+struct MemoryNotifier;
+
+impl MemoryNotifier {
+    fn new() -> Result<Self> {
+        // SAFETY: the block is static; its callback only needs `KSM`, set
+        // for as long as this registration lives (see `RustKsm`).
+        to_result(unsafe { bindings::register_memory_notifier(MEMORY_NB.0.get()) })?;
+        Ok(Self)
+    }
+}
+
+impl Drop for MemoryNotifier {
+    fn drop(&mut self) {
+        // SAFETY: registered in `new`; this waits for a running callback.
+        unsafe { bindings::unregister_memory_notifier(MEMORY_NB.0.get()) };
+    }
+}
+
+/// /sys/kernel/debug/rust_ksm: internal counts for the tests (not ABI).
+/// `registered_mms` is how many mms the engine holds.
+struct Debugfs(*mut bindings::dentry);
+
+// SAFETY: a debugfs dentry may be removed from any thread.
+unsafe impl Send for Debugfs {}
+
+// SAFETY: `&Debugfs` gives access to nothing.
+unsafe impl Sync for Debugfs {}
+
+impl Debugfs {
+    fn new() -> Self {
+        // SAFETY: plain calls; debugfs errors are not failures (the
+        // functions take error pointers and do nothing with them).  The
+        // counter is a static, valid for as long as the file exists.
+        unsafe {
+            let dir =
+                bindings::debugfs_create_dir(c_str!("rust_ksm").as_char_ptr(), ptr::null_mut());
+            bindings::debugfs_create_ulong(
+                c_str!("registered_mms").as_char_ptr(),
+                0o444,
+                dir,
+                scan::REGISTERED_MMS.as_ptr().cast(),
+            );
+            Self(dir)
+        }
+    }
+}
+
+impl Drop for Debugfs {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`; removal waits for open readers.
+        unsafe { bindings::debugfs_remove(self.0) };
+    }
 }
 
 /// Owns the engine state and publishes it in [`KSM`] for its lifetime.
@@ -1110,9 +1280,7 @@ impl Drop for KsmdStopper {
     fn drop(&mut self) {
         ksm().update(|c| c.stopping = true);
         drop(self.ksmd.take());
-        if let Err(e) = ksm().unmerge_all() {
-            pr_err!("unmerging at unload failed: {e:?}\n");
-        }
+        ksm().unmerge_all_at_unload();
     }
 }
 
@@ -1121,6 +1289,7 @@ impl kernel::Module for RustKsm {
         // On an error below, what was set up already is torn down, in
         // reverse order, by its drop.
         let ksm = KsmOwner::new()?;
+        let memory = MemoryNotifier::new()?;
         let engine = EngineRegistration::new()?;
         let ksmd = KsmdStopper {
             ksmd: Some(Ksmd::start(&ksm.0)?),
@@ -1128,9 +1297,11 @@ impl kernel::Module for RustKsm {
         let sysfs = Sysfs::new()?;
         pr_info!("rust_ksm loaded\n");
         Ok(RustKsm {
+            _debugfs: Debugfs::new(),
             _sysfs: sysfs,
             _ksmd: ksmd,
             _engine: engine,
+            _memory: memory,
             _ksm: ksm,
         })
     }

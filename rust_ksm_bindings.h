@@ -4,12 +4,14 @@
  * bindgen on this header with an allowlist (see Kbuild); types that
  * kernel::bindings already has are reused, not regenerated.
  */
+#include <linux/debugfs.h>
 #include <linux/freezer.h>
 #include <linux/highmem.h>
 #include <linux/huge_mm.h>
 #include <linux/ksm.h>
 #include <linux/ksm_engine.h>
 #include <linux/kthread.h>
+#include <linux/memory.h>
 #include <linux/mm_inline.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mm.h>
@@ -17,6 +19,7 @@
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/swap.h>
+#include <linux/swapops.h>
 #include <linux/xxhash.h>
 
 /* helpers.c: out-of-line copies of static inline kernel functions. */
@@ -95,6 +98,9 @@ void rust_ksm_folio_walk_end(struct folio_walk *fw, struct vm_area_struct *vma);
 struct page *rust_ksm_zero_page(unsigned long addr);
 pte_t rust_ksm_mk_ksm_zero_pte(unsigned long addr, struct vm_area_struct *vma);
 bool rust_ksm_is_ksm_zero_pte(pte_t pte);
+bool rust_ksm_is_migration_pte(pte_t pte);
+struct folio *rust_ksm_migration_pte_folio(pte_t pte);
+void rust_ksm_warn_once(const char *msg);
 void rust_ksm_map_zero_page(struct mm_struct *mm);
 void rust_ksm_dec_anon_pages(struct mm_struct *mm);
 long rust_ksm_zero_pages(void);

@@ -16,7 +16,7 @@ pub(crate) use mm::MmGrab;
 
 use crate::bindings;
 use crate::rmap::{ItemCursor, ItemList, ItemState, RmapItem};
-use crate::tree::{Search, StableNode, Trees};
+use crate::tree::{GetFolio, Search, StableNode, Trees};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::ffi::{c_int, c_ulong, c_void};
@@ -25,6 +25,9 @@ use kernel::prelude::*;
 use kernel::rbtree::{self, RBTree, RBTreeNodeReservation};
 use kernel::sync::Mutex;
 use merge::{PageRef, RunPage, RunState, Target};
+
+/// How many mms the registry holds (debugfs `registered_mms`, for tests).
+pub(crate) static REGISTERED_MMS: AtomicUsize = AtomicUsize::new(0);
 
 /// The mms that became mergeable (`__ksm_enter()`), keyed by address.
 ///
@@ -54,6 +57,7 @@ impl MmRegistry {
         match self.mms.entry(mm.as_ptr() as usize) {
             rbtree::Entry::Vacant(entry) => {
                 entry.insert(mm, slot);
+                REGISTERED_MMS.fetch_add(1, Ordering::Relaxed);
                 None
             }
             rbtree::Entry::Occupied(_) => Some(mm),
@@ -62,20 +66,15 @@ impl MmRegistry {
 
     /// Unregisters `mm`, returning its reference to be dropped unlocked.
     pub(crate) fn remove(&mut self, mm: *mut bindings::mm_struct) -> Option<MmGrab> {
-        self.mms.remove(&(mm as usize))
+        let removed = self.mms.remove(&(mm as usize));
+        if removed.is_some() {
+            REGISTERED_MMS.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     fn contains(&self, key: usize) -> bool {
         self.mms.get(&key).is_some()
-    }
-
-    /// Every registered mm (for unmerge-all).
-    fn all(&self) -> Result<KVec<MmGrab>> {
-        let mut all = KVec::new();
-        for mm in self.mms.values() {
-            all.push(mm.clone(), GFP_KERNEL)?;
-        }
-        Ok(all)
     }
 
     /// The first mm at or after `key`, if any.
@@ -173,7 +172,7 @@ impl ScanState {
         }
     }
 
-    fn publish(&self, stats: &Stats) {
+    pub(crate) fn publish(&self, stats: &Stats) {
         let c = &self.trees.counters;
         stats.pages_shared.store(c.pages_shared, Ordering::Relaxed);
         stats
@@ -519,6 +518,10 @@ impl ScanState {
         self.trees.remove_item(tree_item);
         // SAFETY: referenced folio; lock it for the stable tree insert.
         unsafe { bindings::rust_ksm_folio_lock(page.folio()) };
+        // The node's identity comes from the KSM page as it is now, write-
+        // protected in every mapping, so fixed: `key` and `hash` were read
+        // before, and both pages may have changed alike in between.
+        let (key, hash) = (merge::key(page), merge::hash(page));
         let appended = match self.trees.stable_insert(page, key, hash) {
             // SAFETY: the folio is locked; items alive; references taken.
             Ok(node) => unsafe {
@@ -748,17 +751,59 @@ impl ScanState {
         }
     }
 
-    /// Unmerges everything (`run=2`, unload): every KSM page in every
-    /// registered mm is replaced by a private copy, then all items and
-    /// stable nodes are dropped.  Returns the KSM pages still mapped.
+    /// Unmerges everything (`run=2`, unload) and, if that leaves no KSM
+    /// page mapped, drops every item and stable node.
+    ///
+    /// First every registered mm's mergeable VMAs are unmerged (batched
+    /// range walks), then every stable node's remaining mappings, found by
+    /// the rmap walk: mms that never registered (a child whose registration
+    /// failed at fork) or registered behind the cursor.  Nothing here
+    /// allocates, so only a signal (`how == Unmerge::Interruptible`) or a
+    /// failed unsharing fault can stop it; then, or if a KSM page is still
+    /// mapped at the end, the error is returned and every node whose page
+    /// is mapped stays, with its items: the pages stay tracked, and a later
+    /// `run=2` finishes the job.
     pub(crate) fn unmerge_all(
         &mut self,
         registry: &Mutex<MmRegistry>,
         stats: &Stats,
-    ) -> Result<usize> {
-        let mms = registry.lock().all()?;
-        let mut result = Ok(());
-        for mm in mms.iter() {
+        how: Unmerge,
+    ) -> Result {
+        let result = self.unmerge_mappings(registry, how);
+        // Whatever happened, drop the nodes whose pages are gone.
+        let busy = self.trees.remove_unmapped_nodes(how == Unmerge::Orphan);
+        let result = result.and(if busy == 0 || how == Unmerge::Orphan {
+            Ok(())
+        } else {
+            Err(EBUSY)
+        });
+        if result.is_ok() {
+            loop {
+                let Some(key) = self.mms.keys().next().copied() else {
+                    break;
+                };
+                if let Some(mut mm) = self.mms.remove(&key) {
+                    free_all(&mut self.trees, &mut mm.items);
+                }
+            }
+            self.trees.new_scan();
+            self.mm_key = 0;
+            self.rewind();
+        }
+        self.publish(stats);
+        result
+    }
+
+    /// The unmerging part of [`Self::unmerge_all`].
+    fn unmerge_mappings(&mut self, registry: &Mutex<MmRegistry>, how: Unmerge) -> Result {
+        let interruptible = how == Unmerge::Interruptible;
+        let mut key = 0;
+        loop {
+            // One mm at a time, by key: no snapshot to allocate.
+            let Some((k, mm)) = registry.lock().at_or_after(key) else {
+                break;
+            };
+            key = k + 1;
             let Some(users) = mm.users() else {
                 continue;
             };
@@ -767,40 +812,34 @@ impl ScanState {
             // SAFETY: the mmap lock is held.
             while let Some(vma) = NonNull::new(unsafe { bindings::find_vma(lock.mm(), addr) }) {
                 // SAFETY: the VMA is stable under the mmap lock.
-                let (start, end) = unsafe {
+                let (start, end, flags) = unsafe {
                     (
                         bindings::rust_ksm_vma_start(vma.as_ptr()),
                         bindings::rust_ksm_vma_end(vma.as_ptr()),
+                        bindings::rust_ksm_vm_flags(vma.as_ptr()),
                     )
                 };
-                // SAFETY: as above.
-                if unsafe { bindings::rust_ksm_vm_flags(vma.as_ptr()) }
-                    & bindings::VM_MERGEABLE as c_ulong
-                    != 0
-                {
+                if flags & bindings::VM_MERGEABLE as c_ulong != 0 {
                     // SAFETY: mmap lock held.
-                    if let Err(e) = unsafe { unmerge_range(vma, start, end, false) } {
-                        result = Err(e);
+                    let r = unsafe { unmerge_range(vma, start, end, false, interruptible) };
+                    if interruptible {
+                        r?;
                     }
+                    // At unload a failed fault is retried by the node pass.
                 }
                 addr = end;
             }
         }
-        drop(mms);
-        loop {
-            let Some(key) = self.mms.keys().next().copied() else {
-                break;
-            };
-            if let Some(mut mm) = self.mms.remove(&key) {
-                free_all(&mut self.trees, &mut mm.items);
+        self.trees.for_each_node(|trees, node| {
+            let r = unmerge_node(trees, node, interruptible);
+            if interruptible {
+                r
+            } else {
+                // At unload go on with the other nodes: what stays mapped
+                // is counted by remove_unmapped_nodes().
+                Ok(())
             }
-        }
-        let busy = self.trees.remove_all_nodes();
-        self.trees.new_scan();
-        self.mm_key = 0;
-        self.rewind();
-        self.publish(stats);
-        result.map(|()| busy)
+        })
     }
 }
 
@@ -948,6 +987,9 @@ fn break_cow(item: &RmapItem) {
 /// per page, in another order, with two walks per batch instead of two
 /// per page.
 ///
+/// A pending signal stops it with `ERESTARTSYS` if `interruptible`
+/// (madvise, prctl, `run=2`), as upstream; unload is not interruptible.
+///
 /// # Safety
 ///
 /// The mmap lock of the VMA's mm must be held (for write with `lock_vma`).
@@ -956,6 +998,7 @@ pub(crate) unsafe fn unmerge_range(
     start: usize,
     end: usize,
     lock_vma: bool,
+    interruptible: bool,
 ) -> Result {
     if lock_vma {
         // SAFETY: the mmap lock is held for write when `lock_vma` is set.
@@ -976,7 +1019,7 @@ pub(crate) unsafe fn unmerge_range(
         };
         for &a in batch.iter() {
             // SAFETY: plain check.
-            if unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
+            if interruptible && unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
                 return Err(ERESTARTSYS);
             }
             // SAFETY: no spinlock held; the mmap lock is held.
@@ -1229,6 +1272,27 @@ unsafe extern "C" fn scan_pmd_entry(
         let pte = unsafe { bindings::rust_ksm_ptep_get(ptes.as_ptr().add(i)) };
         // SAFETY: `pte` is a value.
         if !unsafe { bindings::rust_ksm_pte_present(pte) } {
+            // Unmerging must not pass over a KSM page under migration: its
+            // VMA may lose VM_MERGEABLE right after, and then nothing would
+            // unmerge the page again.  break_ksm() waits for the migration
+            // (FW_MIGRATION) and unshares the page it left.
+            let ksm_migrating = state.ksm_only
+                // SAFETY: `pte` is a value; a migration entry's folio is
+                // locked and referenced by the migration, and the PTE lock
+                // is held.
+                && unsafe {
+                    bindings::rust_ksm_is_migration_pte(pte)
+                        && bindings::rust_ksm_folio_test_ksm(
+                            bindings::rust_ksm_migration_pte_folio(pte),
+                        )
+                };
+            if ksm_migrating {
+                state.push(page_addr, None);
+                if state.is_full() {
+                    stop = true;
+                    break;
+                }
+            }
             continue;
         }
         // SAFETY: as above.
@@ -1266,5 +1330,113 @@ unsafe extern "C" fn scan_pmd_entry(
         WALK_FULL
     } else {
         0
+    }
+}
+
+/// How [`ScanState::unmerge_all`] runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unmerge {
+    /// `run=2`: a signal stops it.
+    Interruptible,
+    /// Unload: signals are ignored, failures retried by the caller.
+    Uninterruptible,
+    /// Unload, last round: nodes whose pages are still mapped go too.
+    Orphan,
+}
+
+/// One place a folio is mapped, found by [`find_mapping_one`].
+struct Mapping {
+    mm: Option<MmGrab>,
+    addr: usize,
+}
+
+/// rmap_one callback of [`unmerge_node`]: stop at the first VMA that
+/// really maps the folio (the walk visits every VMA covering its index).
+///
+/// # Safety
+///
+/// Called by the rmap walk with the folio locked, `vma` stable (anon_vma
+/// lock held) and `arg` a [`Mapping`].
+unsafe extern "C" fn find_mapping_one(
+    folio: *mut bindings::folio,
+    vma: *mut bindings::vm_area_struct,
+    addr: c_ulong,
+    arg: *mut c_void,
+) -> bool {
+    let mut pvmw = core::mem::MaybeUninit::<bindings::page_vma_mapped_walk>::zeroed();
+    // SAFETY: as the rmap walk guarantees; `pvmw` is ours and finished
+    // before we return.
+    let mapped = unsafe {
+        bindings::rust_ksm_pvmw_init(pvmw.as_mut_ptr(), folio, vma, addr);
+        let mapped = bindings::page_vma_mapped_walk(pvmw.as_mut_ptr());
+        if mapped {
+            bindings::rust_ksm_pvmw_done(pvmw.as_mut_ptr());
+        }
+        mapped
+    };
+    if !mapped {
+        return true;
+    }
+    // SAFETY: `arg` is the caller's `Mapping`; the VMA (so its mm) is
+    // stable, and the mm is grabbed before the anon_vma lock is dropped.
+    unsafe {
+        let found = &mut *arg.cast::<Mapping>();
+        found.mm = Some(MmGrab::new(NonNull::new_unchecked((*vma).vm_mm)));
+        found.addr = addr;
+    }
+    false
+}
+
+/// Breaks the mappings of `node`'s page one at a time: each is found by
+/// the rmap walk (folio locked), then unshared (folio unlocked, mmap lock
+/// held), until the page is mapped nowhere.
+fn unmerge_node(trees: &mut Trees, node: NonNull<StableNode>, interruptible: bool) -> Result {
+    let mut last = (ptr::null_mut(), 0);
+    loop {
+        // Stale (removed by get_folio()) or unmapped: done.
+        let Some(kpage) = trees.get_folio(node, GetFolio::Lock) else {
+            return Ok(());
+        };
+        let mut found = Mapping { mm: None, addr: 0 };
+        // SAFETY: all-zero is a valid (empty) walk control.
+        let mut rwc: bindings::rmap_walk_control = unsafe { core::mem::zeroed() };
+        rwc.arg = ptr::from_mut(&mut found).cast::<c_void>();
+        rwc.rmap_one = Some(find_mapping_one);
+        // SAFETY: our KSM folio, locked; `rwc` and `found` outlive the walk.
+        unsafe {
+            crate::rmap::walk::rmap_walk(kpage.folio(), &mut rwc);
+            bindings::folio_unlock(kpage.folio());
+        }
+        drop(kpage);
+        let Some(mm) = found.mm else {
+            return Ok(());
+        };
+        // SAFETY: plain check.
+        if interruptible && unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
+            return Err(ERESTARTSYS);
+        }
+        // SAFETY: plain call, no lock held.
+        unsafe { bindings::rust_ksm_cond_resched() };
+        let here = (mm.as_ptr(), found.addr);
+        let Some(users) = mm.users() else {
+            // Exiting: exit_mmap() is about to unmap it.
+            continue;
+        };
+        let lock = users.read_lock();
+        // Any VMA: a KSM page can outlive VM_MERGEABLE only through a bug,
+        // but even then it must not outlive the module.
+        // SAFETY: the mmap lock is held.
+        let vma = NonNull::new(unsafe { bindings::rust_ksm_vma_lookup(lock.mm(), found.addr) });
+        let Some(vma) = vma else {
+            // Unmapped meanwhile: look again.
+            continue;
+        };
+        // SAFETY: the mmap lock is held.
+        unsafe { merge::break_ksm(vma, found.addr, false) }?;
+        if here == last {
+            // The same mapping twice: the fault cannot unshare it.
+            return Err(EBUSY);
+        }
+        last = here;
     }
 }

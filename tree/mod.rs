@@ -13,6 +13,7 @@ use crate::scan::merge::{self, PageRef};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
+use kernel::c_str;
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -26,6 +27,13 @@ use kernel::types::Opaque;
 pub(crate) struct StableNode {
     /// Link in the stable tree; first, so a node pointer is an rb_node one.
     rb: Opaque<bindings::rb_node>,
+    /// [`NODE_OWNER`]: tells our nodes from anyone else's (see
+    /// [`StableNode::of_folio`]).  Within the first 32 bytes, so that even a
+    /// smaller foreign object is not read past its end.
+    owner: u32,
+    /// The stable tree the node is in: its NUMA node's, or 0 when merging
+    /// across nodes.  Changed under the scan lock.
+    nid: AtomicU16,
     /// The KSM folio's pfn; migration moves it (folio_migrate hook).
     kpfn: AtomicUsize,
     /// The sampled key of the (write-protected, so fixed) contents
@@ -40,10 +48,17 @@ pub(crate) struct StableNode {
     /// When the chain of dups this node is the newest of was last pruned
     /// of stale dups (ktime ns); its creation time to begin with.
     pruned_at: AtomicI64,
-    /// The stable tree the node is in: its NUMA node's, or 0 when merging
-    /// across nodes.  Changed under the scan lock.
-    nid: AtomicU16,
 }
+
+/// The `owner` word of every rust_ksm stable node.
+///
+/// A KSM folio's `mapping` may point to a stable node of the built-in KSM
+/// (or of another engine) if one was left behind when rust_ksm registered;
+/// the registration patch removes them, and this is the second line of
+/// defence: such a node is refused with a warning, never read as ours.
+/// Odd, so that it never equals the pointer or list head a foreign node
+/// keeps at that offset (`struct ksm_stable_node`: `hlist.first`).
+const NODE_OWNER: u32 = 0x4b53_4d31;
 
 /// Set when a KSM page of ours migrates: with `merge_across_nodes=0` the
 /// scanner then moves the nodes whose pages changed NUMA node into their
@@ -62,7 +77,22 @@ impl StableNode {
         if mapping & bindings::PAGE_MAPPING_FLAGS as usize != bindings::PAGE_MAPPING_KSM as usize {
             return None;
         }
-        NonNull::new((mapping & !(bindings::PAGE_MAPPING_FLAGS as usize)) as *mut StableNode)
+        let node =
+            NonNull::new((mapping & !(bindings::PAGE_MAPPING_FLAGS as usize)) as *mut StableNode)?;
+        // SAFETY: a KSM folio's node pointer is to a live stable node (ours
+        // or a foreign one, whose first 32 bytes are readable); `owner` is
+        // written before the node is published and never changes.
+        let owner = unsafe { ptr::addr_of!((*node.as_ptr()).owner).read() };
+        if owner != NODE_OWNER {
+            // SAFETY: a constant NUL-terminated message.
+            unsafe {
+                bindings::rust_ksm_warn_once(
+                    c_str!("KSM folio with a foreign stable node").as_char_ptr(),
+                )
+            };
+            return None;
+        }
+        Some(node)
     }
 
     fn mapping(node: NonNull<StableNode>) -> *mut c_void {
@@ -736,6 +766,8 @@ impl Trees {
         let node = KBox::new(
             StableNode {
                 rb: Opaque::uninit(),
+                owner: NODE_OWNER,
+                nid: AtomicU16::new(nid as u16),
                 // SAFETY: referenced folio.
                 kpfn: AtomicUsize::new(unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) }),
                 key,
@@ -743,7 +775,6 @@ impl Trees {
                 items: UnsafeCell::new(KVec::new()),
                 // SAFETY: plain call.
                 pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
-                nid: AtomicU16::new(nid as u16),
             },
             GFP_KERNEL,
         )?;
@@ -816,13 +847,28 @@ impl Trees {
 
     /// Counts `node` out of its chain and unlinks it from its tree.
     fn unlink_node(&mut self, node: &StableNode) {
-        match Self::group_size(node) {
-            1 => {}
-            2 => {
-                self.counters.chains -= 1;
-                self.counters.dups -= 2;
+        let (chains, dups) = match Self::group_size(node) {
+            1 => (0, 0),
+            2 => (1, 2),
+            _ => (0, 1),
+        };
+        // The counts follow from the tree's order; a mismatch is a bug to
+        // report, not a reason to panic (a Rust overflow) in the kernel.
+        match (
+            self.counters.chains.checked_sub(chains),
+            self.counters.dups.checked_sub(dups),
+        ) {
+            (Some(c), Some(d)) => (self.counters.chains, self.counters.dups) = (c, d),
+            _ => {
+                // SAFETY: a constant NUL-terminated message.
+                unsafe {
+                    bindings::rust_ksm_warn_once(
+                        c_str!("stable_node_chains/dups count mismatch").as_char_ptr(),
+                    )
+                };
+                self.counters.chains = self.counters.chains.saturating_sub(chains);
+                self.counters.dups = self.counters.dups.saturating_sub(dups);
             }
-            _ => self.counters.dups -= 1,
         }
         // SAFETY: the node is linked in that tree.
         unsafe { bindings::rb_erase(node.rb.get(), self.stable_root(node.nid())) };
@@ -897,35 +943,86 @@ impl Trees {
         Ok(())
     }
 
-    /// Unlinks every stable node (unload, or `run=2`): the folios still
-    /// alive get their stable node cleared (`PAGE_MAPPING_KSM` alone), which
-    /// the core treats as a KSM page that belongs to nobody.  Returns how
-    /// many were still mapped.
-    pub(crate) fn remove_all_nodes(&mut self) -> usize {
-        let mut busy = 0;
-        loop {
-            let Some(root) = self.stable_roots().find(|root| !root.rb_node.is_null()) else {
-                return busy;
-            };
-            // SAFETY: walking our own tree, not empty.
-            let rb = unsafe { bindings::rb_first(root) };
-            let node = Self::node_of(rb);
-            if let Some(kpage) = self.get_folio(node, GetFolio::Lock) {
-                let folio = kpage.folio();
-                // SAFETY: locked and referenced.
-                unsafe {
-                    if bindings::rust_ksm_folio_mapped(folio) {
-                        busy += 1;
-                    }
-                    bindings::rust_ksm_folio_set_mapping(
-                        folio,
-                        bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
-                    );
-                    bindings::folio_unlock(folio);
-                }
-                self.remove_node(node);
+    /// Calls `f` on every stable node, in tree order.  `f` may remove the
+    /// node it is given (and no other); an error stops the walk.
+    pub(crate) fn for_each_node(
+        &mut self,
+        mut f: impl FnMut(&mut Self, NonNull<StableNode>) -> Result,
+    ) -> Result {
+        let trees = if self.across_nodes() {
+            1
+        } else {
+            self.stable_per_node.len()
+        };
+        for nid in 0..trees {
+            // SAFETY: walking our own tree (scan lock held).
+            let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
+            while !rb.is_null() {
+                // SAFETY: `rb` is linked; its successor stays linked while
+                // `f` removes at most `rb`.
+                let next = unsafe { bindings::rb_next(rb) };
+                f(self, Self::node_of(rb))?;
+                rb = next;
             }
-            // else: stale, already removed by get_folio().
         }
+        Ok(())
+    }
+
+    /// ksm_check_stable_tree(): memory `[start, end)` (pfns) went offline.
+    /// A node whose pfn lies there is stale, because a live KSM page there
+    /// was migrated away first, moving its node's pfn; and the memmap there
+    /// may be poisoned or gone, so the node goes by its pfn alone.
+    pub(crate) fn remove_nodes_in(&mut self, start: usize, end: usize) {
+        let _ = self.for_each_node(|trees, node| {
+            // SAFETY: nodes in the tree are alive.
+            if (start..end).contains(&unsafe { node.as_ref() }.pfn()) {
+                trees.remove_node(node);
+            }
+            Ok(())
+        });
+    }
+
+    /// remove_all_stable_nodes() (`run=2`, unload): removes every node whose
+    /// folio is no longer mapped.  Such a folio (only in the swap cache, or
+    /// on its way to being freed) keeps `PAGE_MAPPING_KSM` alone, which the
+    /// core treats as a KSM page that belongs to nobody: a swap-in copies
+    /// it.  A node whose folio is still mapped stays, with its items, so
+    /// that the rmap walk still finds every mapping and a later unmerge can
+    /// break them (as upstream's remove_stable_node() returns `EBUSY`).
+    /// Returns how many nodes were still mapped.
+    ///
+    /// `orphan` is for unload alone, when unmerging failed for good: the
+    /// module is going away, so every node goes, and a mapped folio keeps
+    /// a KSM page that nothing tracks rather than a pointer into freed
+    /// memory.
+    pub(crate) fn remove_unmapped_nodes(&mut self, orphan: bool) -> usize {
+        let mut busy = 0;
+        let _ = self.for_each_node(|trees, node| {
+            // Stale: get_folio() removed it.
+            let Some(kpage) = trees.get_folio(node, GetFolio::Lock) else {
+                return Ok(());
+            };
+            let folio = kpage.folio();
+            // SAFETY: locked and referenced.  Under the folio lock no new
+            // mapping can appear (fork needs the page mapped already; the
+            // scanner is us), so an unmapped folio stays unmapped.
+            unsafe {
+                if bindings::rust_ksm_folio_mapped(folio) {
+                    busy += 1;
+                    if !orphan {
+                        bindings::folio_unlock(folio);
+                        return Ok(());
+                    }
+                }
+                bindings::rust_ksm_folio_set_mapping(
+                    folio,
+                    bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
+                );
+                bindings::folio_unlock(folio);
+            }
+            trees.remove_node(node);
+            Ok(())
+        });
+        busy
     }
 }
