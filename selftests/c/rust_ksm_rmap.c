@@ -701,8 +701,7 @@ static int scenario_a(enum walk w)
 		goto out;
 	}
 	r = walk_check(w, "mremap before merge", &m);
-	if (r != TAP_PASS)
-		ret = r;
+	ret = tap_worse(ret, r);
 	if (w == MIGRATE && ret == TAP_PASS)
 		ret = migrate_check("mremap before merge, back", &m);
 out:
@@ -755,8 +754,7 @@ static int scenario_b(enum walk w)
 	if (w == MIGRATE) {
 		/* The items of the moved pages are stale now. */
 		r = migrate_check("after mremap, before re-merge", &m1);
-		if (r != TAP_PASS)
-			ret = r;
+		ret = tap_worse(ret, r);
 	}
 	CHECK(!merge_now(3), "scanner not scanning");
 	if (!maps_common_pfn("merged again", &m)) {
@@ -764,8 +762,7 @@ static int scenario_b(enum walk w)
 		goto out;
 	}
 	r = walk_check(w, "mremap after merge, re-merged", &m);
-	if (r != TAP_PASS)
-		ret = r;
+	ret = tap_worse(ret, r);
 out:
 	munmap(p, k * PS);
 	munmap(q, k * PS);
@@ -828,8 +825,7 @@ static int scenario_c(enum walk w)
 	CHECK(maps_common_pfn("after fork", &m),
 	      "the child does not map the merged page");
 	r = walk_check(w, "fork after merge", &m);
-	if (r != TAP_PASS)
-		ret = r;
+	ret = tap_worse(ret, r);
 	if (w == MIGRATE && ret == TAP_PASS)
 		ret = migrate_check("fork after merge, back", &m);
 	cmd = 'v';
@@ -906,8 +902,7 @@ static int scenario_de(enum walk w, bool dontneed)
 	CHECK(maps_common_pfn(what, &m) == pfn,
 	      "the remaining mappings left the merged page");
 	r = walk_check(w, what, &m);
-	if (r != TAP_PASS)
-		ret = r;
+	ret = tap_worse(ret, r);
 	for (j = 0; j < 2; j++) {
 		/* The rest of the holes stays unmapped. */
 		CHECK(!(pagemap_entry(0, hole[j] + PS) & (PM_PRESENT | PM_SWAP)) &&

@@ -92,6 +92,15 @@ static inline void __attribute__((noreturn)) tap_finish(void)
 	exit(tap_state.fail ? 1 : 0);
 }
 
+/* The worse of two results: a failure, then a skip, then a pass.  A skip
+ * of one part never hides a failure of another. */
+static inline int tap_worse(int a, int b)
+{
+	if (a == TAP_FAIL || b == TAP_FAIL)
+		return TAP_FAIL;
+	return a == TAP_SKIP || b == TAP_SKIP ? TAP_SKIP : TAP_PASS;
+}
+
 /* In a test: `return tap_skip_because("why");` */
 static inline int tap_skip_because(const char *reason)
 {
