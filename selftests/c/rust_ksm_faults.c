@@ -1,0 +1,814 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Faults of the engine handover, of teardown and of unmerging races
+ * (issue 9).  Each test names the item it covers and how it was seen to
+ * fail before its fix.  Merged pages are told by shared PFNs in pagemap:
+ * 6.12's /proc/kpageflags sets KPF_KSM on every anonymous page.
+ *
+ * Every test starts and ends with rust_ksm loaded and stopped (after()).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#endif
+
+#include "ksm_merge_util.h"
+#include "ksm_util.h"
+#include "tap.h"
+
+#define RK		"/sys/kernel/mm/rust_ksm"
+#define BK		KSM_DIR
+#define TIMEOUT_MS	60000
+#define ps		page_size
+
+static int cmp_ll(const void *a, const void *b)
+{
+	long long x = *(const long long *)a, y = *(const long long *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Pages of the N at P (in PID, 0: self) whose PFN another of them shares:
+ * 0 exactly when every present page is private.  *absent (if given) gets
+ * the pages not present.  SIZE_MAX on error.
+ */
+static size_t shared_pages(pid_t pid, const char *p, size_t n, size_t *absent)
+{
+	long long *pfn = calloc(n, sizeof(*pfn));
+	size_t i, j, shared = 0, np = 0;
+
+	if (!pfn)
+		return SIZE_MAX;
+	for (i = 0; i < n; i++) {
+		pfn[i] = pagemap_pfn(pid, p + i * ps);
+		if (pfn[i] < 0) {
+			free(pfn);
+			return SIZE_MAX;
+		}
+		np += !pfn[i];
+	}
+	qsort(pfn, n, sizeof(*pfn), cmp_ll);
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && pfn[j] == pfn[i]; j++)
+			;
+		if (pfn[i] && j - i > 1)
+			shared += j - i;
+	}
+	free(pfn);
+	if (absent)
+		*absent = np;
+	return shared;
+}
+
+static size_t shared_self(const char *p, size_t n)
+{
+	return shared_pages(0, p, n, NULL);
+}
+
+static int write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), err = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, s, strlen(s)) < 0)
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+static int mount_debugfs(void)
+{
+	return mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
+}
+
+static bool all_pattern(const char *p, size_t n, size_t npat)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!check_pattern(p + i * ps, i % npat))
+			return false;
+	return true;
+}
+
+/* Map N pages of NPAT patterns, MADV_MERGEABLE, and let rust_ksm merge
+ * them all (NPAT KSM pages).  NULL on failure, with a diagnostic. */
+static char *merged_area(size_t n, size_t npat)
+{
+	char *p = map_anon(n);
+	size_t i, np, d;
+
+	if (!p)
+		return NULL;
+	for (i = 0; i < n; i++)
+		fill_pattern(p + i * ps, i % npat);
+	if (madvise(p, n * ps, MADV_MERGEABLE) || ksm_fast(RK, 4096) ||
+	    ksm_run_scans(RK, 2, TIMEOUT_MS) ||
+	    ksm_wait_merged(RK, n, TIMEOUT_MS, NULL) < 0 || ksm_set(RK, "run", 0)) {
+		tap_diag("merging %zu pages failed", n);
+		munmap(p, n * ps);
+		return NULL;
+	}
+	d = distinct_pfns(p, n, &np);
+	if (d != npat || np) {
+		tap_diag("merged area: %zu PFNs (%zu absent), want %zu", d, np, npat);
+		munmap(p, n * ps);
+		return NULL;
+	}
+	return p;
+}
+
+/*
+ * A child holding mappings: it waits for a command byte on a pipe, 'c'
+ * checks N pages at P against NPAT patterns (answer 'y' or 'n'), 'q' quits.
+ */
+struct kid {
+	pid_t pid;
+	int cmd, ans;
+};
+
+static void kid_main(int cmd, int ans, const char *p, size_t n, size_t npat)
+{
+	char c, r;
+
+	while (read(cmd, &c, 1) == 1 && c != 'q') {
+		r = all_pattern(p, n, npat) ? 'y' : 'n';
+		if (write(ans, &r, 1) != 1)
+			break;
+	}
+	_exit(0);
+}
+
+static int kid_start(struct kid *k, const char *p, size_t n, size_t npat)
+{
+	int a[2], b[2];
+
+	if (pipe(a) || pipe(b))
+		return -1;
+	k->pid = fork();
+	if (k->pid < 0)
+		return -1;
+	if (!k->pid) {
+		close(a[1]);
+		close(b[0]);
+		kid_main(a[0], b[1], p, n, npat);
+	}
+	close(a[0]);
+	close(b[1]);
+	k->cmd = a[1];
+	k->ans = b[0];
+	return 0;
+}
+
+static bool kid_data_ok(struct kid *k)
+{
+	char c = 'c', r = 0;
+
+	return write(k->cmd, &c, 1) == 1 && read(k->ans, &r, 1) == 1 && r == 'y';
+}
+
+static void kid_stop(struct kid *k)
+{
+	if (k->pid <= 0)
+		return;
+	kill(k->pid, SIGKILL);
+	waitpid(k->pid, NULL, 0);
+	close(k->cmd);
+	close(k->ans);
+	k->pid = 0;
+}
+
+/* Wait until KNOB of DIR is at least V (polling every 2 ms). */
+static bool wait_ge(const char *dir, const char *knob, unsigned long long v)
+{
+	uint64_t t0 = now_ms();
+	unsigned long long x;
+
+	do {
+		x = knob_get(dir, knob);
+		if (x != KNOB_ERR && x >= v)
+			return true;
+		msleep(2);
+	} while (now_ms() - t0 < TIMEOUT_MS);
+	return false;
+}
+
+/*
+ * Item 1: a built-in stable node that outlives the counters.  The built-in
+ * KSM merges two pages of this process; a forked child maps the KSM page
+ * too; the parent unmaps its copies and a built-in pass frees the parent's
+ * rmap items before it reaches the child's.  Now pages_shared,
+ * pages_sharing and ksm_zero_pages read 0 while the child maps a KSM folio
+ * whose mapping points to a built-in stable node.  insmod must unmerge it
+ * (as run=2 would) before the engine takes over.
+ *
+ * The order is forced: the two pages are the last of the area, after NY
+ * unique ones; the built-in scanner is stopped half way through those
+ * before the fork (the child's mm slot goes in before the scanner's, so
+ * it is scanned after the rest of this mm), and once the rest of this mm
+ * is scanned the items of the unmapped pages are gone, while the child's
+ * copy of the two pages still lies NY pages ahead of the scanner.
+ *
+ * Seen failing before the fix: insmod succeeded with the child's two
+ * pages still on one built-in KSM page ("child's pages still merged after
+ * insmod"); the engine then read the built-in node as its own.
+ */
+static int test_handover_child(void)
+{
+	const size_t ny = 1024, n = ny + 2;
+	unsigned long long sum = 0, fs, scanned;
+	int ret = TAP_PASS;
+	struct kid kid = { 0 };
+	char *p, *x;
+	uint64_t t0;
+	size_t i, absent;
+
+	if (module_unload())
+		return TAP_FAIL;
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	x = p + ny * ps;
+	for (i = 0; i < ny; i++)
+		fill_pattern(p + i * ps, 100 + i);
+	fill_pattern(x, 1);
+	fill_pattern(x + ps, 1);
+	if (madvise(p, n * ps, MADV_MERGEABLE) || ksm_fast(BK, 4096) ||
+	    ksm_set(BK, "run", 1) || ksm_wait_merged(BK, 2, TIMEOUT_MS, NULL) < 0) {
+		FAILED("the built-in KSM did not merge the two pages");
+		goto out;
+	}
+	/* Stop the scanner half way through the unique pages. */
+	fs = knob_get(BK, "full_scans");
+	if (ksm_set(BK, "pages_to_scan", 16) || ksm_set(BK, "sleep_millisecs", 20) ||
+	    !wait_ge(BK, "full_scans", fs + 1)) {
+		FAILED("built-in scanner did not go round");
+		goto out;
+	}
+	scanned = knob_get(BK, "pages_scanned");
+	if (!wait_ge(BK, "pages_scanned", scanned + ny / 2) || ksm_set(BK, "run", 0)) {
+		FAILED("built-in scanner stalled");
+		goto out;
+	}
+	if (kid_start(&kid, x, 2, 1)) {
+		FAILED("fork: %s", strerror(errno));
+		goto out;
+	}
+	munmap(x, 2 * ps);
+	if (ksm_set(BK, "run", 1)) {
+		FAILED("built-in run=1");
+		goto out;
+	}
+	t0 = now_ms();
+	do {
+		msleep(1);
+		sum = knob_get(BK, "pages_shared") + knob_get(BK, "pages_sharing");
+	} while (sum && now_ms() - t0 < TIMEOUT_MS);
+	ksm_set(BK, "run", 0);
+	CHECK(!sum, "built-in counters did not drop to 0");
+	CHECK(shared_pages(kid.pid, x, 2, &absent) == 2 && !absent,
+	      "setup: the child's pages are not on one KSM page any more");
+	CHECK(knob_get(BK, "pages_shared") == 0 && knob_get(BK, "pages_sharing") == 0 &&
+	      knob_get(BK, "ksm_zero_pages") == 0, "built-in counters not 0");
+	if (ret != TAP_PASS)
+		goto out;
+
+	CHECK(module_load() == 0, "insmod failed");
+	CHECK(shared_pages(kid.pid, x, 2, &absent) == 0 && !absent,
+	      "child's pages still merged after insmod (a built-in KSM page under the engine)");
+	CHECK(kid_data_ok(&kid), "child's data changed over insmod");
+	/* The engine at work on the child: merge, migrate, unload. */
+	if (ksm_fast(RK, 4096) || ksm_run_scans(RK, 3, TIMEOUT_MS))
+		FAILED("rust_ksm did not scan");
+	ksm_set(RK, "run", 0);
+	CHECK(shared_pages(kid.pid, x, 2, NULL) == 2, "rust_ksm did not merge the child's pages");
+	if (two_nodes()) {
+		void *addr = x;
+		int node = page_node(kid.pid, addr), status = -1;
+
+		node = node == 0 ? 1 : 0;
+		CHECK(!sys_move_pages(kid.pid, 1, &addr, &node, &status, MPOL_MF_MOVE_ALL_) &&
+		      status == node, "move_pages of the child's KSM page: status %d", status);
+		CHECK(shared_pages(kid.pid, x, 2, NULL) == 2, "migration split the KSM page");
+	}
+	CHECK(kid_data_ok(&kid), "child's data changed under rust_ksm");
+	CHECK(module_unload() == 0, "rmmod failed");
+	CHECK(shared_pages(kid.pid, x, 2, &absent) == 0 && !absent,
+	      "child's pages still merged after rmmod");
+	CHECK(kid_data_ok(&kid), "child's data changed over rmmod");
+out:
+	kid_stop(&kid);
+	ksm_set(BK, "run", 0);
+	if (!module_loaded()) {
+		ksm_set(BK, "run", 2);
+		ksm_set(BK, "run", 0);
+	}
+	ksm_set(BK, "pages_to_scan", DEF_PAGES_TO_SCAN);
+	ksm_set(BK, "sleep_millisecs", DEF_SLEEP_MILLISECS);
+	munmap(p, n * ps);
+	return ret;
+}
+
+/* Write "2" to rust_ksm's run from a child, SIGKILLed after DELAY_MS.
+ * Returns the child's wait status. */
+static int killed_run2(unsigned int delay_ms)
+{
+	int status = 0;
+	pid_t pid = fork();
+
+	if (!pid)
+		_exit(knob_write_str(RK, "run", "2") ? 1 : 0);
+	if (pid < 0)
+		return -1;
+	msleep(delay_ms);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return status;
+}
+
+/*
+ * Item 2: run=2 interrupted by a signal half way through.  The pages it
+ * did not reach must stay tracked: counted, found by the rmap walk (so
+ * migration moves every mapping), and unmerged by a second run=2.
+ *
+ * Seen failing before the fix: 15,000+ of 16,384 pages still merged while
+ * pages_shared and pages_sharing read 0; move_pages() of them failed
+ * (-EBUSY: the rmap walk found no mapping).
+ */
+static int test_run2_killed(void)
+{
+	const size_t n = 16384, npat = 16;
+	static const unsigned int delays[] = { 30, 10, 100, 300 };
+	int ret = TAP_PASS;
+	size_t left = 0, i;
+	char *p = NULL;
+
+	for (i = 0; i < ARRAY_SIZE(delays); i++) {
+		p = merged_area(n, npat);
+		if (!p)
+			return TAP_FAIL;
+		killed_run2(delays[i]);
+		ksm_set(RK, "run", 0);
+		left = shared_self(p, n);
+		if (left)
+			break;
+		tap_diag("run=2 finished within %u ms: try again", delays[i]);
+		munmap(p, n * ps);
+		p = NULL;
+	}
+	if (!p)
+		return tap_skip_because("run=2 always finished before the signal");
+	tap_diag("%zu pages still merged after the killed run=2", left);
+	CHECK(knob_get(RK, "pages_shared") + knob_get(RK, "pages_sharing") > 0,
+	      "merged pages left, but pages_shared + pages_sharing is 0");
+
+	if (two_nodes()) {
+		/* Each KSM page left, moved through one of its mappings: every
+		 * mapping must follow it (the rmap walk finds them all). */
+		size_t moved = 0, bad = 0;
+
+		for (i = 0; i < npat; i++) {
+			long long old = pagemap_pfn(0, p + i * ps), now;
+			void *addr = p + i * ps;
+			int node, status = -1;
+			size_t j, peers = 0, followed = 0;
+
+			for (j = i + npat; j < n; j += npat)
+				peers += pagemap_pfn(0, p + j * ps) == old;
+			if (!peers)
+				continue;
+			node = page_node(0, addr) == 0 ? 1 : 0;
+			if (sys_move_pages(0, 1, &addr, &node, &status, MPOL_MF_MOVE_ALL_) ||
+			    status != node) {
+				tap_diag("move_pages of pattern %zu: status %d", i, status);
+				bad++;
+				continue;
+			}
+			now = pagemap_pfn(0, p + i * ps);
+			for (j = i + npat; j < n; j += npat)
+				followed += pagemap_pfn(0, p + j * ps) == now;
+			if (followed != peers) {
+				tap_diag("pattern %zu: %zu of %zu mappings followed the migration",
+					 i, followed, peers);
+				bad++;
+			}
+			moved++;
+		}
+		CHECK(!bad, "%zu of %zu KSM pages left did not migrate with every mapping",
+		      bad, moved);
+	}
+	CHECK(!ksm_set(RK, "run", 2), "second run=2 failed");
+	ksm_set(RK, "run", 0);
+	CHECK(shared_self(p, n) == 0, "pages still merged after the second run=2");
+	CHECK(knob_get(RK, "pages_shared") == 0 && knob_get(RK, "pages_sharing") == 0,
+	      "counters not 0 after the second run=2");
+	CHECK(all_pattern(p, n, npat), "data changed");
+	munmap(p, n * ps);
+	return ret;
+}
+
+/*
+ * Item 2: rmmod interrupted by a signal.  Unloading cannot fail, so its
+ * unmerge ignores signals: every page must be private afterwards.
+ *
+ * Seen failing before the fix: rmmod SIGKILLed after 50 ms unloaded the
+ * module with most of the 16,384 pages still on shared PFNs, tracked by
+ * nothing.
+ */
+static int test_rmmod_killed(void)
+{
+	const size_t n = 16384, npat = 16;
+	int ret = TAP_PASS, status;
+	uint64_t t0;
+	char *p = merged_area(n, npat);
+	pid_t pid;
+
+	if (!p)
+		return TAP_FAIL;
+	pid = fork();
+	if (!pid)
+		_exit(syscall(SYS_delete_module, MODULE_NAME, O_NONBLOCK) ? 1 : 0);
+	msleep(50);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	t0 = now_ms();
+	while (module_loaded() && now_ms() - t0 < TIMEOUT_MS)
+		msleep(10);
+	CHECK(!module_loaded(), "module still loaded");
+	CHECK(shared_self(p, n) == 0, "%zu pages still merged after an interrupted rmmod",
+	      shared_self(p, n));
+	CHECK(all_pattern(p, n, npat), "data changed");
+	munmap(p, n * ps);
+	return ret;
+}
+
+/*
+ * Item 2: rmmod with a forked child that never registered.  ksm_fork() is
+ * best effort: if registering the child fails (here: fault injection
+ * makes one allocation of the fork fail, the first N for which fork still
+ * succeeds and the child ends up unknown to rust_ksm), the child maps the
+ * parent's KSM pages unregistered.  Unload must find those mappings
+ * through the stable nodes' rmap walk, not only in registered mms.
+ *
+ * Seen failing before the fix: after rmmod the child's pages were still
+ * on shared PFNs.
+ */
+static int test_rmmod_unregistered_child(void)
+{
+	const size_t n = 64, npat = 4;
+	const char *nth = "/proc/thread-self/fail-nth";
+	int ret = TAP_PASS, i;
+	struct kid kid = { 0 };
+	char buf[32], *p;
+
+	if (access(nth, F_OK))
+		return tap_skip_because("no fail-nth (CONFIG_FAULT_INJECTION)");
+	if (access("/sys/kernel/debug/failslab", F_OK))
+		mount_debugfs();
+	if (write_str("/sys/kernel/debug/failslab/ignore-gfp-wait", "N") ||
+	    write_str("/sys/kernel/debug/failslab/verbose", "0"))
+		return tap_skip_because("no failslab (CONFIG_FAILSLAB, debugfs)");
+	p = merged_area(n, npat);
+	if (!p)
+		return TAP_FAIL;
+	for (i = 1; i < 2000 && !kid.pid; i++) {
+		snprintf(buf, sizeof(buf), "%d", i);
+		if (write_str(nth, buf))
+			break;
+		if (kid_start(&kid, p, n, npat))
+			kid.pid = 0;
+		if (read_text(nth, buf, sizeof(buf)) < 0)
+			break;
+		write_str(nth, "0");
+		if (!kid.pid)
+			continue;		/* fork failed */
+		if (atoi(buf)) {
+			tap_diag("no failure left to inject into fork after %d", i);
+			kid_stop(&kid);
+			break;
+		}
+		/* A failure hit the fork, which succeeded: is the child
+		 * unknown to rust_ksm?  A registered child gets items for
+		 * the KSM pages it maps once scanned. */
+		if (ksm_run_scans(RK, 2, TIMEOUT_MS) || ksm_set(RK, "run", 0) ||
+		    ksm_merging_pages(kid.pid) != 0)
+			kid_stop(&kid);
+	}
+	if (!kid.pid) {
+		FAILED("no fork left an unregistered child");
+		goto out;
+	}
+	tap_diag("fail-nth %d: child %d maps KSM pages unregistered", i - 1, kid.pid);
+	CHECK(shared_pages(kid.pid, p, n, NULL) == n, "the child does not map the KSM pages");
+	CHECK(module_unload() == 0, "rmmod failed");
+	CHECK(shared_pages(kid.pid, p, n, NULL) == 0,
+	      "the unregistered child's pages are still merged after rmmod");
+	CHECK(shared_self(p, n) == 0, "the parent's pages are still merged after rmmod");
+	CHECK(kid_data_ok(&kid), "child's data changed");
+	CHECK(all_pattern(p, n, npat), "parent's data changed");
+out:
+	kid_stop(&kid);
+	munmap(p, n * ps);
+	return ret;
+}
+
+/*
+ * Item 4: MADV_UNMERGEABLE racing migration.  A KSM page behind a
+ * migration entry must be waited for and unmerged, not passed over: the
+ * VMA loses VM_MERGEABLE, and nothing would unmerge it again.
+ *
+ * Seen failing before the fix: within 40 rounds, a page of the range was
+ * still on a shared PFN after madvise() returned 0.
+ */
+static int test_unmerge_vs_migration(void)
+{
+	const size_t n = 256, npat = 4;
+	volatile int *ctl;
+	int ret = TAP_PASS, round;
+	pid_t mover;
+	char *p;
+
+	if (!two_nodes())
+		return tap_skip_because("one NUMA node");
+	ctl = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (ctl == MAP_FAILED)
+		return TAP_FAIL;
+	p = merged_area(n, npat);
+	if (!p)
+		return TAP_FAIL;
+	/* ctl[0]: 1 = move, 0 = pause, 2 = quit; ctl[1]: 1 while moving. */
+	ctl[0] = 0;
+	mover = fork();
+	if (!mover) {
+		void **addrs = calloc(n, sizeof(*addrs));
+		int *nodes = calloc(n, sizeof(int)), *status = calloc(n, sizeof(int));
+		int target = 0;
+		size_t i;
+
+		for (i = 0; i < n; i++)
+			addrs[i] = p + i * ps;
+		while (ctl[0] != 2) {
+			if (ctl[0] != 1) {
+				ctl[1] = 0;
+				usleep(100);
+				continue;
+			}
+			ctl[1] = 1;
+			target ^= 1;
+			for (i = 0; i < n; i++)
+				nodes[i] = target;
+			sys_move_pages(getppid(), n, addrs, nodes, status, MPOL_MF_MOVE_ALL_);
+		}
+		_exit(0);
+	}
+	for (round = 0; round < 40 && ret == TAP_PASS; round++) {
+		size_t left, absent;
+
+		ctl[0] = 1;
+		while (!ctl[1])
+			usleep(50);
+		usleep(200 + 97 * round % 900);
+		CHECK(!madvise(p, n * ps, MADV_UNMERGEABLE), "MADV_UNMERGEABLE: %s",
+		      strerror(errno));
+		ctl[0] = 0;
+		while (ctl[1])
+			usleep(50);
+		left = shared_pages(0, p, n, &absent);
+		CHECK(left == 0 && !absent, "round %d: %zu pages still merged (%zu absent)"
+		      " after MADV_UNMERGEABLE", round, left, absent);
+		CHECK(all_pattern(p, n, npat), "round %d: data changed", round);
+		if (madvise(p, n * ps, MADV_MERGEABLE) || ksm_run_scans(RK, 2, TIMEOUT_MS) ||
+		    ksm_wait_merged(RK, n, TIMEOUT_MS, NULL) < 0 || ksm_set(RK, "run", 0)) {
+			FAILED("round %d: merging again failed", round);
+			break;
+		}
+	}
+	ctl[0] = 2;
+	waitpid(mover, NULL, 0);
+	munmap(p, n * ps);
+	munmap((void *)ctl, ps);
+	return ret;
+}
+
+/* /sys/kernel/debug/rust_ksm/registered_mms, or -1. */
+static long long registered_mms(void)
+{
+	unsigned long long v;
+
+	if (access("/sys/kernel/debug/rust_ksm", F_OK))
+		mount_debugfs();
+	if (knob_read("/sys/kernel/debug/rust_ksm", "registered_mms", &v))
+		return -1;
+	return (long long)v;
+}
+
+/*
+ * Item 5: adoption racing exit.  Short-lived processes become mergeable
+ * (prctl) and exit while rust_ksm is loaded and unloaded over and over;
+ * insmod adopts the mergeable mms it finds.  An mm adopted while its
+ * process exits must not stay registered (and grabbed) until rmmod.
+ * Afterwards the engine holds as many mms as a fresh load adopts.
+ *
+ * The race window is a few instructions wide (enter() checked mm_users
+ * before taking the registry lock); this test guards the fixed order and
+ * did not fail on the old code within its run time.
+ */
+static int test_adopt_race(void)
+{
+	long long held, fresh;
+	int ret = TAP_PASS, status;
+	uint64_t t0;
+	pid_t spawner;
+
+	if (registered_mms() < 0)
+		return tap_skip_because("no /sys/kernel/debug/rust_ksm/registered_mms");
+	spawner = fork();
+	if (!spawner) {
+		t0 = now_ms();
+		while (now_ms() - t0 < 3000) {
+			pid_t c = fork();
+
+			if (!c) {
+				prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0);
+				_exit(0);
+			}
+			if (c > 0)
+				waitpid(c, NULL, 0);
+		}
+		_exit(0);
+	}
+	t0 = now_ms();
+	while (now_ms() - t0 < 3000) {
+		CHECK(module_unload() == 0, "rmmod failed");
+		CHECK(module_load() == 0, "insmod failed");
+		if (ret != TAP_PASS)
+			break;
+	}
+	waitpid(spawner, &status, 0);
+	if (!module_loaded())
+		module_load();
+	held = registered_mms();
+	CHECK(module_unload() == 0 && module_load() == 0, "reload failed");
+	fresh = registered_mms();
+	tap_diag("registered mms: %lld after the storm, %lld after a fresh load", held, fresh);
+	CHECK(held == fresh, "%lld mms of exited processes still registered", held - fresh);
+	return ret;
+}
+
+/* Memory blocks (hotplug): the block of PFN, its size, its state file. */
+static unsigned long long block_bytes(void)
+{
+	char buf[64];
+
+	if (read_text("/sys/devices/system/memory/block_size_bytes", buf, sizeof(buf)) < 0)
+		return 0;
+	return strtoull(buf, NULL, 16);
+}
+
+static int block_set(unsigned long long block, const char *state)
+{
+	char path[96];
+
+	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%llu/state", block);
+	return write_str(path, state);
+}
+
+static bool block_movable(unsigned long long block)
+{
+	char path[96], buf[128];
+
+	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%llu/valid_zones",
+		 block);
+	return read_text(path, buf, sizeof(buf)) > 0 && strstr(buf, "Movable");
+}
+
+/* The movable block holding most of the NPAT KSM pages at P (first NPAT
+ * pages of the area), or -1. */
+static long long busiest_movable_block(const char *p, size_t npat, unsigned long long bb)
+{
+	long long best = -1;
+	size_t i, j, most = 0;
+
+	for (i = 0; i < npat; i++) {
+		unsigned long long b = pagemap_pfn(0, p + i * ps) * ps / bb;
+		size_t here = 0;
+
+		if (!block_movable(b))
+			continue;
+		for (j = 0; j < npat; j++)
+			here += pagemap_pfn(0, p + j * ps) * ps / bb == b;
+		if (here > most) {
+			most = here;
+			best = (long long)b;
+		}
+	}
+	return best;
+}
+
+/*
+ * Item 3: memory offline.  (a) A block holding live KSM pages goes
+ * offline: they migrate with every mapping, data intact.  (b) KSM pages
+ * are freed (their nodes go stale, still in the tree) and their block
+ * goes offline, its memmap poisoned (DEBUG_VM): the nodes must be pruned
+ * at MEM_OFFLINE, before a search, a scan or rmmod looks at their pfn.
+ *
+ * Seen failing before the fix: (b) oopsed in the first search after the
+ * offline (pfn_folio() of a stale node's pfn, poisoned memmap).
+ */
+static int test_memory_offline(void)
+{
+	const size_t n = 2048, npat = 512;
+	unsigned long long bb = block_bytes();
+	int ret = TAP_PASS;
+	long long b;
+	size_t i, absent;
+	char *p;
+
+	if (!bb)
+		return tap_skip_because("no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
+	p = merged_area(n, npat);
+	if (!p)
+		return TAP_FAIL;
+	b = busiest_movable_block(p, npat, bb);
+	if (b < 0) {
+		munmap(p, n * ps);
+		return tap_skip_because("no KSM page in a movable memory block (movablecore=)");
+	}
+	/* (a) live KSM pages. */
+	CHECK(!block_set(b, "offline"), "offlining memory%lld with KSM pages: %s", b,
+	      strerror(errno));
+	CHECK(shared_pages(0, p, n, &absent) == n && !absent,
+	      "after offline: pages no longer all merged");
+	for (i = 0; i < npat; i++)
+		CHECK(pagemap_pfn(0, p + i * ps) * ps / bb != (unsigned long long)b,
+		      "a KSM page is still in the offline block");
+	CHECK(all_pattern(p, n, npat), "data changed over offline");
+	CHECK(!block_set(b, "online_movable"), "onlining memory%lld again", b);
+	if (ret != TAP_PASS)
+		goto out;
+
+	/* (b) stale nodes. */
+	b = busiest_movable_block(p, npat, bb);
+	if (b < 0) {
+		tap_diag("no KSM page in a movable block after the migration");
+		goto out;
+	}
+	munmap(p, n * ps);
+	p = NULL;
+	CHECK(!block_set(b, "offline"), "offlining memory%lld: %s", b, strerror(errno));
+	/* A search over the same contents, a scan, rmmod. */
+	p = merged_area(n, npat);
+	CHECK(p, "merging the same contents again failed");
+	CHECK(module_unload() == 0 && module_load() == 0, "reload failed");
+	CHECK(!block_set(b, "online_movable"), "onlining memory%lld again", b);
+out:
+	if (p)
+		munmap(p, n * ps);
+	return ret;
+}
+
+static const struct tap_test tests[] = {
+	{ "insmod unmerges a built-in KSM page a forked child maps with the counters at 0",
+	  test_handover_child },
+	{ "run=2 killed half way: pages left stay tracked, migrate, a second run=2 finishes",
+	  test_run2_killed },
+	{ "rmmod killed half way: every page private, data intact", test_rmmod_killed },
+	{ "rmmod unmerges a forked child that never registered (fault injection)",
+	  test_rmmod_unregistered_child },
+	{ "MADV_UNMERGEABLE racing migration leaves no merged page", test_unmerge_vs_migration },
+	{ "memory offline: live KSM pages migrate, stale nodes are pruned", test_memory_offline },
+	{ "insmod racing exiting mergeable processes leaves no mm registered",
+	  test_adopt_race },
+};
+
+static void after(void)
+{
+	if (!module_loaded() && module_load())
+		tap_diag("insmod failed: %s", strerror(errno));
+	ksm_unmerge_stop(RK);
+	rk_reset();
+}
+
+int main(void)
+{
+	if (geteuid())
+		fprintf(stderr, "must run as root (pagemap PFNs)\n");
+	if (!module_loaded() && module_load())
+		tap_diag("insmod failed");
+	tap_run(tests, ARRAY_SIZE(tests), after);
+}
