@@ -523,6 +523,7 @@ static int test_rmmod_unregistered_child(void)
 	CHECK(all_pattern(p, n, npat), "parent's data changed");
 out:
 	kid_stop(&kid);
+	write_str("/sys/kernel/debug/failslab/ignore-gfp-wait", "Y");
 	munmap(p, n * ps);
 	return ret;
 }
