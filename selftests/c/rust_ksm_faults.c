@@ -202,21 +202,6 @@ static void kid_stop(struct kid *k)
 	k->pid = 0;
 }
 
-/* Wait until KNOB of DIR is at least V (polling every 2 ms). */
-static bool wait_ge(const char *dir, const char *knob, unsigned long long v)
-{
-	uint64_t t0 = now_ms();
-	unsigned long long x;
-
-	do {
-		x = knob_get(dir, knob);
-		if (x != KNOB_ERR && x >= v)
-			return true;
-		msleep(2);
-	} while (now_ms() - t0 < TIMEOUT_MS);
-	return false;
-}
-
 /*
  * Item 1: a built-in stable node that outlives the counters.  The built-in
  * KSM merges two pages of this process; a forked child maps the KSM page
@@ -267,12 +252,13 @@ static int test_handover_child(void)
 	/* Stop the scanner half way through the unique pages. */
 	fs = knob_get(BK, "full_scans");
 	if (ksm_set(BK, "pages_to_scan", 16) || ksm_set(BK, "sleep_millisecs", 20) ||
-	    !wait_ge(BK, "full_scans", fs + 1)) {
+	    wait_knob_ge(BK, "full_scans", fs + 1, TIMEOUT_MS, NULL) < 0) {
 		FAILED("built-in scanner did not go round");
 		goto out;
 	}
 	scanned = knob_get(BK, "pages_scanned");
-	if (!wait_ge(BK, "pages_scanned", scanned + ny / 2) || ksm_set(BK, "run", 0)) {
+	if (wait_knob_ge(BK, "pages_scanned", scanned + ny / 2, TIMEOUT_MS, NULL) < 0 ||
+	    ksm_set(BK, "run", 0)) {
 		FAILED("built-in scanner stalled");
 		goto out;
 	}
