@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -519,4 +521,118 @@ bool two_nodes(void)
 {
 	return !access("/sys/devices/system/node/node0", F_OK) &&
 	       !access("/sys/devices/system/node/node1", F_OK);
+}
+
+/* ------------------------------------------------------------------ */
+/* Swap on zram */
+
+static int swap_state;		/* 0 unknown, 1 on, -1 cannot */
+char swap_why[160];
+static bool swap_ours;
+
+#define ZRAM_DEV	"/dev/zram0"
+#define ZRAM_SYS	"/sys/block/zram0"
+
+static bool swap_active(void)
+{
+	char buf[512];
+
+	if (read_text("/proc/swaps", buf, sizeof(buf)) < 0)
+		return false;
+	/* A header line, then one line per active swap area. */
+	return strchr(buf, '\n') && strchr(buf, '\n')[1] != '\0';
+}
+
+/* mkswap: a version-1 swap header in the first page of PATH. */
+static int mkswap_c(const char *path)
+{
+	uint64_t bytes = 0;
+	unsigned char *hdr;
+	uint32_t v[3];
+	int fd, err = 0;
+
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, BLKGETSIZE64, &bytes))
+		err = -errno;
+	else if (bytes / page_size < 16)
+		err = -ENOSPC;
+	if (err) {
+		close(fd);
+		return err;
+	}
+	hdr = calloc(1, page_size);
+	if (!hdr) {
+		close(fd);
+		return -ENOMEM;
+	}
+	/* union swap_header: bootbits[1024], version, last_page,
+	 * nr_badpages, uuid, volume name..., "SWAPSPACE2" at the end. */
+	v[0] = 1;
+	v[1] = (uint32_t)(bytes / page_size - 1);
+	v[2] = 0;
+	memcpy(hdr + 1024, v, sizeof(v));
+	memcpy(hdr + page_size - 10, "SWAPSPACE2", 10);
+	if (pwrite(fd, hdr, page_size, 0) != (ssize_t)page_size || fsync(fd))
+		err = -errno ?: -EIO;
+	free(hdr);
+	close(fd);
+	return err;
+}
+
+int swap_setup(void)
+{
+	unsigned long long size;
+	int err;
+
+	if (swap_state)
+		return swap_state > 0 ? 0 : -1;
+	swap_state = -1;
+	if (swap_active()) {
+		tap_diag("swap already on");
+		swap_state = 1;
+		return 0;
+	}
+	if (access(ZRAM_SYS, F_OK) || access(ZRAM_DEV, F_OK)) {
+		snprintf(swap_why, sizeof(swap_why),
+			 "no swap and no zram0 (CONFIG_ZRAM, /dev/zram0)");
+		return -1;
+	}
+	if (knob_read(ZRAM_SYS, "disksize", &size) || !size) {
+		err = knob_write_str(ZRAM_SYS, "disksize", "256M");
+		if (err) {
+			snprintf(swap_why, sizeof(swap_why),
+				 "cannot set %s/disksize: %s", ZRAM_SYS,
+				 strerror(-err));
+			return -1;
+		}
+	}
+	err = mkswap_c(ZRAM_DEV);
+	if (err) {
+		snprintf(swap_why, sizeof(swap_why), "mkswap %s: %s", ZRAM_DEV,
+			 strerror(-err));
+		return -1;
+	}
+	if (syscall(SYS_swapon, ZRAM_DEV, 0)) {
+		snprintf(swap_why, sizeof(swap_why), "swapon %s: %s (CONFIG_SWAP?)",
+			 ZRAM_DEV, strerror(errno));
+		return -1;
+	}
+	swap_ours = true;
+	swap_state = 1;
+	tap_diag("swap on %s (zram, set up by this test)", ZRAM_DEV);
+	return 0;
+}
+
+void swap_teardown(void)
+{
+	if (!swap_ours)
+		return;
+	if (syscall(SYS_swapoff, ZRAM_DEV))
+		tap_diag("swapoff %s: %s", ZRAM_DEV, strerror(errno));
+	else
+		knob_write_str(ZRAM_SYS, "reset", "1");
+	swap_ours = false;
+	swap_state = 0;
 }

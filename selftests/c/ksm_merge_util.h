@@ -135,4 +135,13 @@ long sys_move_pages(pid_t pid, unsigned long n, void **pages, const int *nodes,
 int page_node(pid_t pid, void *addr);
 bool two_nodes(void);
 
+/*
+ * Swap for tests that swap pages out: swap_setup() turns it on (zram0 set
+ * up and swapped on if no swap is active): 0, or -1 with swap_why saying
+ * why not.  swap_teardown() undoes what swap_setup() did.
+ */
+extern char swap_why[160];
+int swap_setup(void);
+void swap_teardown(void);
+
 #endif /* RUST_KSM_MERGE_UTIL_H */

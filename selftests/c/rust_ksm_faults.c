@@ -496,12 +496,12 @@ static int test_rmmod_unregistered_child(void)
 	char buf[32], *p;
 
 	if (access(nth, F_OK))
-		return tap_skip_because("no fail-nth (CONFIG_FAULT_INJECTION)");
+		return tap_skip_missing("fail-nth", "no fail-nth (CONFIG_FAULT_INJECTION)");
 	if (access("/sys/kernel/debug/failslab", F_OK))
 		mount_debugfs();
 	if (write_str("/sys/kernel/debug/failslab/ignore-gfp-wait", "N") ||
 	    write_str("/sys/kernel/debug/failslab/verbose", "0"))
-		return tap_skip_because("no failslab (CONFIG_FAILSLAB, debugfs)");
+		return tap_skip_missing("failslab", "no failslab (CONFIG_FAILSLAB, debugfs)");
 	p = merged_area(n, npat);
 	if (!p)
 		return TAP_FAIL;
@@ -574,7 +574,7 @@ static int test_unmerge_vs_migration(void)
 	char *p;
 
 	if (!two_nodes())
-		return tap_skip_because("one NUMA node");
+		return tap_skip_missing("numa2", "one NUMA node");
 	ctl = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (ctl == MAP_FAILED)
 		return TAP_FAIL;
@@ -669,7 +669,7 @@ static int test_adopt_race(void)
 	pid_t spawner;
 
 	if (registered_mms() < 0)
-		return tap_skip_because("no /sys/kernel/debug/rust_ksm/registered_mms");
+		return tap_skip_missing("debugfs", "no /sys/kernel/debug/rust_ksm/registered_mms");
 	spawner = fork();
 	if (!spawner) {
 		t0 = now_ms();
@@ -801,7 +801,7 @@ static int test_memory_offline(void)
 	char *p;
 
 	if (!bb)
-		return tap_skip_because("no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
+		return tap_skip_missing("hotplug", "no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
 	p = merged_area(n, npat);
 	if (!p)
 		return TAP_FAIL;

@@ -274,7 +274,7 @@ static int test_same_files_as_builtin(void)
 
 	d = opendir(ksm);
 	if (!d)
-		return tap_skip_because("no /sys/kernel/mm/ksm");
+		return tap_skip_missing("builtin-ksm", "no /sys/kernel/mm/ksm");
 	while ((de = readdir(d))) {
 		char a[512], b[512];
 		struct stat sa, sb;

@@ -1340,7 +1340,7 @@ static int test_pinned(const char *dir)
 	fd = pin_pages(p, first, npin);
 	if (fd < 0) {
 		munmap(p, n * PS);
-		return tap_skip_because("no io_uring to pin pages with");
+		return tap_skip_missing("io_uring", "no io_uring to pin pages with");
 	}
 	for (i = 0; i < npin; i++)
 		pfns[i] = pagemap_pfn(0, p + (first + i) * PS);
@@ -1729,7 +1729,7 @@ static int test_merge_across_nodes(const char *dir)
 	char *p;
 
 	if (!two_nodes())
-		return tap_skip_because("fewer than 2 NUMA nodes");
+		return tap_skip_missing("numa2", "fewer than 2 NUMA nodes");
 	CHECK(!knob_read(dir, "merge_across_nodes", &v) && v == 1,
 	      "merge_across_nodes %llu, want 1", v);
 	CHECK(knob_write_str(dir, "merge_across_nodes", "2") == -EINVAL &&
@@ -1788,7 +1788,7 @@ static int test_across_nodes_migrated(const char *dir)
 	void *a;
 
 	if (!two_nodes())
-		return tap_skip_because("fewer than 2 NUMA nodes");
+		return tap_skip_missing("numa2", "fewer than 2 NUMA nodes");
 	p = map_anon(half);
 	q = map_anon(half);
 	if (!p || !q)

@@ -291,118 +291,6 @@ static int migrate_check(const char *when, const struct maps *m)
 /* ------------------------------------------------------------------ */
 /* Swap */
 
-static int swap_state;		/* 0 unknown, 1 on, -1 cannot */
-static char swap_why[160];
-static bool swap_ours;
-
-#define ZRAM_DEV	"/dev/zram0"
-#define ZRAM_SYS	"/sys/block/zram0"
-
-static bool swap_active(void)
-{
-	char buf[512];
-
-	if (read_text("/proc/swaps", buf, sizeof(buf)) < 0)
-		return false;
-	/* A header line, then one line per active swap area. */
-	return strchr(buf, '\n') && strchr(buf, '\n')[1] != '\0';
-}
-
-/* mkswap: a version-1 swap header in the first page of PATH. */
-static int mkswap_c(const char *path)
-{
-	uint64_t bytes = 0;
-	unsigned char *hdr;
-	uint32_t v[3];
-	int fd, err = 0;
-
-	fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (ioctl(fd, BLKGETSIZE64, &bytes))
-		err = -errno;
-	else if (bytes / PS < 16)
-		err = -ENOSPC;
-	if (err) {
-		close(fd);
-		return err;
-	}
-	hdr = calloc(1, PS);
-	if (!hdr) {
-		close(fd);
-		return -ENOMEM;
-	}
-	/* union swap_header: bootbits[1024], version, last_page,
-	 * nr_badpages, uuid, volume name..., "SWAPSPACE2" at the end. */
-	v[0] = 1;
-	v[1] = (uint32_t)(bytes / PS - 1);
-	v[2] = 0;
-	memcpy(hdr + 1024, v, sizeof(v));
-	memcpy(hdr + PS - 10, "SWAPSPACE2", 10);
-	if (pwrite(fd, hdr, PS, 0) != (ssize_t)PS || fsync(fd))
-		err = -errno ?: -EIO;
-	free(hdr);
-	close(fd);
-	return err;
-}
-
-/* Swap on, zram set up if need be: 0, or -1 with swap_why set. */
-static int swap_setup(void)
-{
-	unsigned long long size;
-	int err;
-
-	if (swap_state)
-		return swap_state > 0 ? 0 : -1;
-	swap_state = -1;
-	if (swap_active()) {
-		tap_diag("swap already on");
-		swap_state = 1;
-		return 0;
-	}
-	if (access(ZRAM_SYS, F_OK) || access(ZRAM_DEV, F_OK)) {
-		snprintf(swap_why, sizeof(swap_why),
-			 "no swap and no zram0 (CONFIG_ZRAM, /dev/zram0)");
-		return -1;
-	}
-	if (knob_read(ZRAM_SYS, "disksize", &size) || !size) {
-		err = knob_write_str(ZRAM_SYS, "disksize", "256M");
-		if (err) {
-			snprintf(swap_why, sizeof(swap_why),
-				 "cannot set %s/disksize: %s", ZRAM_SYS,
-				 strerror(-err));
-			return -1;
-		}
-	}
-	err = mkswap_c(ZRAM_DEV);
-	if (err) {
-		snprintf(swap_why, sizeof(swap_why), "mkswap %s: %s", ZRAM_DEV,
-			 strerror(-err));
-		return -1;
-	}
-	if (syscall(SYS_swapon, ZRAM_DEV, 0)) {
-		snprintf(swap_why, sizeof(swap_why), "swapon %s: %s (CONFIG_SWAP?)",
-			 ZRAM_DEV, strerror(errno));
-		return -1;
-	}
-	swap_ours = true;
-	swap_state = 1;
-	tap_diag("swap on %s (zram, set up by this test)", ZRAM_DEV);
-	return 0;
-}
-
-static void swap_teardown(void)
-{
-	if (!swap_ours)
-		return;
-	if (syscall(SYS_swapoff, ZRAM_DEV))
-		tap_diag("swapoff %s: %s", ZRAM_DEV, strerror(errno));
-	else
-		knob_write_str(ZRAM_SYS, "reset", "1");
-	swap_ours = false;
-	swap_state = 0;
-}
-
 /* FIELD ("MemTotal", "MemFree") of NODE's meminfo in kB, 0 if unknown. */
 static unsigned long long node_kb(int node, const char *field)
 {
@@ -568,7 +456,7 @@ static int swapout_check(const char *when, const struct maps *m)
 	uint64_t t0;
 
 	if (swap_setup())
-		return tap_skip_because(swap_why);
+		return tap_skip_missing("zram", swap_why);
 	if (!maps_common_pfn(when, m)) {
 		FAILED("%s: the page is not merged before the swap-out", when);
 		return ret;
@@ -593,7 +481,7 @@ static int swapout_check(const char *when, const struct maps *m)
 				continue;
 			node_done[node] = true;
 			if (node_pressure(node, m))
-				return tap_skip_because("swap-out needs pressure on one node: no per-node 2 MiB huge page pool (CONFIG_HUGETLB_PAGE)");
+				return tap_skip_missing("hugetlb", "swap-out needs pressure on one node: no per-node 2 MiB huge page pool (CONFIG_HUGETLB_PAGE)");
 			tried_pressure = true;
 		}
 		sw = maps_swapped(m, &same);
@@ -673,9 +561,9 @@ static void moved_layout_unmap(char *p, size_t k)
 static int skip_walk(enum walk w)
 {
 	if (w == MIGRATE && !two_nodes())
-		return tap_skip_because("migration needs 2 NUMA nodes (numa=fake=2): node1 missing");
+		return tap_skip_missing("numa2", "migration needs 2 NUMA nodes (numa=fake=2): node1 missing");
 	if (w == SWAP && swap_setup())
-		return tap_skip_because(swap_why);
+		return tap_skip_missing("zram", swap_why);
 	return TAP_PASS;
 }
 
@@ -955,7 +843,7 @@ static int f_swapcache(const char *d)
 
 	dir = d;
 	if (swap_setup())
-		return tap_skip_because(swap_why);
+		return tap_skip_missing("zram", swap_why);
 	p = map_anon(n);
 	if (!p)
 		return TAP_FAIL;

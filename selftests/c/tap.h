@@ -21,6 +21,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { TAP_PASS = 0, TAP_FAIL = 1, TAP_SKIP = 2 };
 
@@ -106,6 +107,32 @@ static inline int tap_skip_because(const char *reason)
 {
 	tap_state.skip_reason = reason;
 	return TAP_SKIP;
+}
+
+/*
+ * In a test, when FACILITY (a word: "numa2", "zram", "hugetlb", "io_uring",
+ * "hotplug", "fail-nth", "failslab", "debugfs", "builtin-ksm") is missing:
+ * `return tap_skip_missing("zram", "why");`.  scripts/vm-run lists what its
+ * test kernel provides in RUST_KSM_PROVIDES; a facility listed there that
+ * the test finds missing is a failure, not a skip, so that a broken setup
+ * cannot pass as "skipped".  Outside vm-run (no list) it is a skip.
+ */
+static inline int tap_skip_missing(const char *facility, const char *reason)
+{
+	const char *have = getenv("RUST_KSM_PROVIDES");
+	size_t len = strlen(facility);
+
+	while (have && *have) {
+		const char *end = strchr(have, ' ');
+		size_t n = end ? (size_t)(end - have) : strlen(have);
+
+		if (n == len && !strncmp(have, facility, len)) {
+			tap_diag("%s, but the test kernel provides %s", reason, facility);
+			return TAP_FAIL;
+		}
+		have = end ? end + 1 : NULL;
+	}
+	return tap_skip_because(reason);
 }
 
 #define CHECK(cond, ...)						\
