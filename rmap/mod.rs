@@ -27,16 +27,9 @@ pub(crate) enum ItemState {
         seqnr: u32,
         nid: u16,
     },
-    /// Maps the KSM page of `node`.  `index` is the page's linear page index
-    /// in its anon_vma (`vm_pgoff + (addr - vm_start) / PAGE_SIZE` when it
-    /// was merged): the rmap walk looks the page up by it, because after
-    /// mremap the address says nothing about the index.  It exists only in
-    /// this state, so it cannot outlive the item's time in the stable tree.
-    Stable {
-        node: NonNull<StableNode>,
-        anon_vma: NonNull<bindings::anon_vma>,
-        index: usize,
-    },
+    /// Maps the KSM page of `node`, whose list of [`Mapping`]s has an entry
+    /// for the item.
+    Stable { node: NonNull<StableNode> },
 }
 
 /// One scanned page.
@@ -81,6 +74,31 @@ impl RmapItem {
     pub(crate) fn is_stable(&self) -> bool {
         matches!(self.state, ItemState::Stable { .. })
     }
+}
+
+/// One mapping of a KSM page: an entry in its stable node's list.
+///
+/// What the rmap walk needs is kept here rather than in the item, because
+/// the walk runs in other tasks (reclaim, migration, memory-failure) under
+/// the KSM folio's lock only, while `rust_ksmd` works on the items: if the
+/// walk read the item, the scanner's `&mut RmapItem` would alias it.  An
+/// entry is written only under the scan lock with the folio locked, so a
+/// folio-lock holder reads it undisturbed; the walk never dereferences
+/// `item`.
+pub(crate) struct Mapping {
+    /// The item that maps the page (for the scanner: never read by the walk).
+    pub(crate) item: NonNull<RmapItem>,
+    /// The item's mm: the walk visits the mappings the items were merged in
+    /// first, then those of forked children.
+    pub(crate) mm: NonNull<bindings::mm_struct>,
+    /// The anon_vma of the merged VMA, referenced for as long as the entry
+    /// exists.
+    pub(crate) anon_vma: NonNull<bindings::anon_vma>,
+    /// The page's linear page index in `anon_vma`
+    /// (`vm_pgoff + (addr - vm_start) / PAGE_SIZE` when it was merged): the
+    /// rmap walk looks the page up by it, because after mremap the address
+    /// says nothing about the index.
+    pub(crate) index: usize,
 }
 
 /// A place in an [`ItemList`]: at its head, or just after one of its items.

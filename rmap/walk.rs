@@ -12,7 +12,7 @@
 //! pages keep the index of the address they were first mapped at.
 
 use crate::bindings;
-use crate::rmap::ItemState;
+use crate::rmap::Mapping;
 use crate::tree::StableNode;
 use kernel::page::PAGE_SHIFT;
 
@@ -39,29 +39,27 @@ unsafe fn address_in(vma: *mut bindings::vm_area_struct, index: usize) -> Option
 /// # Safety
 ///
 /// `folio` is a locked KSM folio, `rwc` a valid walk control: the folio lock
-/// keeps the stable node and its item list stable.
+/// keeps the stable node and its mapping list stable.
 pub(crate) unsafe fn rmap_walk(folio: *mut bindings::folio, rwc: *mut bindings::rmap_walk_control) {
     // SAFETY: by the function's safety requirements.
     let Some(node) = (unsafe { StableNode::of_folio(folio) }) else {
         return;
     };
     // SAFETY: the folio lock keeps the list unchanged (see StableNode).
-    let items = unsafe { node.as_ref().items() };
+    let mappings = unsafe { node.as_ref().mappings() };
     // SAFETY: `rwc` is valid.
     let rwc = unsafe { &mut *rwc };
     // First the mapping each item was merged from, then forked children.
     for forks in [false, true] {
-        for item in items.iter() {
-            // SAFETY: stable items are alive while in the node's list.
-            let item = unsafe { item.as_ref() };
-            let ItemState::Stable {
-                anon_vma, index, ..
-            } = item.state
-            else {
-                continue;
-            };
+        for &Mapping {
+            mm,
+            anon_vma,
+            index,
+            ..
+        } in mappings.iter()
+        {
             let anon_vma = anon_vma.as_ptr();
-            // SAFETY: the item holds a reference on its anon_vma.
+            // SAFETY: the mapping holds a reference on its anon_vma.
             unsafe {
                 if !bindings::rust_ksm_anon_vma_trylock_read(anon_vma) {
                     if rwc.try_lock {
@@ -73,8 +71,7 @@ pub(crate) unsafe fn rmap_walk(folio: *mut bindings::folio, rwc: *mut bindings::
             }
             // SAFETY: the anon_vma lock is held for read: its interval tree
             // and the VMAs in it are stable.
-            let stop =
-                unsafe { walk_anon_vma(folio, rwc, anon_vma, index, item.mm.as_ptr(), forks) };
+            let stop = unsafe { walk_anon_vma(folio, rwc, anon_vma, index, mm.as_ptr(), forks) };
             // SAFETY: locked above.
             unsafe { bindings::rust_ksm_anon_vma_unlock_read(anon_vma) };
             if stop {

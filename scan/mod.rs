@@ -878,7 +878,7 @@ impl Run {
     /// How many more mappings `node` takes, counting those in the run.
     fn room(&self, node: NonNull<StableNode>, max_sharing: usize) -> usize {
         // SAFETY: scan lock held: the node is alive, its list stable.
-        let used = unsafe { node.as_ref().items() }.len();
+        let used = unsafe { node.as_ref().mappings() }.len();
         let pending = self.nodes.iter().filter(|n| **n == node).count();
         max_sharing.saturating_sub(used + pending)
     }
@@ -918,7 +918,7 @@ pub(crate) fn with_item_vma<R>(
 
 /// try_to_merge_with_ksm_page(): merge `item`'s page into `target` (or make
 /// it a KSM page), returning the anon_vma (referenced) and linear page
-/// index the item keeps while stable.
+/// index its stable mapping keeps (see [`crate::rmap::Mapping`]).
 fn merge_with(
     item: &RmapItem,
     page: &PageRef,

@@ -8,7 +8,7 @@
 //! during the search: not a fixed `Ord` that `kernel::rbtree` could use.
 
 use crate::bindings;
-use crate::rmap::{ItemState, RmapItem};
+use crate::rmap::{ItemState, Mapping, RmapItem};
 use crate::scan::merge::{self, PageRef};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
@@ -42,9 +42,10 @@ pub(crate) struct StableNode {
     /// The full hash of the contents: nodes of equal contents sit next to
     /// each other, so a run of equal (key, hash) is a chain of dups.
     hash: u64,
-    /// The stable items mapping the page.  Changed only under the scan lock
-    /// with the KSM folio locked, so a folio-lock holder may read it.
-    items: UnsafeCell<KVec<NonNull<RmapItem>>>,
+    /// The page's mappings, one per stable item.  Changed only under the
+    /// scan lock with the KSM folio locked, so a folio-lock holder may read
+    /// it.
+    mappings: UnsafeCell<KVec<Mapping>>,
     /// When the chain of dups this node is the newest of was last pruned
     /// of stale dups (ktime ns); its creation time to begin with.
     pruned_at: AtomicI64,
@@ -99,15 +100,15 @@ impl StableNode {
         (node.as_ptr() as usize | bindings::PAGE_MAPPING_KSM as usize) as *mut c_void
     }
 
-    /// The items of the node.
+    /// The page's mappings.
     ///
     /// # Safety
     ///
     /// The caller holds the KSM folio's lock or the scan lock, and nobody
-    /// changes the list meanwhile (see `items`).
-    pub(crate) unsafe fn items(&self) -> &KVec<NonNull<RmapItem>> {
+    /// changes the list meanwhile (see `mappings`).
+    pub(crate) unsafe fn mappings(&self) -> &KVec<Mapping> {
         // SAFETY: by the function's safety requirements.
-        unsafe { &*self.items.get() }
+        unsafe { &*self.mappings.get() }
     }
 
     /// folio_migrate_ksm(): the page moved to `new_pfn`.
@@ -419,7 +420,7 @@ impl Trees {
 
     /// Takes `item` out of whichever tree it is in (remove_rmap_item_from_tree()).
     pub(crate) fn remove_item(&mut self, item: &mut RmapItem) {
-        let (node, anon_vma) = match &item.state {
+        let node = match &item.state {
             ItemState::Volatile => return,
             ItemState::Unstable { link, seqnr, nid } => {
                 // Items of an older scan are not linked any more.
@@ -433,19 +434,21 @@ impl Trees {
                 item.state = ItemState::Volatile;
                 return;
             }
-            ItemState::Stable { node, anon_vma, .. } => (*node, *anon_vma),
+            ItemState::Stable { node } => *node,
         };
         // If the node is stale, get_folio() removes it, and that takes the
         // item out (with its anon_vma reference) already.
         if let Some(folio) = self.get_folio(node, GetFolio::Lock) {
             // SAFETY: scan lock and folio lock held.
-            let items = unsafe { &mut *node.as_ref().items.get() };
-            if let Some(i) = items.iter().position(|p| p.as_ptr() == ptr::from_mut(item)) {
-                let last = items.len() - 1;
-                items.as_mut_slice().swap(i, last);
-                // SAFETY: shrinking; the element dropped is a plain pointer.
-                unsafe { items.set_len(last) };
-                if items.is_empty() {
+            let mappings = unsafe { &mut *node.as_ref().mappings.get() };
+            let me = ptr::from_mut(item);
+            if let Some(i) = mappings.iter().position(|m| m.item.as_ptr() == me) {
+                let anon_vma = mappings[i].anon_vma;
+                let last = mappings.len() - 1;
+                mappings.as_mut_slice().swap(i, last);
+                // SAFETY: shrinking; the element dropped is plain data.
+                unsafe { mappings.set_len(last) };
+                if mappings.is_empty() {
                     self.counters.pages_shared -= 1;
                 } else {
                     self.counters.pages_sharing -= 1;
@@ -538,18 +541,18 @@ impl Trees {
         // SAFETY: the node is alive and linked; we own it from now on.
         let node = unsafe { KBox::from_raw(node.as_ptr()) };
         // SAFETY: scan lock held; no folio points to the node any more.
-        let items = unsafe { &mut *node.items.get() };
-        for (i, item) in items.iter().enumerate() {
-            // SAFETY: stable items are alive while in a node.
-            let item = unsafe { &mut *item.as_ptr() };
-            if let ItemState::Stable { anon_vma, .. } =
-                core::mem::replace(&mut item.state, ItemState::Volatile)
-            {
-                // SAFETY: we took this reference when merging.
-                unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
+        let mappings = unsafe { &mut *node.mappings.get() };
+        for (i, m) in mappings.iter().enumerate() {
+            // SAFETY: stable items are alive while in a node; no walker can
+            // reach the node any more.
+            let item = unsafe { &mut *m.item.as_ptr() };
+            item.state = ItemState::Volatile;
+            // SAFETY: we took this reference when merging; the item's mm is
+            // allocated.
+            unsafe {
+                bindings::rust_ksm_put_anon_vma(m.anon_vma.as_ptr());
+                (*m.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1;
             }
-            // SAFETY: the item's mm is allocated.
-            unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
             if i == 0 {
                 self.counters.pages_shared -= 1;
             } else {
@@ -713,7 +716,7 @@ impl Trees {
 
     fn full(node: NonNull<StableNode>, max_sharing: usize) -> bool {
         // SAFETY: scan lock held.
-        unsafe { node.as_ref().items() }.len() >= max_sharing
+        unsafe { node.as_ref().mappings() }.len() >= max_sharing
     }
 
     /// Among the equal nodes around `node` (duplicates sit next to each
@@ -772,7 +775,7 @@ impl Trees {
                 kpfn: AtomicUsize::new(unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) }),
                 key,
                 hash,
-                items: UnsafeCell::new(KVec::new()),
+                mappings: UnsafeCell::new(KVec::new()),
                 // SAFETY: plain call.
                 pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
             },
@@ -926,20 +929,24 @@ impl Trees {
         index: usize,
     ) -> Result {
         // SAFETY: scan lock and folio lock held.
-        let items = unsafe { &mut *node.as_ref().items.get() };
-        items.push(NonNull::from(&mut *item), GFP_KERNEL)?;
-        if items.len() == 1 {
+        let mappings = unsafe { &mut *node.as_ref().mappings.get() };
+        mappings.push(
+            Mapping {
+                item: NonNull::from(&mut *item),
+                mm: item.mm,
+                anon_vma,
+                index,
+            },
+            GFP_KERNEL,
+        )?;
+        if mappings.len() == 1 {
             self.counters.pages_shared += 1;
         } else {
             self.counters.pages_sharing += 1;
         }
         // SAFETY: the item's mm is allocated.
         unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages += 1 };
-        item.state = ItemState::Stable {
-            node,
-            anon_vma,
-            index,
-        };
+        item.state = ItemState::Stable { node };
         Ok(())
     }
 
