@@ -2,7 +2,7 @@
 # The module itself is built by Kbuild (see Kbuild); this file only drives
 # the scripts, which install dependencies and build the kernel as needed.
 
-.PHONY: all module deps kernel run check bench clippy fmt clean
+.PHONY: all module deps kernel run check bench stress clippy fmt clean
 
 all: module
 
@@ -23,6 +23,10 @@ check:
 
 bench:
 	scripts/bench
+
+# DURATION=seconds (300), FAULTS=1: see scripts/stress.
+stress:
+	scripts/stress
 
 clippy:
 	scripts/module-build clippy
