@@ -658,8 +658,12 @@ static long long registered_mms(void)
  * Afterwards the engine holds as many mms as a fresh load adopts.
  *
  * The race window is a few instructions wide (enter() checked mm_users
- * before taking the registry lock); this test guards the fixed order.  It
- * was not seen failing: the old module has no registered_mms to read.
+ * before taking the registry lock).  Seen failing with that old order
+ * and the window widened by a 200 ms msleep() between check and lock:
+ * "1 mms of exited processes still registered"; with the fixed order and
+ * the same delay after the lock it passes.  (A first version of this
+ * test, one short-lived child at a time, did not fail even so: insmod's
+ * snapshot never caught a child alive.)
  */
 static int test_adopt_race(void)
 {
@@ -673,16 +677,26 @@ static int test_adopt_race(void)
 	spawner = fork();
 	if (!spawner) {
 		t0 = now_ms();
+		/* Four at a time, each mergeable for up to 4 ms before it
+		 * exits: insmod's snapshot of the mergeable mms then holds
+		 * some that exit while they are being adopted. */
+		int live = 0;
+
 		while (now_ms() - t0 < 3000) {
 			pid_t c = fork();
 
 			if (!c) {
 				prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0);
+				usleep((getpid() % 5) * 1000);
 				_exit(0);
 			}
 			if (c > 0)
-				waitpid(c, NULL, 0);
+				live++;
+			while (live >= 4 && wait(NULL) > 0)
+				live--;
 		}
+		while (wait(NULL) > 0)
+			;
 		_exit(0);
 	}
 	t0 = now_ms();
