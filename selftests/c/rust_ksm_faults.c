@@ -7,6 +7,7 @@
  *
  * Every test starts and ends with rust_ksm loaded and stopped (after()).
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +33,10 @@
 
 #define RK		"/sys/kernel/mm/rust_ksm"
 #define BK		KSM_DIR
+#define PM_SWAP		(1ULL << 62)	/* pagemap: swapped out */
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT	21
+#endif
 #define TIMEOUT_MS	60000
 #define ps		page_size
 
@@ -930,6 +936,90 @@ out:
 	return ret;
 }
 
+/*
+ * Item 1, swap-cache variant: a built-in KSM folio left in the swap cache
+ * with its PTE swapped out.  A pipe holds a reference (vmsplice), so
+ * reclaim writes the folio to zram and unmaps it but cannot free it; a
+ * built-in pass then frees the item of the now non-present PTE, and the
+ * counters read 0 while the folio still points to its built-in node.
+ * insmod must remove that node; then the page is swapped in, migrated,
+ * reclaimed and read back under rust_ksm, data intact.
+ */
+static int test_handover_swapcache(void)
+{
+	const size_t n = 2;
+	int ret = TAP_PASS, fds[2] = { -1, -1 };
+	struct iovec iov;
+	char *p = NULL;
+	uint64_t t0;
+
+	if (swap_setup())
+		return tap_skip_missing("zram", swap_why);
+	if (module_unload())
+		return TAP_FAIL;
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	fill_pattern(p, 7);
+	fill_pattern(p + ps, 7);
+	if (madvise(p, n * ps, MADV_MERGEABLE) || ksm_fast(BK, 4096) ||
+	    ksm_set(BK, "run", 1) || ksm_wait_merged(BK, 2, TIMEOUT_MS, NULL) < 0 ||
+	    ksm_set(BK, "run", 0)) {
+		FAILED("the built-in KSM did not merge the two pages");
+		goto out;
+	}
+	/* A reference the reclaim cannot drop, then one mapping left, so
+	 * that MADV_PAGEOUT (which skips pages mapped twice) takes it. */
+	iov.iov_base = p;
+	iov.iov_len = ps;
+	CHECK(!pipe(fds) && vmsplice(fds[1], &iov, 1, 0) == (ssize_t)ps, "vmsplice: %s",
+	      strerror(errno));
+	munmap(p + ps, ps);
+	CHECK(!madvise(p, ps, MADV_PAGEOUT), "MADV_PAGEOUT: %s", strerror(errno));
+	CHECK(pagemap_entry(0, p) & PM_SWAP, "setup: the KSM page was not swapped out");
+	if (ret != TAP_PASS)
+		goto out;
+	/* A built-in pass frees the items; the node stays with the folio. */
+	CHECK(!ksm_set(BK, "run", 1), "built-in run=1");
+	t0 = now_ms();
+	while (knob_get(BK, "pages_shared") + knob_get(BK, "pages_sharing") &&
+	       now_ms() - t0 < TIMEOUT_MS)
+		msleep(5);
+	CHECK(!ksm_run_scans(BK, 2, TIMEOUT_MS) && !ksm_set(BK, "run", 0), "built-in scans");
+	CHECK(knob_get(BK, "pages_shared") == 0 && knob_get(BK, "pages_sharing") == 0,
+	      "setup: built-in counters not 0");
+	CHECK(pagemap_entry(0, p) & PM_SWAP, "setup: the page came back in");
+	if (ret != TAP_PASS)
+		goto out;
+
+	CHECK(module_load() == 0, "insmod failed");
+	CHECK(check_pattern(p, 7), "data changed over swap-in");
+	if (two_nodes()) {
+		void *addr = p;
+		int node = page_node(0, addr) == 0 ? 1 : 0, status = -1;
+
+		CHECK(!sys_move_pages(0, 1, &addr, &node, &status, MPOL_MF_MOVE_) &&
+		      status == node, "move_pages after swap-in: status %d", status);
+	}
+	CHECK(!madvise(p, ps, MADV_PAGEOUT), "MADV_PAGEOUT again: %s", strerror(errno));
+	CHECK(check_pattern(p, 7), "data changed over migration and reclaim");
+	CHECK(module_unload() == 0 && module_load() == 0, "reload failed");
+out:
+	if (fds[0] >= 0) {
+		close(fds[0]);
+		close(fds[1]);
+	}
+	ksm_set(BK, "run", 0);
+	if (!module_loaded()) {
+		ksm_set(BK, "run", 2);
+		ksm_set(BK, "run", 0);
+	}
+	ksm_set(BK, "pages_to_scan", DEF_PAGES_TO_SCAN);
+	ksm_set(BK, "sleep_millisecs", DEF_SLEEP_MILLISECS);
+	munmap(p, n * ps);
+	return ret;
+}
+
 static const struct tap_test tests[] = {
 	{ "insmod unmerges a built-in KSM page a forked child maps with the counters at 0",
 	  test_handover_child },
@@ -942,6 +1032,8 @@ static const struct tap_test tests[] = {
 	{ "memory offline: live KSM pages migrate, stale nodes are pruned", test_memory_offline },
 	{ "insmod racing exiting mergeable processes leaves no mm registered",
 	  test_adopt_race },
+	{ "insmod removes a built-in stable node left on a swap-cache folio",
+	  test_handover_swapcache },
 };
 
 static void after(void)
