@@ -263,6 +263,19 @@ uint64_t pagemap_entry(pid_t pid, const void *addr)
 	return pagemap_read(pid, addr, &ent) ? 0 : ent;
 }
 
+uint64_t kpageflags(unsigned long long pfn)
+{
+	uint64_t f = ~0ULL;
+	int fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return f;
+	if (pread(fd, &f, sizeof(f), (off_t)(pfn * 8)) != sizeof(f))
+		f = ~0ULL;
+	close(fd);
+	return f;
+}
+
 long long pagemap_pfn(pid_t pid, const void *addr)
 {
 	uint64_t ent;

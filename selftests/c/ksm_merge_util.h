@@ -74,6 +74,9 @@ long ksm_wait_counters(const char *dir, unsigned long long shared,
 /* PFN of the page at ADDR in /proc/PID/pagemap (pid 0: self): the PFN,
  * 0 if not present, -1 on error. */
 long long pagemap_pfn(pid_t pid, const void *addr);
+/* /proc/kpageflags of PFN (LRU, THP, ...), ~0 if unknown.  (6.12 sets
+ * KPF_KSM on every anonymous page: tell KSM pages by shared PFNs.) */
+uint64_t kpageflags(unsigned long long pfn);
 /* The raw pagemap entry of ADDR in PID (0: self) into *ENT: 0 or -1. */
 int pagemap_read(pid_t pid, const void *addr, uint64_t *ent);
 /* The same, 0 on error (as for an unmapped address). */

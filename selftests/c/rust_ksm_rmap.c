@@ -136,20 +136,6 @@ static void maps_add(struct maps *m, pid_t pid, const char *what, char *addr,
 	}
 }
 
-/* /proc/kpageflags of PFN (LRU, ACTIVE, REFERENCED...), ~0 if unknown. */
-static uint64_t kpageflags(unsigned long long pfn)
-{
-	uint64_t f = ~0ULL;
-	int fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return f;
-	if (pread(fd, &f, sizeof(f), (off_t)(pfn * 8)) != sizeof(f))
-		f = ~0ULL;
-	close(fd);
-	return f;
-}
-
 static void pm_describe(uint64_t e, char *buf, size_t len)
 {
 	if (e & PM_PRESENT)

@@ -110,7 +110,7 @@ static inline int tap_skip_because(const char *reason)
 }
 
 /*
- * In a test, when FACILITY (a word: "numa2", "zram", "hugetlb", "io_uring",
+ * In a test, when FACILITY (a word: "numa2", "zram", "hugetlb", "thp", "io_uring",
  * "hotplug", "fail-nth", "failslab", "debugfs", "builtin-ksm") is missing:
  * `return tap_skip_missing("zram", "why");`.  scripts/vm-run lists what its
  * test kernel provides in RUST_KSM_PROVIDES; a facility listed there that

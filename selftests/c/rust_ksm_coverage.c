@@ -1,0 +1,498 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * rust_ksm_coverage: the paths the other tests do not take, for any KSM
+ * engine: THP-backed memory, prctl(PR_SET_MEMORY_MERGE), max_page_sharing
+ * errors, VMAs KSM must ignore, many processes at once, the default knobs,
+ * soft offline of a KSM page shared with a child, and unmerging under
+ * userfaultfd write-protection.
+ *
+ *   rust_ksm_coverage [--ksm-dir DIR] [--kthread NAME] [TEST_NUMBER...]
+ *
+ * make check runs it against rust_ksm and, booted without the module,
+ * against /sys/kernel/mm/ksm: both must pass.  "Merged" means shared PFNs
+ * in /proc/self/pagemap (6.12's kpageflags marks every anonymous page KSM).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ksm_merge_util.h"
+#include "ksm_util.h"
+#include "tap.h"
+
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE	67
+#define PR_GET_MEMORY_MERGE	68
+#endif
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE	101
+#endif
+#ifndef MAP_HUGETLB
+#define MAP_HUGETLB		0x40000
+#endif
+
+#define TIMEOUT_MS	60000
+#define PS		page_size
+#define HUGE		(2UL << 20)
+#define KPF_THP		22
+
+static char *self_exe;
+
+/* N pages filled with patterns i % NPAT, mergeable (unless PRCTL). */
+static char *patterned(size_t n, size_t npat, bool madv)
+{
+	char *p = map_anon(n);
+
+	if (!p)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		fill_pattern(p + i * PS, i % npat);
+	if (madv && madvise(p, n * PS, MADV_MERGEABLE)) {
+		tap_diag("MADV_MERGEABLE: %s", strerror(errno));
+		munmap(p, n * PS);
+		return NULL;
+	}
+	return p;
+}
+
+/* Scanner on, and N pages merged (shared + sharing) within the timeout. */
+static bool merged(const char *dir, size_t n)
+{
+	return !ksm_set(dir, "run", 1) && ksm_wait_merged(dir, n, TIMEOUT_MS, NULL) >= 0;
+}
+
+static bool patterns_intact(const char *p, size_t n, size_t npat)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!check_pattern(p + i * PS, i % npat))
+			return false;
+	return true;
+}
+
+/* THP: the subpages of a huge page merge, the huge page is split. */
+static int test_thp(const char *dir)
+{
+	const size_t n = HUGE / PS, npat = 4;
+	char *raw, *p;
+	size_t d, np;
+	uint64_t f;
+	int ret = TAP_PASS;
+
+	raw = mmap(NULL, 2 * HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return TAP_FAIL;
+	p = (char *)(((uintptr_t)raw + HUGE - 1) & ~(HUGE - 1));
+	if (madvise(p, HUGE, MADV_HUGEPAGE)) {
+		munmap(raw, 2 * HUGE);
+		return tap_skip_missing("thp", "MADV_HUGEPAGE failed");
+	}
+	for (size_t i = 0; i < n; i++)
+		fill_pattern(p + i * PS, i % npat);
+	f = kpageflags((unsigned long long)pagemap_pfn(0, p));
+	if (f == ~0ULL || !(f & (1ULL << KPF_THP))) {
+		munmap(raw, 2 * HUGE);
+		return tap_skip_because("no huge page was faulted in (fragmented memory?)");
+	}
+	CHECK(!madvise(p, HUGE, MADV_MERGEABLE), "MADV_MERGEABLE: %s", strerror(errno));
+	CHECK(merged(dir, n), "the subpages did not merge");
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == npat && !np, "%zu PFNs for %zu patterns (%zu absent)", d, npat, np);
+	f = kpageflags((unsigned long long)pagemap_pfn(0, p + PS));
+	CHECK(f != ~0ULL && !(f & (1ULL << KPF_THP)), "the huge page was not split");
+	CHECK(patterns_intact(p, n, npat), "data changed");
+	munmap(raw, 2 * HUGE);
+	return ret;
+}
+
+/* prctl(PR_SET_MEMORY_MERGE): merging without madvise, inherited over
+ * fork and exec, and 0 unmerges. */
+static int test_prctl(const char *dir)
+{
+	const size_t n = 256, npat = 4;
+	int ret = TAP_PASS, status, fds[2];
+	char buf[8] = "";
+	size_t d, np;
+	pid_t pid;
+	char *p;
+
+	if (prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0))
+		return tap_skip_because("PR_SET_MEMORY_MERGE not supported");
+	p = patterned(n, npat, false);
+	if (!p) {
+		prctl(PR_SET_MEMORY_MERGE, 0, 0, 0, 0);
+		return TAP_FAIL;
+	}
+	CHECK(merged(dir, n), "not merged without madvise");
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == npat, "%zu PFNs for %zu patterns", d, npat);
+	/* fork: the child inherits the flag. */
+	pid = fork();
+	if (!pid)
+		_exit(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1 ? 0 : 1);
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+	      !WEXITSTATUS(status), "the flag was not inherited over fork");
+	/* exec: so does the new program. */
+	CHECK(!pipe(fds), "pipe");
+	pid = fork();
+	if (!pid) {
+		dup2(fds[1], 1);
+		execl(self_exe, self_exe, "--print-memory-merge", NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	CHECK(read(fds[0], buf, sizeof(buf) - 1) > 0 && buf[0] == '1',
+	      "the flag was not inherited over exec (read '%s')", buf);
+	close(fds[0]);
+	waitpid(pid, &status, 0);
+	/* 0 unmerges. */
+	CHECK(!prctl(PR_SET_MEMORY_MERGE, 0, 0, 0, 0), "PR_SET_MEMORY_MERGE 0: %s",
+	      strerror(errno));
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == n && !np, "after PR_SET_MEMORY_MERGE 0: %zu PFNs for %zu pages", d, n);
+	CHECK(patterns_intact(p, n, npat), "data changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* max_page_sharing: EINVAL below 2, EBUSY while pages are merged. */
+static int test_max_page_sharing(const char *dir)
+{
+	unsigned long long old = knob_get(dir, "max_page_sharing");
+	const size_t n = 64;
+	int ret = TAP_PASS, err;
+	char *p;
+
+	if (old == KNOB_ERR)
+		return TAP_FAIL;
+	CHECK(knob_write_str(dir, "max_page_sharing", "0") == -EINVAL, "0 not EINVAL");
+	CHECK(knob_write_str(dir, "max_page_sharing", "1") == -EINVAL, "1 not EINVAL");
+	CHECK(knob_write_str(dir, "max_page_sharing", "x") == -EINVAL, "x not EINVAL");
+	CHECK(knob_get(dir, "max_page_sharing") == old, "a refused write changed it");
+	CHECK(!knob_write_ull(dir, "max_page_sharing", old + 1), "%llu refused", old + 1);
+	p = patterned(n, 1, true);
+	if (!p)
+		return TAP_FAIL;
+	CHECK(merged(dir, n), "not merged");
+	err = knob_write_ull(dir, "max_page_sharing", old);
+	CHECK(err == -EBUSY, "a write while merged returned %d, want -EBUSY", err);
+	CHECK(!ksm_set(dir, "run", 2), "run=2");
+	CHECK(!knob_write_ull(dir, "max_page_sharing", old), "refused once unmerged");
+	CHECK(patterns_intact(p, n, 1), "data changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* MAP_SHARED anon, hugetlb and file-backed private memory: madvise
+ * accepts them (as upstream) and nothing in them merges. */
+static int test_ignored_vmas(const char *dir)
+{
+	const size_t n = 64;
+	int ret = TAP_PASS, fd;
+	char *sh, *file, *huge = MAP_FAILED, *anon;
+	size_t d, np;
+
+	sh = mmap(NULL, n * PS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	fd = memfd_create("rust_ksm", 0);
+	CHECK(sh != MAP_FAILED && fd >= 0 && !ftruncate(fd, n * PS), "mmap/memfd");
+	if (ret != TAP_PASS)
+		return ret;
+	for (size_t i = 0; i < n; i++) {
+		memset(sh + i * PS, 0x77, PS);
+		CHECK(pwrite(fd, sh, PS, i * PS) == (ssize_t)PS, "pwrite");
+	}
+	file = mmap(NULL, n * PS, PROT_READ, MAP_PRIVATE, fd, 0);
+	CHECK(file != MAP_FAILED, "mmap of the memfd");
+	if (!knob_write_str("/proc/sys/vm", "nr_hugepages", "2"))
+		huge = mmap(NULL, 2 * HUGE, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (huge != MAP_FAILED)
+		memset(huge, 0x77, 2 * HUGE);
+	else
+		tap_diag("no hugetlb pages: that part is left out");
+	/* A mergeable control, so that the scans surely ran. */
+	anon = patterned(n, 1, true);
+	CHECK(anon, "control area");
+	if (ret != TAP_PASS)
+		goto out;
+	CHECK(!madvise(sh, n * PS, MADV_MERGEABLE), "MAP_SHARED: %s", strerror(errno));
+	CHECK(!madvise(file, n * PS, MADV_MERGEABLE), "file: %s", strerror(errno));
+	if (huge != MAP_FAILED)
+		CHECK(!madvise(huge, 2 * HUGE, MADV_MERGEABLE), "hugetlb: %s", strerror(errno));
+	CHECK(merged(dir, n), "the control did not merge");
+	CHECK(!ksm_run_scans(dir, 2, TIMEOUT_MS), "scans");
+	d = distinct_pfns(sh, n, &np);
+	CHECK(d == n, "MAP_SHARED pages merged: %zu PFNs for %zu pages", d, n);
+	for (size_t i = 0; i < n; i++)		/* fault the file pages in */
+		d += ((volatile char *)file)[i * PS];
+	d = distinct_pfns(file, n, &np);
+	CHECK(d == n, "file pages merged: %zu PFNs for %zu pages", d, n);
+	CHECK(knob_get(dir, "pages_shared") == 1 && knob_get(dir, "pages_sharing") == n - 1,
+	      "counters count more than the control");
+out:
+	if (anon)
+		munmap(anon, n * PS);
+	if (huge != MAP_FAILED)
+		munmap(huge, 2 * HUGE);
+	knob_write_str("/proc/sys/vm", "nr_hugepages", "0");
+	if (file != MAP_FAILED)
+		munmap(file, n * PS);
+	close(fd);
+	munmap(sh, n * PS);
+	return ret;
+}
+
+/* 64 processes at once, 64 pages each of the same 4 patterns. */
+static int test_many_processes(const char *dir)
+{
+	const size_t nproc = 64, n = 64, npat = 4;
+	unsigned long long mps, per, shared;
+	int ret = TAP_PASS, go[2], done[2], status;
+	pid_t pids[64];
+	size_t i, started = 0;
+	char b;
+
+	CHECK(!pipe(go) && !pipe(done), "pipe");
+	for (i = 0; i < nproc; i++) {
+		pids[i] = fork();
+		if (!pids[i]) {
+			char *p = patterned(n, npat, true), c;
+
+			close(go[1]);
+			if (write(done[1], p ? "y" : "n", 1) != 1)
+				_exit(2);
+			while (read(go[0], &c, 1) > 0)
+				;
+			_exit(p && patterns_intact(p, n, npat) ? 0 : 1);
+		}
+		if (pids[i] < 0)
+			break;
+		started++;
+	}
+	close(go[0]);
+	close(done[1]);
+	for (i = 0; i < started; i++)
+		CHECK(read(done[0], &b, 1) == 1 && b == 'y', "a child could not map");
+	CHECK(started == nproc, "forked %zu of %zu", started, nproc);
+	/* Each pattern's mappings fill ceil(per / max_page_sharing) pages. */
+	mps = knob_get(dir, "max_page_sharing");
+	per = started * n / npat;
+	shared = mps == KNOB_ERR ? npat : npat * ((per + mps - 1) / mps);
+	CHECK(!ksm_set(dir, "run", 1) &&
+	      ksm_wait_counters(dir, shared, started * n - shared, TIMEOUT_MS) >= 0,
+	      "%zu processes x %zu pages did not merge into %llu KSM pages", started, n, shared);
+	close(go[1]);
+	for (i = 0; i < started; i++)
+		CHECK(waitpid(pids[i], &status, 0) == pids[i] && WIFEXITED(status) &&
+		      !WEXITSTATUS(status), "child %zu: data changed", i);
+	close(done[0]);
+	CHECK(ksm_wait_counters(dir, 0, 0, TIMEOUT_MS) >= 0, "counters not 0 after exit");
+	return ret;
+}
+
+/* The default knobs (100 pages per 20 ms) merge a workload. */
+static int test_default_knobs(const char *dir)
+{
+	const size_t n = 1024, npat = 8;
+	int ret = TAP_PASS;
+	long ms;
+	char *p;
+
+	CHECK(!ksm_set(dir, "pages_to_scan", DEF_PAGES_TO_SCAN) &&
+	      !ksm_set(dir, "sleep_millisecs", DEF_SLEEP_MILLISECS), "default knobs");
+	p = patterned(n, npat, true);
+	if (!p)
+		return TAP_FAIL;
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	ms = ksm_wait_merged(dir, n, TIMEOUT_MS, NULL);
+	CHECK(ms >= 0, "%zu pages did not merge at the default knobs", n);
+	tap_diag("merged in %ld ms at pages_to_scan=%d sleep_millisecs=%d", ms,
+		 DEF_PAGES_TO_SCAN, DEF_SLEEP_MILLISECS);
+	CHECK(patterns_intact(p, n, npat), "data changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* MADV_SOFT_OFFLINE of a KSM page a forked child maps too: the page
+ * moves, with both mappings, and stays shared; data intact. */
+static int test_soft_offline(const char *dir)
+{
+	const size_t n = 16;
+	int ret = TAP_PASS, cmd[2], ans[2], status;
+	long long before, after;
+	char *p, c = 0;
+	pid_t pid;
+
+	p = patterned(n, 1, true);
+	if (!p)
+		return TAP_FAIL;
+	CHECK(merged(dir, n), "not merged");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	CHECK(!pipe(cmd) && !pipe(ans), "pipe");
+	pid = fork();
+	if (!pid) {
+		long long pfn;
+
+		if (read(cmd[0], &c, 1) != 1)
+			_exit(1);
+		pfn = pagemap_pfn(0, p);
+		if (write(ans[1], &pfn, sizeof(pfn)) != sizeof(pfn))
+			_exit(1);
+		_exit(patterns_intact(p, n, 1) ? 0 : 1);
+	}
+	before = pagemap_pfn(0, p);
+	if (madvise(p, PS, MADV_SOFT_OFFLINE)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		munmap(p, n * PS);
+		if (errno == EINVAL)
+			return tap_skip_because("MADV_SOFT_OFFLINE: EINVAL (CONFIG_MEMORY_FAILURE?)");
+		FAILED("MADV_SOFT_OFFLINE: %s", strerror(errno));
+		return ret;
+	}
+	after = pagemap_pfn(0, p);
+	CHECK(after > 0 && after != before, "the KSM page did not move (pfn %#llx -> %#llx)",
+	      before, after);
+	CHECK(write(cmd[1], "c", 1) == 1, "child");
+	{
+		long long child_pfn = -1;
+
+		CHECK(read(ans[0], &child_pfn, sizeof(child_pfn)) == sizeof(child_pfn) &&
+		      child_pfn == after, "the child maps %#llx, not the moved page %#llx",
+		      child_pfn, after);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && !WEXITSTATUS(status),
+	      "the child's data changed");
+	CHECK(pagemap_pfn(0, p + PS) == after, "the parent's other mappings did not move");
+	CHECK(patterns_intact(p, n, 1), "data changed");
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* MADV_UNMERGEABLE on uffd-wp-protected KSM pages (upstream's
+ * test_unmerge_uffd_wp): it must unmerge them, not fail or loop. */
+static int test_uffd_wp(const char *dir)
+{
+	const size_t n = 64;
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	struct uffdio_register reg = { 0 };
+	struct uffdio_writeprotect wp = { 0 };
+	int ret = TAP_PASS, uffd;
+	size_t d, np;
+	char *p;
+
+	p = patterned(n, 1, true);
+	if (!p)
+		return TAP_FAIL;
+	CHECK(merged(dir, n), "not merged");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) ||
+	    !(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
+		if (uffd >= 0)
+			close(uffd);
+		munmap(p, n * PS);
+		return tap_skip_because("no userfaultfd write-protection");
+	}
+	reg.range.start = (uintptr_t)p;
+	reg.range.len = n * PS;
+	reg.mode = UFFDIO_REGISTER_MODE_WP;
+	wp.range = reg.range;
+	wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+	CHECK(!ioctl(uffd, UFFDIO_REGISTER, &reg), "UFFDIO_REGISTER: %s", strerror(errno));
+	CHECK(!ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), "UFFDIO_WRITEPROTECT: %s",
+	      strerror(errno));
+	CHECK(!madvise(p, n * PS, MADV_UNMERGEABLE), "MADV_UNMERGEABLE: %s", strerror(errno));
+	d = distinct_pfns(p, n, &np);
+	CHECK(d == n && !np, "%zu PFNs for %zu pages after MADV_UNMERGEABLE", d, n);
+	CHECK(patterns_intact(p, n, 1), "data changed");
+	close(uffd);
+	munmap(p, n * PS);
+	return ret;
+}
+
+/* ksm_zero_pages stays exact when MADV_UNMERGEABLE of KSM zero pages
+ * fails half way (fail-nth on its allocations): once the memory is gone,
+ * it reads 0.  A count left over would also make the next engine
+ * registration (insmod) fail with -EBUSY. */
+static int test_zero_pages_failing_unmerge(const char *dir)
+{
+	const size_t n = 64;
+	int ret = TAP_PASS, injected = 0;
+	long long z;
+	char buf[16];
+	char *p;
+
+	if (access("/proc/thread-self/fail-nth", F_OK))
+		return tap_skip_missing("fail-nth", "no fail-nth (CONFIG_FAULT_INJECTION)");
+	if (knob_write_str("/sys/kernel/debug/failslab", "ignore-gfp-wait", "N"))
+		return tap_skip_missing("failslab", "no failslab (debugfs)");
+	knob_write_str("/sys/kernel/debug/failslab", "verbose", "0");
+	CHECK(!ksm_set(dir, "use_zero_pages", 1), "use_zero_pages=1");
+	p = map_anon(n);
+	if (!p)
+		return TAP_FAIL;
+	memset(p, 0, n * PS);
+	for (int nth = 1; nth <= 64 && ret == TAP_PASS; nth++) {
+		CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "MADV_MERGEABLE: %s", strerror(errno));
+		CHECK(!ksm_set(dir, "run", 1) &&
+		      wait_knob_ge(dir, "ksm_zero_pages", n, TIMEOUT_MS, NULL) >= 0,
+		      "zero pages not merged (round %d)", nth);
+		CHECK(!ksm_set(dir, "run", 0), "run=0");
+		snprintf(buf, sizeof(buf), "%d", nth);
+		knob_write_str("/proc/thread-self", "fail-nth", buf);
+		madvise(p, n * PS, MADV_UNMERGEABLE);
+		if (read_text("/proc/thread-self/fail-nth", buf, sizeof(buf)) > 0 && !atoi(buf))
+			injected++;
+		knob_write_str("/proc/thread-self", "fail-nth", "0");
+		for (size_t i = 0; i < n * PS; i += 512)
+			if (p[i]) {
+				FAILED("byte %zu not zero", i);
+				break;
+			}
+	}
+	munmap(p, n * PS);
+	knob_write_str("/sys/kernel/debug/failslab", "ignore-gfp-wait", "Y");
+	z = (long long)knob_get(dir, "ksm_zero_pages");
+	tap_diag("%d unmerges failed by injection; ksm_zero_pages %lld after munmap",
+		 injected, z);
+	CHECK(z == 0, "ksm_zero_pages %lld with no KSM zero page mapped", z);
+	ksm_set(dir, "use_zero_pages", 0);
+	return ret;
+}
+
+static const struct ksm_test tests[] = {
+	{ "THP: the subpages of a huge page merge, the page is split, data intact", test_thp },
+	{ "prctl(PR_SET_MEMORY_MERGE): merges without madvise, fork and exec inherit it, 0 unmerges",
+	  test_prctl },
+	{ "max_page_sharing: EINVAL below 2, EBUSY while merged", test_max_page_sharing },
+	{ "MAP_SHARED, file and hugetlb VMAs: madvise accepts them, nothing merges",
+	  test_ignored_vmas },
+	{ "64 processes x 64 pages of 4 patterns: all merge, max_page_sharing per KSM page",
+	  test_many_processes },
+	{ "the default knobs (100 pages / 20 ms) merge 1024 pages", test_default_knobs },
+	{ "MADV_SOFT_OFFLINE of a KSM page shared with a child moves every mapping",
+	  test_soft_offline },
+	{ "MADV_UNMERGEABLE unmerges uffd-wp protected KSM pages", test_uffd_wp },
+	{ "ksm_zero_pages stays exact when unmerging zero pages fails half way",
+	  test_zero_pages_failing_unmerge },
+};
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && !strcmp(argv[1], "--print-memory-merge")) {
+		printf("%d\n", prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0));
+		return 0;
+	}
+	self_exe = realpath("/proc/self/exe", NULL);
+	ksm_tests_main(argc, argv, tests, ARRAY_SIZE(tests), "pagemap PFNs", NULL);
+}
