@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -470,6 +471,79 @@ static int test_zero_pages_failing_unmerge(const char *dir)
 	return ret;
 }
 
+struct zero_writer {
+	char *p;
+	size_t n;
+	volatile int stop;
+};
+
+/* Writes the KSM zero pages of its area, one after the other (each
+ * write replaces a KSM zero PTE: ksm_zero_pages drops by one). */
+static void *zero_writer_main(void *arg)
+{
+	struct zero_writer *z = arg;
+
+	while (!z->stop)
+		for (size_t i = 0; i < z->n && !z->stop; i++) {
+			z->p[i * PS] = 1;
+			z->p[i * PS] = 0;
+		}
+	return NULL;
+}
+
+/* fork() while another thread breaks KSM zero pages (per-VMA lock page
+ * faults go on while dup_mmap() copies other VMAs): the zero pages the
+ * child really got must be what it is charged with, or ksm_zero_pages
+ * drifts and a stale count makes insmod fail with -EBUSY.
+ *
+ * Found by rust_ksm_stress (FAULTS=1: "reload failed: Device or resource
+ * busy (ksm_zero_pages 16)").  Seen failing before patch 0004, in round 0
+ * on both engines: ksm_zero_pages 96 (rust_ksm), 58 (built-in) with no
+ * KSM zero page mapped. */
+static int test_zero_pages_fork_race(const char *dir)
+{
+	const size_t n = 256;
+	struct zero_writer z = { .n = n };
+	int ret = TAP_PASS, status;
+	pthread_t th;
+	long long left;
+	char *other;
+
+	CHECK(!ksm_set(dir, "use_zero_pages", 1), "use_zero_pages=1");
+	z.p = map_anon(n);
+	other = map_anon(n);	/* a second VMA for dup_mmap() to copy */
+	if (!z.p || !other)
+		return TAP_FAIL;
+	memset(other, 0x33, n * PS);
+	for (int round = 0; round < 20 && ret == TAP_PASS; round++) {
+		memset(z.p, 0, n * PS);
+		CHECK(!madvise(z.p, n * PS, MADV_MERGEABLE), "madvise");
+		CHECK(!ksm_set(dir, "run", 1) &&
+		      wait_knob_ge(dir, "ksm_zero_pages", n, TIMEOUT_MS, NULL) >= 0,
+		      "zero pages not merged (round %d)", round);
+		CHECK(!ksm_set(dir, "run", 0), "run=0");
+		z.stop = 0;
+		CHECK(!pthread_create(&th, NULL, zero_writer_main, &z), "pthread_create");
+		for (int i = 0; i < 20; i++) {
+			pid_t pid = fork();
+
+			if (!pid)
+				_exit(0);
+			waitpid(pid, &status, 0);
+		}
+		z.stop = 1;
+		pthread_join(th, NULL);
+		CHECK(!madvise(z.p, n * PS, MADV_UNMERGEABLE), "MADV_UNMERGEABLE");
+		left = (long long)knob_get(dir, "ksm_zero_pages");
+		CHECK(left == 0, "round %d: ksm_zero_pages %lld with no KSM zero page mapped",
+		      round, left);
+	}
+	munmap(z.p, n * PS);
+	munmap(other, n * PS);
+	ksm_set(dir, "use_zero_pages", 0);
+	return ret;
+}
+
 static const struct ksm_test tests[] = {
 	{ "THP: the subpages of a huge page merge, the page is split, data intact", test_thp },
 	{ "prctl(PR_SET_MEMORY_MERGE): merges without madvise, fork and exec inherit it, 0 unmerges",
@@ -485,6 +559,8 @@ static const struct ksm_test tests[] = {
 	{ "MADV_UNMERGEABLE unmerges uffd-wp protected KSM pages", test_uffd_wp },
 	{ "ksm_zero_pages stays exact when unmerging zero pages fails half way",
 	  test_zero_pages_failing_unmerge },
+	{ "ksm_zero_pages stays exact when fork races writes to KSM zero pages",
+	  test_zero_pages_fork_race },
 };
 
 int main(int argc, char **argv)
