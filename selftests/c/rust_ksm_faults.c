@@ -944,6 +944,13 @@ out:
  * counters read 0 while the folio still points to its built-in node.
  * insmod must remove that node; then the page is swapped in, migrated,
  * reclaimed and read back under rust_ksm, data intact.
+ *
+ * Seen failing before the fix (registration as the old patch had it:
+ * counters checked, leftovers not removed): the swap-in ran the engine's
+ * folio_mappable hook (do_swap_page -> ksm_might_need_to_copy) on the
+ * built-in node, and only the module's owner word kept it from reading
+ * it as its own: "WARNING: ... KSM folio with a foreign stable node",
+ * which fails the boot.
  */
 static int test_handover_swapcache(void)
 {
