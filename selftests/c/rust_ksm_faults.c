@@ -208,6 +208,19 @@ static void kid_stop(struct kid *k)
 	k->pid = 0;
 }
 
+/* The built-in KSM stopped, unmerged (when no engine holds it off) and
+ * at its default knobs again, after a test that used it. */
+static void builtin_reset(void)
+{
+	ksm_set(BK, "run", 0);
+	if (!module_loaded()) {
+		ksm_set(BK, "run", 2);
+		ksm_set(BK, "run", 0);
+	}
+	ksm_set(BK, "pages_to_scan", DEF_PAGES_TO_SCAN);
+	ksm_set(BK, "sleep_millisecs", DEF_SLEEP_MILLISECS);
+}
+
 /*
  * Item 1: a built-in stable node that outlives the counters.  The built-in
  * KSM merges two pages of this process; a forked child maps the KSM page
@@ -316,13 +329,7 @@ static int test_handover_child(void)
 	CHECK(kid_data_ok(&kid), "child's data changed over rmmod");
 out:
 	kid_stop(&kid);
-	ksm_set(BK, "run", 0);
-	if (!module_loaded()) {
-		ksm_set(BK, "run", 2);
-		ksm_set(BK, "run", 0);
-	}
-	ksm_set(BK, "pages_to_scan", DEF_PAGES_TO_SCAN);
-	ksm_set(BK, "sleep_millisecs", DEF_SLEEP_MILLISECS);
+	builtin_reset();
 	munmap(p, n * ps);
 	return ret;
 }
@@ -1016,13 +1023,7 @@ out:
 		close(fds[0]);
 		close(fds[1]);
 	}
-	ksm_set(BK, "run", 0);
-	if (!module_loaded()) {
-		ksm_set(BK, "run", 2);
-		ksm_set(BK, "run", 0);
-	}
-	ksm_set(BK, "pages_to_scan", DEF_PAGES_TO_SCAN);
-	ksm_set(BK, "sleep_millisecs", DEF_SLEEP_MILLISECS);
+	builtin_reset();
 	munmap(p, n * ps);
 	return ret;
 }
