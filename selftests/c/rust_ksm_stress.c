@@ -433,8 +433,7 @@ static void faults_on_scanner(void)
 static int faults_setup(void)
 {
 	static const char *const set[][2] = {
-		{ "probability", "10" }, { "interval", "10" },
-		{ "times", "1000000" }, { "verbose", "0" },
+		{ "probability", "10" }, { "interval", "10" }, { "verbose", "0" },
 		{ "task-filter", "Y" }, { "ignore-gfp-wait", "N" },
 		{ "cache-filter", "Y" },
 	};
@@ -449,6 +448,9 @@ static int faults_setup(void)
 		if (knob_write_str(FAILSLAB, set[i][0], set[i][1]))
 			return -1;
 	}
+	/* Counts down as failures are injected (faults_injected()). */
+	if (knob_write_ull(FAILSLAB, "times", FAIL_TIMES))
+		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
 		char dir[64];
 
