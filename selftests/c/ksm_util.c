@@ -330,6 +330,24 @@ void msleep(unsigned int ms)
 		;
 }
 
+void expect_call_traces(bool on, const char *why)
+{
+	char line[200];
+	int fd = open("/dev/kmsg", O_WRONLY);
+
+	if (fd < 0)
+		return;
+	if (on)
+		snprintf(line, sizeof(line), "rust_ksm-selftest: call traces expected: %s\n",
+			 why);
+	else
+		snprintf(line, sizeof(line),
+			 "rust_ksm-selftest: call traces no longer expected\n");
+	if (write(fd, line, strlen(line)) < 0)
+		tap_diag("/dev/kmsg: %s", strerror(errno));
+	close(fd);
+}
+
 void *map_populated(size_t pages, int fill_byte)
 {
 	void *p = mmap(NULL, pages * page_size, PROT_READ | PROT_WRITE,

@@ -101,6 +101,14 @@ ssize_t read_text(const char *path, char *buf, size_t len);
 uint64_t now_ms(void);
 void msleep(unsigned int ms);
 
+/*
+ * Tell scripts/check-dmesg that the kernel is about to print stack dumps on
+ * purpose (ON, with WHY: a memcg OOM with nothing to kill, an injected page
+ * allocation failure), or that it no longer will (!ON).  In between a bare
+ * "Call Trace:" is not a failure; every other report still is.
+ */
+void expect_call_traces(bool on, const char *why);
+
 /* Private anonymous mapping of PAGES pages, MADV_NOHUGEPAGE, every page
  * written (populated) with FILL_BYTE.  NULL (with a diagnostic) on failure. */
 void *map_populated(size_t pages, int fill_byte);

@@ -22,7 +22,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,6 +39,9 @@
 #endif
 #ifndef MADV_SOFT_OFFLINE
 #define MADV_SOFT_OFFLINE	101
+#endif
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON		100
 #endif
 #ifndef MAP_HUGETLB
 #define MAP_HUGETLB		0x40000
@@ -544,6 +549,247 @@ static int test_zero_pages_fork_race(const char *dir)
 	return ret;
 }
 
+
+/*
+ * memory_failure() on a KSM page that a forked child maps too.  The core
+ * finds the mappings through the engine's rmap walk: the poisoning process
+ * is killed (SIGBUS), and the child's PTEs become hwpoison entries, so the
+ * child gets SIGBUS when it next touches the page (late kill: it is not
+ * signalled at once).  A walk that missed the child would leave it reading
+ * the poisoned page: it would exit 20.
+ */
+static int test_hwpoison_child(const char *dir)
+{
+	const size_t n = 8;
+	int ret = TAP_PASS, go[2], status;
+	pid_t a, *b;
+
+	b = mmap(NULL, sizeof(*b), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (b == MAP_FAILED)
+		return TAP_FAIL;
+	*b = 0;
+	/* The child outlives its parent: it must come back to us. */
+	CHECK(!prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER");
+	a = fork();
+	if (!a) {
+		char *p = patterned(n, 1, true);
+		size_t d, np;
+		pid_t child;
+
+		if (!p || !merged(dir, n))
+			_exit(10);
+		d = distinct_pfns(p, n, &np);
+		if (d != 1 || np)
+			_exit(11);
+		ksm_set(dir, "run", 0);
+		if (pipe(go))
+			_exit(10);
+		child = fork();
+		if (!child) {
+			char c;
+
+			close(go[1]);
+			/* EOF too: the parent may die in madvise(). */
+			if (read(go[0], &c, 1) < 0)
+				_exit(21);
+			(void)*(volatile char *)(p + 3 * PS);
+			_exit(20);
+		}
+		*b = child;
+		close(go[0]);
+		if (madvise(p, PS, MADV_HWPOISON))
+			_exit(12);
+		if (write(go[1], "g", 1) != 1)
+			_exit(10);
+		(void)*(volatile char *)(p + 2 * PS);
+		_exit(13);
+	}
+	CHECK(a > 0 && waitpid(a, &status, 0) == a, "fork/wait");
+	if (WIFEXITED(status))
+		tap_diag("the poisoning process exited %d (10 setup, 11 not merged, 12 MADV_HWPOISON failed, 13 no SIGBUS)",
+			 WEXITSTATUS(status));
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS,
+	      "the poisoning process was not killed with SIGBUS");
+	CHECK(*b > 0 && waitpid(*b, &status, 0) == *b, "the child did not come back to us");
+	if (WIFEXITED(status))
+		tap_diag("the child exited %d (20: read the poisoned page)", WEXITSTATUS(status));
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS,
+	      "the child mapping the poisoned KSM page did not get SIGBUS");
+	prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+	munmap(b, sizeof(*b));
+	return ret;
+}
+
+/* --- memcg: who pays for the copies unmerging makes --- */
+
+#define CG_ROOT		"/sys/fs/cgroup"
+#define MEMCG_PAGES	1024
+#define MEMCG_PAT	7
+
+/* cgroup v2 mounted (here if need be), memory controller for the children
+ * of the root. */
+static int memcg_setup(void)
+{
+	int err;
+
+	if (access(CG_ROOT "/cgroup.controllers", F_OK) &&
+	    mount("cgroup2", CG_ROOT, "cgroup2", 0, NULL)) {
+		tap_diag("mount cgroup2: %s", strerror(errno));
+		return -1;
+	}
+	err = knob_write_str(CG_ROOT, "cgroup.subtree_control", "+memory");
+	if (err)
+		tap_diag("+memory: %s", strerror(-err));
+	return err;
+}
+
+/* A member of cgroup CG: MEMCG_PAGES pages of one pattern, mergeable, then
+ * commands from CMD, one answer (an errno, 0 or 1) each on ANS:
+ * 'u' MADV_UNMERGEABLE, 'v' verify (0 intact), 'q' exit. */
+static void __attribute__((noreturn)) memcg_member(const char *cg, int cmd, int ans)
+{
+	char c, *p;
+	int r;
+
+	if (knob_write_str(cg, "cgroup.procs", "0") ||
+	    knob_write_str("/proc/self", "oom_score_adj", "-1000"))
+		_exit(1);
+	p = patterned(MEMCG_PAGES, 1, true);
+	if (!p)
+		_exit(1);
+	for (size_t i = 0; i < MEMCG_PAGES; i++)
+		fill_pattern(p + i * PS, MEMCG_PAT);
+	r = 0;
+	if (write(ans, &r, sizeof(r)) != sizeof(r))
+		_exit(1);
+	while (read(cmd, &c, 1) == 1 && c != 'q') {
+		if (c == 'u')
+			r = madvise(p, MEMCG_PAGES * PS, MADV_UNMERGEABLE) ? errno : 0;
+		else
+			for (size_t i = r = 0; i < MEMCG_PAGES; i++)
+				r |= !check_pattern(p + i * PS, MEMCG_PAT);
+		if (write(ans, &r, sizeof(r)) != sizeof(r))
+			_exit(1);
+	}
+	_exit(0);
+}
+
+struct member {
+	char cg[64];
+	pid_t pid;
+	int cmd, ans;
+};
+
+static int member_start(struct member *m, const char *name)
+{
+	int cmd[2], ans[2], r;
+
+	snprintf(m->cg, sizeof(m->cg), CG_ROOT "/%s", name);
+	if ((mkdir(m->cg, 0755) && errno != EEXIST) || pipe(cmd) || pipe(ans))
+		return -1;
+	m->pid = fork();
+	if (!m->pid) {
+		close(cmd[1]);
+		close(ans[0]);
+		memcg_member(m->cg, cmd[0], ans[1]);
+	}
+	close(cmd[0]);
+	close(ans[1]);
+	m->cmd = cmd[1];
+	m->ans = ans[0];
+	return m->pid > 0 && read(m->ans, &r, sizeof(r)) == sizeof(r) && !r ? 0 : -1;
+}
+
+/* Send C to M: its answer, or -1. */
+static int member_do(struct member *m, char c)
+{
+	int r;
+
+	if (write(m->cmd, &c, 1) != 1 || read(m->ans, &r, sizeof(r)) != sizeof(r))
+		return -1;
+	return r;
+}
+
+static void member_stop(struct member *m)
+{
+	if (m->pid > 0) {
+		member_do(m, 'q');
+		waitpid(m->pid, NULL, 0);
+		close(m->cmd);
+		close(m->ans);
+	}
+	rmdir(m->cg);
+}
+
+/* memory.current of M's cgroup, in pages. */
+static long long cg_pages(struct member *m)
+{
+	unsigned long long v;
+
+	return knob_read(m->cg, "memory.current", &v) ? -1 : (long long)(v / PS);
+}
+
+/*
+ * Two cgroups, MEMCG_PAGES pages of the same contents in each: merged, the
+ * pages leave both cgroups' charge.  Unmerging in B charges B for its
+ * copies, never A (which may pay for the KSM page).  With B at its limit
+ * (no swap, no task it may kill), MADV_UNMERGEABLE fails (EAGAIN) and
+ * B's data is intact; with the limit lifted it succeeds.  memory.current
+ * moves in per-CPU batches of 64 pages: SLACK allows for that.
+ */
+static int test_memcg(const char *dir)
+{
+	const long long n = MEMCG_PAGES, slack = 160;
+	struct member a = { .pid = 0 }, b = { .pid = 0 };
+	long long a0, b0, a1, b1, a2, b2;
+	char buf[32];
+	int ret = TAP_PASS, r;
+
+	if (memcg_setup())
+		return tap_skip_missing("memcg", "no cgroup v2 memory controller");
+	ksm_set(dir, "run", 0);
+	CHECK(!member_start(&a, "rust_ksm_a") && !member_start(&b, "rust_ksm_b"),
+	      "cannot start the two cgroup members");
+	a0 = cg_pages(&a);
+	b0 = cg_pages(&b);
+	CHECK(merged(dir, 2 * n), "the two cgroups' pages did not merge");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	a1 = cg_pages(&a);
+	b1 = cg_pages(&b);
+	tap_diag("memory.current, pages: a %lld -> %lld, b %lld -> %lld after merging",
+		 a0, a1, b0, b1);
+	CHECK(a1 >= 0 && b1 >= 0 && a0 - a1 > n - slack && b0 - b1 > n - slack,
+	      "merging did not uncharge both cgroups");
+
+	/* B at its limit: 64 pages of room for 1,024 copies. */
+	knob_write_str(b.cg, "memory.swap.max", "0");
+	snprintf(buf, sizeof(buf), "%lld", (b1 + 64) * PS);
+	CHECK(!knob_write_str(b.cg, "memory.max", buf), "memory.max");
+	expect_call_traces(true, "memcg OOM with no task to kill (rust_ksm_coverage memcg)");
+	r = member_do(&b, 'u');
+	expect_call_traces(false, NULL);
+	/* The unsharing fault fails with VM_FAULT_OOM, the engine with
+	 * -ENOMEM, and madvise() tells user space EAGAIN (mm/madvise.c: its
+	 * ENOMEM means "not mapped"). */
+	CHECK(r == EAGAIN, "MADV_UNMERGEABLE at the limit: %s, not EAGAIN",
+	      r < 0 ? "no answer" : strerror(r));
+	CHECK(member_do(&b, 'v') == 0, "B's data changed at the limit");
+	CHECK(cg_pages(&b) <= b1 + 64 + 1, "B went over its limit: %lld pages", cg_pages(&b));
+
+	/* Limit lifted: B pays for all its copies, A for none. */
+	CHECK(!knob_write_str(b.cg, "memory.max", "max"), "memory.max=max");
+	CHECK(member_do(&b, 'u') == 0, "MADV_UNMERGEABLE without a limit failed");
+	a2 = cg_pages(&a);
+	b2 = cg_pages(&b);
+	tap_diag("after B unmerged: a %lld -> %lld, b %lld -> %lld", a1, a2, b1, b2);
+	CHECK(b2 - b1 > n - slack, "B was not charged for its copies");
+	CHECK(a2 - a1 < slack && a1 - a2 < slack, "A's charge moved by %lld pages", a2 - a1);
+	CHECK(member_do(&a, 'v') == 0 && member_do(&b, 'v') == 0, "data changed");
+	member_stop(&a);
+	member_stop(&b);
+	return ret;
+}
+
 static const struct ksm_test tests[] = {
 	{ "THP: the subpages of a huge page merge, the page is split, data intact", test_thp },
 	{ "prctl(PR_SET_MEMORY_MERGE): merges without madvise, fork and exec inherit it, 0 unmerges",
@@ -561,6 +807,10 @@ static const struct ksm_test tests[] = {
 	  test_zero_pages_failing_unmerge },
 	{ "ksm_zero_pages stays exact when fork races writes to KSM zero pages",
 	  test_zero_pages_fork_race },
+	{ "memory failure of a KSM page shared with a child: both get SIGBUS",
+	  test_hwpoison_child },
+	{ "memcg: unmerging charges the unmerging cgroup; at its limit EAGAIN, data intact",
+	  test_memcg },
 };
 
 int main(int argc, char **argv)

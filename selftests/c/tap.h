@@ -111,7 +111,8 @@ static inline int tap_skip_because(const char *reason)
 
 /*
  * In a test, when FACILITY (a word: "numa2", "zram", "hugetlb", "thp", "io_uring",
- * "hotplug", "fail-nth", "failslab", "debugfs", "builtin-ksm") is missing:
+ * "hotplug", "memcg", "fail-nth", "failslab", "debugfs", "builtin-ksm") is
+ * missing:
  * `return tap_skip_missing("zram", "why");`.  scripts/vm-run lists what its
  * test kernel provides in RUST_KSM_PROVIDES; a facility listed there that
  * the test finds missing is a failure, not a skip, so that a broken setup
