@@ -2,8 +2,9 @@
 /*
  * rust_ksm_stress: mergeable memory changed in every way the engine must
  * survive, while rust_ksmd scans flat out, its knobs flip, memory is
- * swapped out, compacted and migrated, and the module is unloaded and
- * reloaded under load.  Every worker thread checks every byte it owns
+ * swapped out, compacted and migrated, memory blocks go offline and come
+ * back (boot with movablecore=), and the module is unloaded and reloaded
+ * under load.  Every worker thread checks every byte it owns
  * against its shadow: the pattern each of its pages must hold.
  *
  *   rust_ksm_stress [-d SECONDS] [-p PROCS] [-t THREADS] [-f] [--ksm-dir DIR]
@@ -12,10 +13,11 @@
  *   -p  worker processes at a time (default 4); each exits after 20 to 50
  *       seconds and a new one takes its place
  *   -t  threads per worker (default 3); each owns its regions
- *   -f  fault injection: failslab fails 1% of the scanner thread's slab
- *       allocations (task filter on rust_ksmd, GFP_KERNEL included), and
- *       the workers' madvise(MADV_(UN)MERGEABLE) calls fail at a random
- *       allocation (fail-nth)
+ *   -f  fault injection: failslab and fail_page_alloc fail 1% of the
+ *       scanner thread's slab and page allocations (task filter on
+ *       rust_ksmd, GFP_KERNEL included), and the workers'
+ *       madvise(MADV_(UN)MERGEABLE) calls fail at a random allocation
+ *       (fail-nth)
  *
  * With --ksm-dir /sys/kernel/mm/ksm it runs against the built-in KSM (no
  * module reloads), which is how to tell an engine bug from a test bug.
@@ -56,6 +58,8 @@
 #define NPAT		6		/* patterns pages merge on */
 #define ZERO_PAT	(~0UL)		/* an all-zero page */
 #define FAILSLAB	"/sys/kernel/debug/failslab"
+#define FAIL_PAGE	"/sys/kernel/debug/fail_page_alloc"
+#define MEMORY		"/sys/devices/system/memory"
 #define FAIL_TIMES	1000000
 
 /* Shared by every process (MAP_SHARED): totals and the stop flag. */
@@ -404,6 +408,8 @@ static void worker_main(int id, bool numa)
 /* --- the controller: knobs, pressure, module reloads, fault injection --- */
 
 static unsigned int reloads, knob_flips, unmerge_alls, compactions;
+static unsigned int offlined, offline_failed, movable_blocks;
+static char offline_why[96];
 /* The highest pages_sharing seen: proof the engine had work. */
 static unsigned long long most_merged;
 
@@ -428,6 +434,12 @@ static void faults_on_scanner(void)
  * (where the module's items, nodes and vectors live): failing kmemleak's
  * own metadata allocations would use up its emergency pool and switch
  * leak detection off.
+ *
+ * fail_page_alloc: 1% of the page allocations of the same tasks, order 0
+ * and sleeping ones included (new slab pages, page tables), and, through
+ * fail-nth, of the madvise() calls of the workers (the copies unmerging
+ * makes).  warn_alloc() prints a stack dump for each: expected, see
+ * expect_call_traces().
  */
 static int faults_setup(void)
 {
@@ -435,6 +447,11 @@ static int faults_setup(void)
 		{ "probability", "10" }, { "interval", "10" }, { "verbose", "0" },
 		{ "task-filter", "Y" }, { "ignore-gfp-wait", "N" },
 		{ "cache-filter", "Y" },
+	};
+	static const char *const page_set[][2] = {
+		{ "probability", "1" }, { "interval", "1" }, { "verbose", "0" },
+		{ "task-filter", "Y" }, { "ignore-gfp-wait", "N" },
+		{ "ignore-gfp-highmem", "N" }, { "min-order", "0" },
 	};
 	static const char *const sizes[] = {
 		"8", "16", "32", "64", "96", "128", "192", "256", "512",
@@ -447,9 +464,15 @@ static int faults_setup(void)
 		if (knob_write_str(FAILSLAB, set[i][0], set[i][1]))
 			return -1;
 	}
-	/* Counts down as failures are injected (faults_injected()). */
-	if (knob_write_ull(FAILSLAB, "times", FAIL_TIMES))
+	for (size_t i = 0; i < ARRAY_SIZE(page_set); i++) {
+		if (knob_write_str(FAIL_PAGE, page_set[i][0], page_set[i][1]))
+			return -1;
+	}
+	/* Count down as failures are injected (faults_injected()). */
+	if (knob_write_ull(FAILSLAB, "times", FAIL_TIMES) ||
+	    knob_write_ull(FAIL_PAGE, "times", FAIL_TIMES))
 		return -1;
+	expect_call_traces(true, "fail_page_alloc (rust_ksm_stress -f): warn_alloc()");
 	for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
 		char dir[64];
 
@@ -461,11 +484,12 @@ static int faults_setup(void)
 	return 0;
 }
 
-static unsigned long long faults_injected(void)
+/* Failures injected so far by the fault attribute in DIR. */
+static unsigned long long faults_injected(const char *dir)
 {
 	unsigned long long left;
 
-	if (knob_read(FAILSLAB, "times", &left))
+	if (knob_read(dir, "times", &left))
 		return 0;
 	return FAIL_TIMES - left;
 }
@@ -476,6 +500,61 @@ static void faults_off(void)
 	knob_write_str(FAILSLAB, "task-filter", "N");
 	knob_write_str(FAILSLAB, "ignore-gfp-wait", "Y");
 	knob_write_str(FAILSLAB, "cache-filter", "N");
+	knob_write_str(FAIL_PAGE, "probability", "0");
+	knob_write_str(FAIL_PAGE, "task-filter", "N");
+	knob_write_str(FAIL_PAGE, "ignore-gfp-wait", "Y");
+	knob_write_str(FAIL_PAGE, "min-order", "1");
+	expect_call_traces(false, NULL);
+}
+
+/*
+ * Take an online ZONE_MOVABLE memory block offline (its pages, merged ones
+ * included, migrate away through the rmap walk) and bring it back.  The
+ * blocks are tried from a random one on until one goes: most fail at once
+ * (EBUSY: boot-time reservations at the top of each node; EINVAL: the
+ * last, partial block), which is no error.  Offlining retries while a page
+ * will not migrate, until a fatal signal: it runs in a child that an alarm
+ * ends after 30 s.  A block that went offline and cannot come back online
+ * is an error.
+ */
+static void offline_online(uint64_t *rnd)
+{
+	char path[96], buf[64];
+	unsigned int blocks[64], n = 0, b, start;
+	int status;
+	pid_t pid;
+
+	for (b = 0; b < 4096 && n < ARRAY_SIZE(blocks); b++) {
+		snprintf(path, sizeof(path), MEMORY "/memory%u/valid_zones", b);
+		if (read_text(path, buf, sizeof(buf)) > 0 && !strncmp(buf, "Movable", 7))
+			blocks[n++] = b;
+	}
+	movable_blocks = n;
+	start = n ? rnd_next(rnd) % n : 0;
+	for (unsigned int k = 0; k < n; k++) {
+		b = blocks[(start + k) % n];
+		snprintf(path, sizeof(path), MEMORY "/memory%u", b);
+		uint64_t t0 = now_ms();
+
+		pid = fork();
+		if (!pid) {
+			alarm(30);
+			_exit(-knob_write_str(path, "state", "offline"));
+		}
+		if (pid < 0 || waitpid(pid, &status, 0) != pid)
+			return;
+		if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+			offline_failed++;
+			snprintf(offline_why, sizeof(offline_why), "memory%u: %s after %llu ms", b,
+				 WIFEXITED(status) ? strerror(WEXITSTATUS(status)) : "killed",
+				 (unsigned long long)(now_ms() - t0));
+			continue;
+		}
+		offlined++;
+		if (knob_write_str(path, "state", "online_movable"))
+			step_error("memory%u: offline, and it will not come back online", b);
+		return;
+	}
 }
 
 static int fast_knobs(void)
@@ -580,6 +659,9 @@ static void control_step(uint64_t *rnd, bool builtin)
 		if (faults)
 			faults_on_scanner();
 		break;
+	case 7:
+		offline_online(rnd);
+		break;
 	default:
 		break;		/* let it merge */
 	}
@@ -595,6 +677,21 @@ int main(int argc, char **argv)
 	bool builtin, numa;
 	int opt, spawned = 0;
 
+	/*
+	 * Under -f a worker thread arms fail-nth before madvise() and disarms
+	 * it after; an N the call did not reach is still armed on the way
+	 * back to user space, where the kernel updates the thread's rseq area
+	 * (rseq_handle_notify_resume()).  If that page must be faulted in
+	 * (swapped out under pressure) and the injected page allocation
+	 * failure hits the fault, the kernel kills the thread with a silent
+	 * SIGSEGV: seen once ("worker died (status 0xb)", no segfault line in
+	 * dmesg) when fail_page_alloc joined failslab.  That is fail-nth's
+	 * semantics, not an engine fault: run without rseq.
+	 */
+	if (!getenv("GLIBC_TUNABLES")) {
+		setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0", 1);
+		execv("/proc/self/exe", argv);
+	}
 	argc = ksm_parse_args(argc, argv);
 	while ((opt = getopt(argc, argv, "d:p:t:f")) != -1) {
 		switch (opt) {
@@ -628,7 +725,7 @@ int main(int argc, char **argv)
 		duration = 0;
 	}
 	if (faults && faults_setup()) {
-		step_error("fault injection unavailable (CONFIG_FAILSLAB, debugfs)");
+		step_error("fault injection unavailable (FAILSLAB, FAIL_PAGE_ALLOC, debugfs)");
 		faults = false;
 	}
 
@@ -673,8 +770,8 @@ int main(int argc, char **argv)
 			step_error("worker %d died (status %#x)", kids[i], status);
 	}
 	if (faults) {
-		tap_diag("faults injected: %llu into %s (failslab), %llu into madvise (fail-nth)",
-			 faults_injected(), KTHREAD_NAME,
+		tap_diag("faults injected: %llu slab and %llu page allocations of %s, %llu into madvise (fail-nth)",
+			 faults_injected(FAILSLAB), faults_injected(FAIL_PAGE), KTHREAD_NAME,
 			 (unsigned long long)atomic_load(&tot->madvise_faults));
 		faults_off();
 	}
@@ -687,12 +784,17 @@ int main(int argc, char **argv)
 		 (unsigned long long)tot->pageouts, (unsigned long long)tot->migrations);
 	tap_diag("module reloads %u, knob flips %u, run=2 under load %u, compactions %u, highest pages_sharing %llu",
 		 reloads, knob_flips, unmerge_alls, compactions, most_merged);
+	tap_diag("memory blocks offlined and onlined %u (%u offline attempts failed%s%s)",
+		 offlined, offline_failed, offline_failed ? "; the last: " : "", offline_why);
 
 	tap_result(tot->corruptions ? TAP_FAIL : TAP_PASS, "no byte of any worker changed");
+	/* A long run whose movable memory never went offline tests little. */
+	if (duration >= 120 && movable_blocks && !offlined)
+		step_error("no memory block went offline (%u attempts)", offline_failed);
 	if (tot->step_errors)
 		tap_diag("%llu failed steps; the first: %s",
 			 (unsigned long long)tot->step_errors, tot->first_error);
-	/* A run that merges nothing tests little (see may_reset()). */
+	/* Nor does one that merges nothing (see may_reset()). */
 	if (!most_merged)
 		tap_diag("no page was ever seen merged");
 	tap_result(tot->step_errors || !tot->ops || !most_merged ? TAP_FAIL : TAP_PASS,
