@@ -19,6 +19,8 @@ use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 use kernel::time::msecs_to_jiffies;
 
+mod kmm;
+mod merge;
 mod rmap;
 mod scan;
 mod tree;

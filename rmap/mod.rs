@@ -11,8 +11,9 @@
 pub(crate) mod walk;
 
 use crate::bindings;
+use crate::kmm::{AnonVmaRef, MmGrab, VmaRef};
 use crate::tree::StableNode;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
@@ -71,8 +72,16 @@ impl RmapItem {
         }
     }
 
-    pub(crate) fn is_stable(&self) -> bool {
-        matches!(self.state, ItemState::Stable { .. })
+    /// Runs `f` on the mergeable VMA of the item's address, under its mm's
+    /// mmap lock (find_mergeable_vma() with the lock taken); `EFAULT` if
+    /// the process is exiting or there is no such VMA any more.
+    pub(crate) fn with_vma<R>(&self, f: impl FnOnce(VmaRef<'_>) -> Result<R>) -> Result<R> {
+        // SAFETY: an item's mm stays allocated while the item exists (the
+        // registry holds a reference until the mm's items are freed).
+        let mm = unsafe { MmGrab::new(self.mm) };
+        let users = mm.users().ok_or(EFAULT)?;
+        let lock = users.read_lock();
+        f(lock.mergeable_vma(self.address).ok_or(EFAULT)?)
     }
 }
 
@@ -93,12 +102,26 @@ pub(crate) struct Mapping {
     pub(crate) mm: NonNull<bindings::mm_struct>,
     /// The anon_vma of the merged VMA, referenced for as long as the entry
     /// exists.
-    pub(crate) anon_vma: NonNull<bindings::anon_vma>,
+    pub(crate) anon_vma: AnonVmaRef,
     /// The page's linear page index in `anon_vma`
     /// (`vm_pgoff + (addr - vm_start) / PAGE_SIZE` when it was merged): the
     /// rmap walk looks the page up by it, because after mremap the address
     /// says nothing about the index.
     pub(crate) index: usize,
+}
+
+/// Removes the `i`-th mapping of a stable node's list, moving the last one
+/// into its place (the list is unordered), and hands it to the caller.
+pub(crate) fn take_mapping(mappings: &mut KVec<Mapping>, i: usize) -> Mapping {
+    let last = mappings.len() - 1;
+    mappings.as_mut_slice().swap(i, last);
+    // SAFETY: `last` is in bounds; the element is read out once and the
+    // length shrunk over it right after, so it is not dropped twice.
+    unsafe {
+        let m = ptr::read(mappings.as_ptr().add(last));
+        mappings.set_len(last);
+        m
+    }
 }
 
 /// A place in an [`ItemList`]: at its head, or just after one of its items.

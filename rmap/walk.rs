@@ -12,7 +12,7 @@
 //! pages keep the index of the address they were first mapped at.
 
 use crate::bindings;
-use crate::rmap::Mapping;
+use crate::kmm::{self, anon_vma::AnonVmaReadGuard};
 use crate::tree::StableNode;
 use kernel::page::PAGE_SHIFT;
 
@@ -51,60 +51,42 @@ pub(crate) unsafe fn rmap_walk(folio: *mut bindings::folio, rwc: *mut bindings::
     let rwc = unsafe { &mut *rwc };
     // First the mapping each item was merged from, then forked children.
     for forks in [false, true] {
-        for &Mapping {
-            mm,
-            anon_vma,
-            index,
-            ..
-        } in mappings.iter()
-        {
-            let anon_vma = anon_vma.as_ptr();
-            // SAFETY: the mapping holds a reference on its anon_vma.
-            unsafe {
-                if !bindings::rust_ksm_anon_vma_trylock_read(anon_vma) {
-                    if rwc.try_lock {
-                        rwc.contended = true;
-                        return;
-                    }
-                    bindings::rust_ksm_anon_vma_lock_read(anon_vma);
+        for m in mappings.iter() {
+            let guard = match m.anon_vma.try_read() {
+                Some(guard) => guard,
+                None if rwc.try_lock => {
+                    rwc.contended = true;
+                    return;
                 }
-            }
-            // SAFETY: the anon_vma lock is held for read: its interval tree
-            // and the VMAs in it are stable.
-            let stop = unsafe { walk_anon_vma(folio, rwc, anon_vma, index, mm.as_ptr(), forks) };
-            // SAFETY: locked above.
-            unsafe { bindings::rust_ksm_anon_vma_unlock_read(anon_vma) };
-            if stop {
+                None => m.anon_vma.read(),
+            };
+            // SAFETY: the anon_vma lock is held for read: the VMAs in its
+            // tree are stable; `folio` and `rwc` as required.
+            if unsafe { walk_anon_vma(folio, rwc, &guard, m.index, m.mm.as_ptr(), forks) } {
                 return;
             }
         }
     }
 }
 
-/// Visits the VMAs of `anon_vma` that map page `index`; true to stop.
+/// Visits the VMAs of the locked anon_vma that map page `index`; true to
+/// stop.
 ///
 /// # Safety
 ///
-/// The anon_vma lock is held for read; `folio` and `rwc` as for [`rmap_walk`].
+/// `folio` and `rwc` as for [`rmap_walk`].
 unsafe fn walk_anon_vma(
     folio: *mut bindings::folio,
     rwc: &mut bindings::rmap_walk_control,
-    anon_vma: *mut bindings::anon_vma,
+    anon_vma: &AnonVmaReadGuard<'_>,
     index: usize,
     mm: *mut bindings::mm_struct,
     forks: bool,
 ) -> bool {
-    // SAFETY: the tree is stable under the anon_vma lock.
-    let mut avc = unsafe {
-        bindings::anon_vma_interval_tree_iter_first(&mut (*anon_vma).rb_root, index, index)
-    };
-    while !avc.is_null() {
-        // SAFETY: `avc` is a chain entry of the locked tree.
-        let vma = unsafe { (*avc).vma };
-        // SAFETY: as above.
-        avc = unsafe { bindings::anon_vma_interval_tree_iter_next(avc, index, index) };
-        // SAFETY: no spinlock is held (the anon_vma lock is a rwsem).
-        unsafe { bindings::rust_ksm_cond_resched() };
+    for vma in anon_vma.vmas_at(index) {
+        let vma = vma.as_ptr();
+        // The anon_vma lock is a rwsem: no spinlock is held.
+        kmm::cond_resched();
         // SAFETY: the VMA is stable under the anon_vma lock.
         if (unsafe { (*vma).vm_mm } == mm) == forks {
             continue;

@@ -9,14 +9,14 @@
 //! one page of work, not eight billion lookups.
 
 pub(crate) mod advisor;
-pub(crate) mod merge;
-mod mm;
 
-pub(crate) use mm::MmGrab;
+pub(crate) use crate::kmm::MmGrab;
 
 use crate::bindings;
+use crate::kmm::{self, page, AnonVmaRef, PageRef, VmaRef};
+use crate::merge::{self, RunPage, RunState, Target};
 use crate::rmap::{ItemCursor, ItemList, ItemState, RmapItem};
-use crate::tree::{GetFolio, Search, StableNode, Trees};
+use crate::tree::{Search, StableNode, Trees};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::ffi::{c_int, c_ulong, c_void};
@@ -24,7 +24,6 @@ use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::rbtree::{self, RBTree, RBTreeNodeReservation};
 use kernel::sync::Mutex;
-use merge::{PageRef, RunPage, RunState, Target};
 
 /// How many mms the registry holds (debugfs `registered_mms`, for tests).
 pub(crate) static REGISTERED_MMS: AtomicUsize = AtomicUsize::new(0);
@@ -165,8 +164,8 @@ impl ScanState {
             address: 0,
             cursor: ItemCursor::HEAD,
             mms: RBTree::new(),
-            zero_hash: merge::zero_hash(),
-            zero_key: merge::zero_key(),
+            zero_hash: page::zero_hash(),
+            zero_key: page::zero_key(),
             trees: Trees::new(),
             run: Run::new(),
         }
@@ -401,7 +400,7 @@ impl ScanState {
                 return;
             }
         }
-        let key = merge::key(&page);
+        let key = page::key(&page);
         // All-zero candidates (use_zero_pages) take the one-page path, which
         // tries the zero page first.
         if params.use_zero_pages && key == self.zero_key {
@@ -443,12 +442,8 @@ impl ScanState {
         // use_zero_pages: an all-zero page whose checksum held since the
         // previous scan maps the zero page instead (before the stable tree,
         // as upstream).
-        if params.use_zero_pages
-            && key == self.zero_key
-            // SAFETY: referenced folio.
-            && !unsafe { bindings::rust_ksm_folio_test_ksm(page.folio()) }
-        {
-            let full = *hash.insert(merge::hash(page));
+        if params.use_zero_pages && key == self.zero_key && !page.is_ksm() {
+            let full = *hash.insert(page::hash(page));
             if full == self.zero_hash && item.checksum == full as u32 {
                 self.trees.remove_item(item);
                 if merge_with_zero(item, page).is_ok() {
@@ -483,7 +478,7 @@ impl ScanState {
         self.trees.remove_item(item);
 
         // Pages that change between scans stay out of the unstable tree.
-        let hash = hash.unwrap_or_else(|| merge::hash(page));
+        let hash = hash.unwrap_or_else(|| page::hash(page));
         let sum = hash as u32;
         if item.checksum != sum {
             item.checksum = sum;
@@ -498,9 +493,7 @@ impl ScanState {
         let tree_item = unsafe { &mut *tree_item.as_ptr() };
         // Two subpages of one huge page: splitting it fails while we hold
         // both references, so merging fails; split with one dropped.
-        let same_huge = page.folio() == tree_page.folio()
-            // SAFETY: referenced folio.
-            && unsafe { bindings::rust_ksm_folio_test_large(page.folio()) };
+        let same_huge = page.folio() == tree_page.folio() && page.is_large();
         let Ok((av_item, idx_item)) = merge_with(item, page, None) else {
             if same_huge {
                 drop(tree_page);
@@ -510,20 +503,21 @@ impl ScanState {
         };
         let Ok((av_tree, idx_tree)) = merge_with(tree_item, &tree_page, Some(Target::Ksm(page)))
         else {
-            // SAFETY: taken by merge_with().
-            unsafe { bindings::rust_ksm_put_anon_vma(av_item.as_ptr()) };
+            drop(av_item);
             break_cow(item);
             return;
         };
         self.trees.remove_item(tree_item);
-        // SAFETY: referenced folio; lock it for the stable tree insert.
-        unsafe { bindings::rust_ksm_folio_lock(page.folio()) };
+        // Locked for the stable tree insert.
+        let locked = page.lock();
         // The node's identity comes from the KSM page as it is now, write-
         // protected in every mapping, so fixed: `key` and `hash` were read
         // before, and both pages may have changed alike in between.
-        let (key, hash) = (merge::key(page), merge::hash(page));
+        let (key, hash) = (page::key(page), page::hash(page));
+        // Each append keeps its anon_vma reference, or puts it on failure;
+        // one not tried is put when it goes out of scope.
         let appended = match self.trees.stable_insert(page, key, hash) {
-            // SAFETY: the folio is locked; items alive; references taken.
+            // SAFETY: the folio is locked; items alive.
             Ok(node) => unsafe {
                 self.trees
                     .stable_append(tree_item, node, av_tree, idx_tree)
@@ -535,15 +529,10 @@ impl ScanState {
             },
             Err(_) => false,
         };
-        // SAFETY: locked above.
-        unsafe { bindings::folio_unlock(page.folio()) };
+        drop(locked);
         if !appended {
             // Leave no KSM page outside the stable tree.
-            for (it, av) in [(&mut *tree_item, av_tree), (&mut *item, av_item)] {
-                if !it.is_stable() {
-                    // SAFETY: taken by merge_with().
-                    unsafe { bindings::rust_ksm_put_anon_vma(av.as_ptr()) };
-                }
+            for it in [&mut *tree_item, &mut *item] {
                 self.trees.remove_item(it);
                 break_cow(it);
             }
@@ -619,41 +608,30 @@ impl ScanState {
         let mut nodes = core::mem::take(&mut self.run.nodes);
         // The anon_vma (referenced once per page merged) and the linear
         // page index of the first page: all pages are in one VMA.
+        let mut refs: [Option<AnonVmaRef>; WALK_BATCH] = core::array::from_fn(|_| None);
         // INVARIANT (Run): the items are alive in the current mm's list.
         // SAFETY: so the first is.
-        let merged = with_item_vma(unsafe { items[0].as_ref() }, |vma| {
-            // SAFETY: the VMA is stable under the mmap lock.
-            let (vm_start, vm_end, anon_vma) = unsafe {
-                (
-                    bindings::rust_ksm_vma_start(vma.as_ptr()),
-                    bindings::rust_ksm_vma_end(vma.as_ptr()),
-                    (*vma.as_ptr()).anon_vma.cast::<bindings::anon_vma>(),
-                )
-            };
-            let anon_vma = NonNull::new(anon_vma).ok_or(EFAULT)?;
+        let merged = unsafe { items[0].as_ref() }.with_vma(|vma| {
             // The pages past this VMA (it shares the PMD with another)
             // stay `Todo`.
             let n = pages
                 .iter()
-                .take_while(|p| p.addr >= vm_start && p.addr < vm_end)
+                .take_while(|p| p.addr >= vma.start() && p.addr < vma.end())
                 .count();
-            // SAFETY: mmap lock held; the pages are as merge_run() wants
-            // (see run_add()), each `kpage` its node's KSM page.
-            unsafe { merge::merge_run(vma, &mut pages[..n]) };
-            for p in &pages[..n] {
+            // The pages are as merge_run() wants (see run_add()), each
+            // `kpage` its node's KSM page.
+            merge::merge_run(vma, &mut pages[..n]);
+            for (p, r) in pages[..n].iter().zip(refs.iter_mut()) {
                 if matches!(p.state, RunState::Merged) {
-                    // SAFETY: the mmap lock pins the VMA's anon_vma.
-                    unsafe { bindings::rust_ksm_get_anon_vma(anon_vma.as_ptr()) };
+                    *r = vma.get_anon_vma();
                 }
             }
-            // SAFETY: as above; `head_addr` is in the VMA.
-            let index = unsafe { bindings::rust_ksm_linear_page_index(vma.as_ptr(), head_addr) };
-            Ok((anon_vma, index))
+            Ok(vma.linear_page_index(head_addr))
         });
         let len = pages.len();
         // Merged but not appended: to be broken again.
         let mut undo = [false; WALK_BATCH];
-        if let Ok((anon_vma, head_index)) = merged {
+        if let Ok(head_index) = merged {
             // Append node by node, each under one lock of its folio.
             let mut done = [false; WALK_BATCH];
             for first in 0..len {
@@ -661,34 +639,30 @@ impl ScanState {
                     continue;
                 }
                 let node = nodes[first];
-                let kfolio = pages[first].kpage.folio();
-                // SAFETY: referenced folio.
-                unsafe { bindings::rust_ksm_folio_lock(kfolio) };
+                let locked = pages[first].kpage.lock();
                 // The node may have lost the folio (stale) since the search.
                 // SAFETY: referenced, locked folio.
-                let live = unsafe { StableNode::of_folio(kfolio) } == Some(node);
+                let live = unsafe { StableNode::of_folio(locked.folio()) } == Some(node);
                 for i in first..len {
                     if done[i] || nodes[i] != node || !matches!(pages[i].state, RunState::Merged) {
                         continue;
                     }
                     done[i] = true;
                     let index = head_index + (pages[i].addr - head_addr) / PAGE_SIZE;
-                    let appended = live && {
-                        // SAFETY: INVARIANT (Run): a live item, ours under
-                        // the scan lock; the KSM folio is locked, the
-                        // anon_vma referenced.
-                        let item = unsafe { &mut *items[i].as_ptr() };
-                        // SAFETY: as above.
-                        unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok()
+                    // Merged pages have their reference (the VMA had an
+                    // anon_vma: it is mergeable).
+                    let appended = match (live, refs[i].take()) {
+                        (true, Some(anon_vma)) => {
+                            // SAFETY: INVARIANT (Run): a live item, ours
+                            // under the scan lock; the KSM folio is locked.
+                            let item = unsafe { &mut *items[i].as_ptr() };
+                            // SAFETY: as above.
+                            unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok()
+                        }
+                        _ => false,
                     };
-                    if !appended {
-                        // SAFETY: referenced for this page above.
-                        unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
-                        undo[i] = true;
-                    }
+                    undo[i] = !appended;
                 }
-                // SAFETY: locked above.
-                unsafe { bindings::folio_unlock(kfolio) };
             }
         }
         for (i, p) in pages.iter().enumerate() {
@@ -699,12 +673,12 @@ impl ScanState {
                 RunState::Merged if undo[i] => break_cow(item),
                 // The key lied: search again, comparing.
                 RunState::Failed(e) if e == ENOENT => {
-                    let key = merge::key(&p.page);
+                    let key = page::key(&p.page);
                     self.cmp_and_merge_one(item, &p.page, key, Some(Search::Exact), params);
                 }
                 // Not in the run's VMA: from the start.
                 RunState::Todo => {
-                    let key = merge::key(&p.page);
+                    let key = page::key(&p.page);
                     self.cmp_and_merge_one(item, &p.page, key, Some(Search::Fast), params);
                 }
                 // Merged, or failed as mm/ksm.c gives up on a page.
@@ -732,21 +706,18 @@ impl ScanState {
         item: &mut RmapItem,
         node: NonNull<crate::tree::StableNode>,
         kpage: &PageRef,
-        anon_vma: NonNull<bindings::anon_vma>,
+        anon_vma: AnonVmaRef,
         index: usize,
     ) {
-        // SAFETY: referenced folio.
-        unsafe { bindings::rust_ksm_folio_lock(kpage.folio()) };
+        let locked = kpage.lock();
         // The node may have lost the folio (stale) since the search.
         // SAFETY: referenced, locked folio.
-        let ok = unsafe { crate::tree::StableNode::of_folio(kpage.folio()) } == Some(node)
-            // SAFETY: folio locked, item alive, anon_vma referenced.
+        let ok = unsafe { StableNode::of_folio(locked.folio()) } == Some(node)
+            // SAFETY: folio locked, item alive.  On failure the reference
+            // is put.
             && unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok();
-        // SAFETY: locked above.
-        unsafe { bindings::folio_unlock(kpage.folio()) };
+        drop(locked);
         if !ok {
-            // SAFETY: taken by merge_with().
-            unsafe { bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr()) };
             break_cow(item);
         }
     }
@@ -900,22 +871,6 @@ fn free_all(trees: &mut Trees, items: &mut ItemList) {
     }
 }
 
-/// Runs `f` on the mergeable VMA of `item`'s address, under its mm's mmap
-/// lock (find_mergeable_vma() with the lock taken); `EFAULT` if there is
-/// none.
-pub(crate) fn with_item_vma<R>(
-    item: &RmapItem,
-    f: impl FnOnce(NonNull<bindings::vm_area_struct>) -> Result<R>,
-) -> Result<R> {
-    // SAFETY: items keep their mm allocated.
-    let mm = unsafe { MmGrab::new(item.mm) };
-    let users = mm.users().ok_or(EFAULT)?;
-    let lock = users.read_lock();
-    // SAFETY: the mmap lock is held.
-    let vma = unsafe { merge::mergeable_vma(lock.mm(), item.address) }.ok_or(EFAULT)?;
-    f(vma)
-}
-
 /// try_to_merge_with_ksm_page(): merge `item`'s page into `target` (or make
 /// it a KSM page), returning the anon_vma (referenced) and linear page
 /// index its stable mapping keeps (see [`crate::rmap::Mapping`]).
@@ -923,25 +878,16 @@ fn merge_with(
     item: &RmapItem,
     page: &PageRef,
     target: Option<Target<'_>>,
-) -> Result<(NonNull<bindings::anon_vma>, usize)> {
-    with_item_vma(item, |vma| {
+) -> Result<(AnonVmaRef, usize)> {
+    item.with_vma(|vma| {
         // VM_LOCKED needs nothing special (as in 6.12's mm/ksm.c):
         // replace_page() maps the KSM folio with folio_add_anon_rmap_pte(),
         // which mlocks it for a locked VMA, and folio_remove_rmap_pte()
         // munlocks the old one.
-        // SAFETY: mmap lock held.
-        unsafe { merge::merge_one_page(vma, page, target, item.address) }?;
-        // SAFETY: the VMA has an anon_vma (mergeable_vma); reference it
-        // while the mmap lock still pins it.
-        unsafe {
-            let anon_vma =
-                NonNull::new_unchecked((*vma.as_ptr()).anon_vma.cast::<bindings::anon_vma>());
-            bindings::rust_ksm_get_anon_vma(anon_vma.as_ptr());
-            Ok((
-                anon_vma,
-                bindings::rust_ksm_linear_page_index(vma.as_ptr(), item.address),
-            ))
-        }
+        merge::merge_one_page(vma, page, target, item.address)?;
+        // A mergeable VMA has an anon_vma.
+        let anon_vma = vma.get_anon_vma().ok_or(EFAULT)?;
+        Ok((anon_vma, vma.linear_page_index(item.address)))
     })
 }
 
@@ -949,31 +895,19 @@ fn merge_with(
 /// (all-zero) page.  The item stays out of the trees: the next scan finds
 /// no page there and frees it, as upstream.
 fn merge_with_zero(item: &RmapItem, page: &PageRef) -> Result {
-    with_item_vma(item, |vma| {
-        // SAFETY: mmap lock held.
-        unsafe { merge::merge_one_page(vma, page, Some(Target::Zero), item.address) }
-    })
+    item.with_vma(|vma| merge::merge_one_page(vma, page, Some(Target::Zero), item.address))
 }
 
 /// Splits the huge page `page` is part of, if its folio lock is free.
 fn split_huge(page: &PageRef) {
-    let folio = page.folio();
-    // SAFETY: referenced folio; after the split the lock (and our
-    // reference) belong to the page's new small folio.
-    unsafe {
-        if bindings::rust_ksm_folio_trylock(folio) {
-            bindings::rust_ksm_split_huge_page(page.page());
-            bindings::folio_unlock(page.folio());
-        }
+    if let Some(mut locked) = page.try_lock() {
+        locked.split(page);
     }
 }
 
 /// break_cow(): undo a merge of `item`'s page.
 fn break_cow(item: &RmapItem) {
-    let _ = with_item_vma(item, |vma| {
-        // SAFETY: the mmap lock is held.
-        unsafe { merge::break_ksm(vma, item.address, false) }
-    });
+    let _ = item.with_vma(|vma| merge::break_ksm(vma, item.address));
 }
 
 /// The unmerge_range hook: break every KSM page in `[start, end)` of `vma`,
@@ -1004,6 +938,8 @@ pub(crate) unsafe fn unmerge_range(
         // SAFETY: the mmap lock is held for write when `lock_vma` is set.
         unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
     }
+    // SAFETY: the mmap lock is held (the function's safety requirements).
+    let vma_ref = unsafe { VmaRef::from_raw(vma) };
     let mut addr = start;
     while addr < end {
         let mut walk = WalkState::new(true, WALK_BATCH);
@@ -1018,15 +954,11 @@ pub(crate) unsafe fn unmerge_range(
             return Ok(());
         };
         for &a in batch.iter() {
-            // SAFETY: plain check.
-            if interruptible && unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
+            if interruptible && kmm::signal_pending() {
                 return Err(ERESTARTSYS);
             }
-            // SAFETY: no spinlock held; the mmap lock is held.
-            unsafe {
-                bindings::rust_ksm_cond_resched();
-                merge::unshare(vma, a)?;
-            }
+            kmm::cond_resched();
+            merge::unshare(vma_ref, a)?;
         }
         // Look again.  No KSM page can appear meanwhile: merging needs
         // the scan lock (run=2 holds it) or the mmap lock for read with
@@ -1035,8 +967,7 @@ pub(crate) unsafe fn unmerge_range(
         // SAFETY: the mmap lock is held.
         unsafe { again.run_vma(vma, first, last + PAGE_SIZE) };
         for &a in again.take_addresses() {
-            // SAFETY: the mmap lock is held.
-            unsafe { merge::break_ksm(vma, a, false) }?;
+            merge::break_ksm(vma_ref, a)?;
         }
         if !more {
             return Ok(());
@@ -1214,8 +1145,7 @@ unsafe extern "C" fn scan_pmd_entry(
     let state = unsafe { &mut *walk.private.cast::<WalkState>() };
     let (mm, vma) = (walk.mm, walk.vma);
 
-    // SAFETY: no spinlock held here.
-    unsafe { bindings::rust_ksm_cond_resched() };
+    kmm::cond_resched();
 
     // SAFETY: `pmdp` is a valid PMD of `mm`, whose mmap lock is held.
     let pmd = unsafe { bindings::rust_ksm_pmdp_get_lockless(pmdp) };
@@ -1394,7 +1324,7 @@ fn unmerge_node(trees: &mut Trees, node: NonNull<StableNode>, interruptible: boo
     let mut last = (ptr::null_mut(), 0);
     loop {
         // Stale (removed by get_folio()) or unmapped: done.
-        let Some(kpage) = trees.get_folio(node, GetFolio::Lock) else {
+        let Some(kpage) = trees.get_folio_locked(node) else {
             return Ok(());
         };
         let mut found = Mapping { mm: None, addr: 0 };
@@ -1403,20 +1333,15 @@ fn unmerge_node(trees: &mut Trees, node: NonNull<StableNode>, interruptible: boo
         rwc.arg = ptr::from_mut(&mut found).cast::<c_void>();
         rwc.rmap_one = Some(find_mapping_one);
         // SAFETY: our KSM folio, locked; `rwc` and `found` outlive the walk.
-        unsafe {
-            crate::rmap::walk::rmap_walk(kpage.folio(), &mut rwc);
-            bindings::folio_unlock(kpage.folio());
-        }
+        unsafe { crate::rmap::walk::rmap_walk(kpage.folio(), &mut rwc) };
         drop(kpage);
         let Some(mm) = found.mm else {
             return Ok(());
         };
-        // SAFETY: plain check.
-        if interruptible && unsafe { bindings::signal_pending(bindings::get_current()) } != 0 {
+        if interruptible && kmm::signal_pending() {
             return Err(ERESTARTSYS);
         }
-        // SAFETY: plain call, no lock held.
-        unsafe { bindings::rust_ksm_cond_resched() };
+        kmm::cond_resched();
         let here = (mm.as_ptr(), found.addr);
         let Some(users) = mm.users() else {
             // Exiting: exit_mmap() is about to unmap it.
@@ -1425,14 +1350,11 @@ fn unmerge_node(trees: &mut Trees, node: NonNull<StableNode>, interruptible: boo
         let lock = users.read_lock();
         // Any VMA: a KSM page can outlive VM_MERGEABLE only through a bug,
         // but even then it must not outlive the module.
-        // SAFETY: the mmap lock is held.
-        let vma = NonNull::new(unsafe { bindings::rust_ksm_vma_lookup(lock.mm(), found.addr) });
-        let Some(vma) = vma else {
+        let Some(vma) = lock.vma(found.addr) else {
             // Unmapped meanwhile: look again.
             continue;
         };
-        // SAFETY: the mmap lock is held.
-        unsafe { merge::break_ksm(vma, found.addr, false) }?;
+        merge::break_ksm(vma, found.addr)?;
         if here == last {
             // The same mapping twice: the fault cannot unshare it.
             return Err(EBUSY);

@@ -8,8 +8,9 @@
 //! during the search: not a fixed `Ord` that `kernel::rbtree` could use.
 
 use crate::bindings;
-use crate::rmap::{ItemState, Mapping, RmapItem};
-use crate::scan::merge::{self, PageRef};
+use crate::kmm::page::{self, PageRef};
+use crate::kmm::{AnonVmaRef, LockedPage};
+use crate::rmap::{self, ItemState, Mapping, RmapItem};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
@@ -37,7 +38,7 @@ pub(crate) struct StableNode {
     /// The KSM folio's pfn; migration moves it (folio_migrate hook).
     kpfn: AtomicUsize,
     /// The sampled key of the (write-protected, so fixed) contents
-    /// ([`merge::key`]): the tree is ordered by (key, contents).
+    /// ([`page::key`]): the tree is ordered by (key, contents).
     key: u64,
     /// The full hash of the contents: nodes of equal contents sit next to
     /// each other, so a run of equal (key, hash) is a chain of dups.
@@ -140,15 +141,6 @@ pub(crate) enum Search {
     Fast,
     /// By comparing the pages.
     Exact,
-}
-
-/// How to get a stable node's folio.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GetFolio {
-    /// Referenced.
-    NoLock,
-    /// Referenced and locked.
-    Lock,
 }
 
 /// The knobs a stable tree search goes by.
@@ -295,7 +287,7 @@ impl Trees {
                     let node = Self::node_of(rb);
                     // SAFETY: `rb` is in the tree; step on before it may go.
                     rb = unsafe { bindings::rb_next(rb) };
-                    if self.get_folio(node, GetFolio::NoLock).is_none() {
+                    if self.get_folio(node).is_none() {
                         // Removed: the tree changed, walk it again.
                         removed = true;
                         break;
@@ -342,11 +334,8 @@ impl Trees {
 
     /// The page of an unstable item, if it is still mapped and mergeable.
     fn item_page(item: &RmapItem) -> Option<PageRef> {
-        crate::scan::with_item_vma(item, |vma| {
-            // SAFETY: the mmap lock is held.
-            unsafe { merge::anon_page_at(vma, item.address) }.ok_or(EFAULT)
-        })
-        .ok()
+        item.with_vma(|vma| vma.anon_page_at(item.address).ok_or(EFAULT))
+            .ok()
     }
 
     /// unstable_tree_search_insert(): an item with the same contents as
@@ -381,7 +370,7 @@ impl Trees {
                         // Don't merge a page with itself (a forked page).
                         return None;
                     }
-                    match merge::compare(page, &tree_page).cmp(&0) {
+                    match page::compare(page, &tree_page).cmp(&0) {
                         // A page migrated to another node since it went in
                         // merges only across nodes (upstream: it moves to
                         // its node's tree next scan).
@@ -438,41 +427,44 @@ impl Trees {
         };
         // If the node is stale, get_folio() removes it, and that takes the
         // item out (with its anon_vma reference) already.
-        if let Some(folio) = self.get_folio(node, GetFolio::Lock) {
+        if let Some(_locked) = self.get_folio_locked(node) {
             // SAFETY: scan lock and folio lock held.
             let mappings = unsafe { &mut *node.as_ref().mappings.get() };
             let me = ptr::from_mut(item);
             if let Some(i) = mappings.iter().position(|m| m.item.as_ptr() == me) {
-                let anon_vma = mappings[i].anon_vma;
-                let last = mappings.len() - 1;
-                mappings.as_mut_slice().swap(i, last);
-                // SAFETY: shrinking; the element dropped is plain data.
-                unsafe { mappings.set_len(last) };
+                // Dropping it puts the anon_vma reference taken at merge.
+                drop(rmap::take_mapping(mappings, i));
                 if mappings.is_empty() {
                     self.counters.pages_shared -= 1;
                 } else {
                     self.counters.pages_sharing -= 1;
                 }
-                // SAFETY: the item's mm is allocated; we took the anon_vma
-                // reference when merging.
-                unsafe {
-                    (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1;
-                    bindings::rust_ksm_put_anon_vma(anon_vma.as_ptr());
-                }
+                // SAFETY: the item's mm is allocated.
+                unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
                 item.state = ItemState::Volatile;
             }
-            // SAFETY: locked by get_folio().
-            unsafe { bindings::folio_unlock(folio.folio()) };
         }
     }
 
-    /// ksm_get_folio(): the node's folio, referenced (and locked), or None if
-    /// the node is stale, in which case it is removed.
-    pub(crate) fn get_folio(
-        &mut self,
-        node: NonNull<StableNode>,
-        how: GetFolio,
-    ) -> Option<PageRef> {
+    /// ksm_get_folio(KSM_GET_FOLIO_LOCK): [`Self::get_folio`], locked, or
+    /// None if the node is stale (and removed).
+    pub(crate) fn get_folio_locked(&mut self, node: NonNull<StableNode>) -> Option<LockedPage> {
+        loop {
+            let locked = LockedPage::lock(self.get_folio(node)?);
+            // Still ours once locked?  Otherwise look again: stale, or
+            // migrated meanwhile.
+            // SAFETY: referenced, locked folio.
+            if unsafe { bindings::rust_ksm_folio_mapping(locked.folio()) }
+                == StableNode::mapping(node)
+            {
+                return Some(locked);
+            }
+        }
+    }
+
+    /// ksm_get_folio(): the node's folio, referenced, or None if the node is
+    /// stale, in which case it is removed.
+    pub(crate) fn get_folio(&mut self, node: NonNull<StableNode>) -> Option<PageRef> {
         let expected = StableNode::mapping(node);
         loop {
             // SAFETY: nodes in the tree are alive.
@@ -506,21 +498,9 @@ impl Trees {
             };
             if live {
                 // SAFETY: we hold a reference on the folio.
-                let page = unsafe {
+                return Some(unsafe {
                     PageRef::adopt(NonNull::new_unchecked(bindings::rust_ksm_folio_page(folio)))
-                };
-                if how == GetFolio::Lock {
-                    // SAFETY: referenced.
-                    unsafe { bindings::rust_ksm_folio_lock(folio) };
-                    // SAFETY: as above.
-                    if unsafe { bindings::rust_ksm_folio_mapping(folio) } != expected {
-                        // SAFETY: locked above.
-                        unsafe { bindings::folio_unlock(folio) };
-                        drop(page);
-                        continue;
-                    }
-                }
-                return Some(page);
+                });
             }
             // Stale, unless migration moved the node meanwhile: the barrier
             // pairs with the one in the folio_migrate hook.
@@ -547,12 +527,9 @@ impl Trees {
             // reach the node any more.
             let item = unsafe { &mut *m.item.as_ptr() };
             item.state = ItemState::Volatile;
-            // SAFETY: we took this reference when merging; the item's mm is
-            // allocated.
-            unsafe {
-                bindings::rust_ksm_put_anon_vma(m.anon_vma.as_ptr());
-                (*m.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1;
-            }
+            // SAFETY: the item's mm is allocated.  (The anon_vma reference
+            // is put when the node, and its list, drop below.)
+            unsafe { (*m.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
             if i == 0 {
                 self.counters.pages_shared -= 1;
             } else {
@@ -616,7 +593,7 @@ impl Trees {
         // built-in KSM had none left when we registered.)
         // SAFETY: referenced page.
         if let Some(own) = unsafe { StableNode::of_folio(page.folio()) } {
-            if let Some(kpage) = self.get_folio(own, GetFolio::NoLock) {
+            if let Some(kpage) = self.get_folio(own) {
                 return Some((own, kpage));
             }
         }
@@ -642,12 +619,12 @@ impl Trees {
                             0
                         }
                         Search::Exact => {
-                            let Some(tree_page) = self.get_folio(node, GetFolio::NoLock) else {
+                            let Some(tree_page) = self.get_folio(node) else {
                                 // Stale node removed: the tree changed
                                 // under the walk.
                                 continue 'restart;
                             };
-                            let ret = merge::compare(page, &tree_page);
+                            let ret = page::compare(page, &tree_page);
                             if ret == 0 {
                                 last = Some((node, Some(tree_page)));
                             }
@@ -668,7 +645,7 @@ impl Trees {
             let (node, tree_page) = last?;
             let tree_page = match tree_page {
                 Some(tree_page) => tree_page,
-                None => match self.get_folio(node, GetFolio::NoLock) {
+                None => match self.get_folio(node) {
                     Some(tree_page) => tree_page,
                     None => continue 'restart,
                 },
@@ -710,7 +687,7 @@ impl Trees {
             // SAFETY: as above; step on before a stale `dup` goes away.
             rb = unsafe { bindings::rb_prev(rb) };
             // Removes `dup` if stale.
-            drop(self.get_folio(dup, GetFolio::NoLock));
+            drop(self.get_folio(dup));
         }
     }
 
@@ -749,7 +726,7 @@ impl Trees {
                 if Self::full(dup, max_sharing) {
                     continue;
                 }
-                if let Some(dup_page) = self.get_folio(dup, GetFolio::NoLock) {
+                if let Some(dup_page) = self.get_folio(dup) {
                     return Some((dup, dup_page));
                 }
             }
@@ -813,12 +790,12 @@ impl Trees {
                 let left = if key != node_key {
                     key < node_key
                 } else {
-                    let Some(tree_page) = self.get_folio(tree_node, GetFolio::NoLock) else {
+                    let Some(tree_page) = self.get_folio(tree_node) else {
                         continue 'restart;
                     };
                     // Equal contents go right: duplicates (max_page_sharing)
                     // stay next to each other in order.
-                    merge::compare(kpage, &tree_page) < 0
+                    page::compare(kpage, &tree_page) < 0
                 };
                 // SAFETY: `parent` is in the tree.
                 link = unsafe {
@@ -894,7 +871,7 @@ impl Trees {
                     let node = Self::node_of(rb);
                     // SAFETY: `rb` is in the tree; step on before it may go.
                     rb = unsafe { bindings::rb_next(rb) };
-                    let Some(kpage) = self.get_folio(node, GetFolio::NoLock) else {
+                    let Some(kpage) = self.get_folio(node) else {
                         // Stale, removed: the tree changed.
                         continue 'again;
                     };
@@ -919,13 +896,13 @@ impl Trees {
     ///
     /// # Safety
     ///
-    /// The node's folio is locked; `item` lives in its mm's list; `anon_vma`
-    /// is referenced for the item.
+    /// The node's folio is locked; `item` lives in its mm's list.  The
+    /// mapping keeps `anon_vma`'s reference (put if the append fails).
     pub(crate) unsafe fn stable_append(
         &mut self,
         item: &mut RmapItem,
         node: NonNull<StableNode>,
-        anon_vma: NonNull<bindings::anon_vma>,
+        anon_vma: AnonVmaRef,
         index: usize,
     ) -> Result {
         // SAFETY: scan lock and folio lock held.
@@ -1006,7 +983,7 @@ impl Trees {
         let mut busy = 0;
         let _ = self.for_each_node(|trees, node| {
             // Stale: get_folio() removed it.
-            let Some(kpage) = trees.get_folio(node, GetFolio::Lock) else {
+            let Some(kpage) = trees.get_folio_locked(node) else {
                 return Ok(());
             };
             let folio = kpage.folio();
@@ -1017,7 +994,6 @@ impl Trees {
                 if bindings::rust_ksm_folio_mapped(folio) {
                     busy += 1;
                     if !orphan {
-                        bindings::folio_unlock(folio);
                         return Ok(());
                     }
                 }
@@ -1025,8 +1001,8 @@ impl Trees {
                     folio,
                     bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
                 );
-                bindings::folio_unlock(folio);
             }
+            drop(kpage);
             trees.remove_node(node);
             Ok(())
         });

@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Referenced pages, their folio lock and their contents.
+
+use crate::bindings;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use kernel::page::PAGE_SIZE;
+
+/// A page with a reference held on its folio.
+///
+/// # Invariants
+///
+/// `page` is valid and we own one reference on its folio.
+pub(crate) struct PageRef {
+    page: NonNull<bindings::page>,
+}
+
+impl PageRef {
+    /// Takes a reference on `page`'s folio.
+    ///
+    /// # Safety
+    ///
+    /// `page` must be a valid page whose folio cannot be freed during the
+    /// call (mapped under a held PTL, or already referenced).
+    pub(crate) unsafe fn get(page: NonNull<bindings::page>) -> Self {
+        // SAFETY: by the function's safety requirements.
+        unsafe { bindings::rust_ksm_folio_get(bindings::rust_ksm_page_folio(page.as_ptr())) };
+        // INVARIANT: reference taken above.
+        Self { page }
+    }
+
+    /// Adopts a reference the caller owns on the folio of `page`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one reference on `page`'s folio and gives it up.
+    pub(crate) unsafe fn adopt(page: NonNull<bindings::page>) -> Self {
+        // INVARIANT: by the function's safety requirements.
+        Self { page }
+    }
+
+    pub(crate) fn page(&self) -> *mut bindings::page {
+        self.page.as_ptr()
+    }
+
+    /// The page's current folio (it changes when a large folio is split).
+    pub(crate) fn folio(&self) -> *mut bindings::folio {
+        // SAFETY: the reference keeps the page's folio association stable
+        // but for splits, which keep the reference on the page's new folio.
+        unsafe { bindings::rust_ksm_page_folio(self.page()) }
+    }
+
+    /// Whether the folio is anonymous (KSM folios included).
+    pub(crate) fn is_anon(&self) -> bool {
+        // SAFETY: referenced folio (type invariant).
+        unsafe { bindings::rust_ksm_folio_test_anon(self.folio()) }
+    }
+
+    /// Whether the folio is large (a THP not split yet).
+    pub(crate) fn is_large(&self) -> bool {
+        // SAFETY: referenced folio (type invariant).
+        unsafe { bindings::rust_ksm_folio_test_large(self.folio()) }
+    }
+
+    /// Whether the folio is a KSM folio.
+    pub(crate) fn is_ksm(&self) -> bool {
+        // SAFETY: referenced folio (type invariant).
+        unsafe { bindings::rust_ksm_folio_test_ksm(self.folio()) }
+    }
+
+    /// Locks the folio, sleeping until it is free.
+    pub(crate) fn lock(&self) -> FolioLock<'_> {
+        // SAFETY: referenced folio (type invariant); the lock is released
+        // by the guard.
+        unsafe { bindings::rust_ksm_folio_lock(self.folio()) };
+        // INVARIANT: locked above; referenced for as long as `self` is
+        // borrowed.
+        FolioLock {
+            folio: self.folio(),
+            _ref: PhantomData,
+        }
+    }
+
+    /// Locks the folio if no one else holds its lock.
+    pub(crate) fn try_lock(&self) -> Option<FolioLock<'_>> {
+        // SAFETY: referenced folio (type invariant).
+        if !unsafe { bindings::rust_ksm_folio_trylock(self.folio()) } {
+            return None;
+        }
+        // INVARIANT: locked above; referenced while `self` is borrowed.
+        Some(FolioLock {
+            folio: self.folio(),
+            _ref: PhantomData,
+        })
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: the type invariant says we own a reference.
+        unsafe { bindings::rust_ksm_folio_put(self.folio()) };
+    }
+}
+
+/// The lock of a folio, held until drop.
+///
+/// # Invariants
+///
+/// `folio` is locked by this object and referenced for `'a`.
+pub(crate) struct FolioLock<'a> {
+    folio: *mut bindings::folio,
+    _ref: PhantomData<&'a PageRef>,
+}
+
+impl<'a> FolioLock<'a> {
+    /// The locked folio.
+    pub(crate) fn folio(&self) -> *mut bindings::folio {
+        self.folio
+    }
+
+    /// folio_mark_accessed().
+    pub(crate) fn mark_accessed(&self) {
+        // SAFETY: locked and referenced folio (type invariant).
+        unsafe { bindings::folio_mark_accessed(self.folio) };
+    }
+
+    /// Marks the folio dirty unless it is already.
+    pub(crate) fn mark_dirty(&self) {
+        // SAFETY: locked and referenced folio (type invariant).
+        unsafe {
+            if !bindings::rust_ksm_folio_test_dirty(self.folio) {
+                bindings::folio_mark_dirty(self.folio);
+            }
+        }
+    }
+
+    /// Splits the locked large folio of `page` into small ones; the lock
+    /// follows `page` into its new folio, as do the references.  False if
+    /// the split failed (the folio is unchanged).
+    pub(crate) fn split(&mut self, page: &PageRef) -> bool {
+        debug_assert!(page.folio() == self.folio);
+        // SAFETY: `page`'s folio is locked (type invariant) and referenced.
+        let ok = unsafe { bindings::rust_ksm_split_huge_page(page.page()) } == 0;
+        // INVARIANT: split_huge_page() leaves the page's new folio locked.
+        self.folio = page.folio();
+        ok
+    }
+}
+
+impl Drop for FolioLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the type invariant says we hold the lock.
+        unsafe { bindings::folio_unlock(self.folio) };
+    }
+}
+
+/// A referenced page whose folio we hold locked: on drop the folio is
+/// unlocked, then the reference put.  For a folio locked across calls
+/// (where a [`FolioLock`] borrowing a [`PageRef`] cannot be returned).
+///
+/// # Invariants
+///
+/// The folio of `page` is locked by this object.
+pub(crate) struct LockedPage {
+    page: PageRef,
+}
+
+impl LockedPage {
+    /// Locks `page`'s folio, sleeping until it is free.
+    pub(crate) fn lock(page: PageRef) -> Self {
+        // SAFETY: referenced folio (type invariant of `PageRef`).
+        unsafe { bindings::rust_ksm_folio_lock(page.folio()) };
+        // INVARIANT: locked above.
+        Self { page }
+    }
+
+    pub(crate) fn folio(&self) -> *mut bindings::folio {
+        self.page.folio()
+    }
+}
+
+impl Drop for LockedPage {
+    fn drop(&mut self) {
+        // SAFETY: the type invariant says we hold the lock; the reference
+        // (the field) is put after this.
+        unsafe { bindings::folio_unlock(self.page.folio()) };
+    }
+}
+
+/// A page that stays allocated: a referenced one or the zero page.
+trait Contents {
+    fn raw(&self) -> *mut bindings::page;
+}
+
+impl Contents for PageRef {
+    fn raw(&self) -> *mut bindings::page {
+        self.page()
+    }
+}
+
+/// The zero page that would be mapped at an address.
+pub(crate) struct ZeroPage(*mut bindings::page);
+
+impl ZeroPage {
+    /// The zero page for `addr` (architectures may color it).
+    pub(crate) fn at(addr: usize) -> Self {
+        // SAFETY: the zero page is always there.
+        Self(unsafe { bindings::rust_ksm_zero_page(addr) })
+    }
+}
+
+impl Contents for ZeroPage {
+    fn raw(&self) -> *mut bindings::page {
+        self.0
+    }
+}
+
+/// xxhash of a page's contents: the stable tree's key, and truncated to 32
+/// bits the unstable-tree gate and key (upstream's calc_checksum()).
+pub(crate) fn hash(page: &PageRef) -> u64 {
+    hash_of(page)
+}
+
+/// The hash of an all-zero page.
+pub(crate) fn zero_hash() -> u64 {
+    hash_of(&ZeroPage::at(0))
+}
+
+/// Bytes of a page that [`key`] reads: `KEY_CHUNKS` runs of `KEY_CHUNK`.
+const KEY_CHUNK: usize = 32;
+const KEY_CHUNKS: usize = 8;
+
+/// The stable tree's key: xxhash of 256 bytes sampled across the page,
+/// first and last bytes included.  Equal pages have equal keys; unequal
+/// pages usually differ in it too, and where they do not, the tree orders
+/// them by contents.  A sixteenth of the cost of hashing the whole page,
+/// which a page merged into the stable tree then never needs.
+pub(crate) fn key(page: &PageRef) -> u64 {
+    key_of(page)
+}
+
+/// The key of an all-zero page.
+pub(crate) fn zero_key() -> u64 {
+    key_of(&ZeroPage::at(0))
+}
+
+fn key_of(page: &impl Contents) -> u64 {
+    let mut sample = [0u8; KEY_CHUNK * KEY_CHUNKS];
+    // SAFETY: the page stays allocated (`Contents`); every chunk lies inside
+    // it; the mapping is released below.
+    unsafe {
+        let addr = bindings::rust_ksm_kmap_local_page(page.raw()).cast::<u8>();
+        for (i, chunk) in sample.chunks_exact_mut(KEY_CHUNK).enumerate() {
+            let offset = i * (PAGE_SIZE - KEY_CHUNK) / (KEY_CHUNKS - 1);
+            ptr::copy_nonoverlapping(addr.add(offset), chunk.as_mut_ptr(), KEY_CHUNK);
+        }
+        bindings::rust_ksm_kunmap_local(addr.cast());
+        bindings::xxh64(sample.as_ptr().cast(), sample.len(), 0)
+    }
+}
+
+fn hash_of(page: &impl Contents) -> u64 {
+    // SAFETY: the page stays allocated (`Contents`); the mapping is
+    // released below.
+    unsafe {
+        let addr = bindings::rust_ksm_kmap_local_page(page.raw());
+        let sum = bindings::xxh64(addr, PAGE_SIZE, 0);
+        bindings::rust_ksm_kunmap_local(addr);
+        sum
+    }
+}
+
+/// memcmp of two pages' contents.
+pub(crate) fn compare(a: &PageRef, b: &PageRef) -> i32 {
+    // SAFETY: both pages are referenced.
+    unsafe { bindings::memcmp_pages(a.page(), b.page()) }
+}
+
+/// Does `page` hold only zeroes (compared with the zero page for `addr`)?
+pub(crate) fn is_zero_filled(page: &PageRef, addr: usize) -> bool {
+    // SAFETY: the page is referenced; the zero page is always there.
+    unsafe { bindings::memcmp_pages(page.page(), ZeroPage::at(addr).raw()) == 0 }
+}
