@@ -8,11 +8,13 @@
 //! move, so the trees can link to them by pointer.  Only `rust_ksmd` (or
 //! `run=2`, under the same scan lock) creates, changes or frees items.
 
+mod node;
 pub(crate) mod walk;
+
+pub(crate) use node::StableNode;
 
 use crate::bindings;
 use crate::kmm::{AnonVmaRef, MmGrab, VmaRef};
-use crate::tree::StableNode;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 use kernel::types::Opaque;

@@ -13,7 +13,7 @@
 
 use crate::bindings;
 use crate::kmm::{self, anon_vma::AnonVmaReadGuard};
-use crate::tree::StableNode;
+use crate::rmap::StableNode;
 use kernel::page::PAGE_SHIFT;
 
 /// The address of page `index` in `vma`, if the VMA covers it.

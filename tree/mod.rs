@@ -10,129 +10,14 @@
 use crate::bindings;
 use crate::kmm::page::{self, PageRef};
 use crate::kmm::{AnonVmaRef, LockedPage};
+pub(crate) use crate::rmap::StableNode;
 use crate::rmap::{self, ItemState, Mapping, RmapItem};
-use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::types::Opaque;
-
-/// A KSM page: its folio's `mapping` points here (with `PAGE_MAPPING_KSM`).
-///
-/// A node stays allocated while its folio may point to it: it is freed only
-/// once found stale (the folio freed or moved on) or after its folio's
-/// mapping was cleared under the folio lock.
-#[repr(C)]
-pub(crate) struct StableNode {
-    /// Link in the stable tree; first, so a node pointer is an rb_node one.
-    rb: Opaque<bindings::rb_node>,
-    /// [`NODE_OWNER`]: tells our nodes from anyone else's (see
-    /// [`StableNode::of_folio`]).  Within the first 32 bytes, so that even a
-    /// smaller foreign object is not read past its end.
-    owner: u32,
-    /// The stable tree the node is in: its NUMA node's, or 0 when merging
-    /// across nodes.  Changed under the scan lock.
-    nid: AtomicU16,
-    /// The KSM folio's pfn; migration moves it (folio_migrate hook).
-    kpfn: AtomicUsize,
-    /// The sampled key of the (write-protected, so fixed) contents
-    /// ([`page::key`]): the tree is ordered by (key, contents).
-    key: u64,
-    /// The full hash of the contents: nodes of equal contents sit next to
-    /// each other, so a run of equal (key, hash) is a chain of dups.
-    hash: u64,
-    /// The page's mappings, one per stable item.  Changed only under the
-    /// scan lock with the KSM folio locked, so a folio-lock holder may read
-    /// it.
-    mappings: UnsafeCell<KVec<Mapping>>,
-    /// When the chain of dups this node is the newest of was last pruned
-    /// of stale dups (ktime ns); its creation time to begin with.
-    pruned_at: AtomicI64,
-}
-
-/// The `owner` word of every rust_ksm stable node.
-///
-/// A KSM folio's `mapping` may point to a stable node of the built-in KSM
-/// (or of another engine) if one was left behind when rust_ksm registered;
-/// the registration patch removes them, and this is the second line of
-/// defence: such a node is refused with a warning, never read as ours.
-/// Odd, so that it never equals the pointer or list head a foreign node
-/// keeps at that offset (`struct ksm_stable_node`: `hlist.first`).
-const NODE_OWNER: u32 = 0x4b53_4d31;
-
-/// Set when a KSM page of ours migrates: with `merge_across_nodes=0` the
-/// scanner then moves the nodes whose pages changed NUMA node into their
-/// new node's tree ([`Trees::rehome_migrated`]).
-static MIGRATED: AtomicBool = AtomicBool::new(false);
-
-impl StableNode {
-    /// The stable node a KSM folio points to (NULL when it has none).
-    ///
-    /// # Safety
-    ///
-    /// `folio` is a valid folio.
-    pub(crate) unsafe fn of_folio(folio: *mut bindings::folio) -> Option<NonNull<StableNode>> {
-        // SAFETY: by the function's safety requirements.
-        let mapping = unsafe { bindings::rust_ksm_folio_mapping(folio) } as usize;
-        if mapping & bindings::PAGE_MAPPING_FLAGS as usize != bindings::PAGE_MAPPING_KSM as usize {
-            return None;
-        }
-        let node =
-            NonNull::new((mapping & !(bindings::PAGE_MAPPING_FLAGS as usize)) as *mut StableNode)?;
-        // SAFETY: a KSM folio's node pointer is to a live stable node (ours
-        // or a foreign one, whose first 32 bytes are readable); `owner` is
-        // written before the node is published and never changes.
-        let owner = unsafe { ptr::addr_of!((*node.as_ptr()).owner).read() };
-        if owner != NODE_OWNER {
-            // SAFETY: a constant NUL-terminated message.
-            unsafe {
-                bindings::rust_ksm_warn_once(
-                    c_str!("KSM folio with a foreign stable node").as_char_ptr(),
-                )
-            };
-            return None;
-        }
-        Some(node)
-    }
-
-    fn mapping(node: NonNull<StableNode>) -> *mut c_void {
-        (node.as_ptr() as usize | bindings::PAGE_MAPPING_KSM as usize) as *mut c_void
-    }
-
-    /// The page's mappings.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the KSM folio's lock or the scan lock, and nobody
-    /// changes the list meanwhile (see `mappings`).
-    pub(crate) unsafe fn mappings(&self) -> &KVec<Mapping> {
-        // SAFETY: by the function's safety requirements.
-        unsafe { &*self.mappings.get() }
-    }
-
-    /// folio_migrate_ksm(): the page moved to `new_pfn`.
-    pub(crate) fn migrated(&self, new_pfn: usize) {
-        self.kpfn.store(new_pfn, Ordering::Release);
-        MIGRATED.store(true, Ordering::Release);
-    }
-
-    /// The tree the node is in.
-    fn nid(&self) -> usize {
-        usize::from(self.nid.load(Ordering::Relaxed))
-    }
-
-    fn pfn(&self) -> usize {
-        self.kpfn.load(Ordering::Acquire)
-    }
-
-    /// Do the two nodes hold the same contents?  (Told by key and full
-    /// hash, without reading either page.)
-    fn same_contents(&self, other: &StableNode) -> bool {
-        self.key == other.key && self.hash == other.hash
-    }
-}
 
 /// How [`Trees::stable_search`] tells a node's contents equal to a page's.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -743,21 +628,9 @@ impl Trees {
         hash: u64,
     ) -> Result<NonNull<StableNode>> {
         let nid = self.tree_nid(kpage);
-        let node = KBox::new(
-            StableNode {
-                rb: Opaque::uninit(),
-                owner: NODE_OWNER,
-                nid: AtomicU16::new(nid as u16),
-                // SAFETY: referenced folio.
-                kpfn: AtomicUsize::new(unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) }),
-                key,
-                hash,
-                mappings: UnsafeCell::new(KVec::new()),
-                // SAFETY: plain call.
-                pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
-            },
-            GFP_KERNEL,
-        )?;
+        // SAFETY: referenced folio.
+        let kpfn = unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) };
+        let node = KBox::new(StableNode::new(nid as u16, kpfn, key, hash), GFP_KERNEL)?;
         // The node is pinned in its box from now on.
         let node = NonNull::from(KBox::leak(node));
         // SAFETY: a new node, not in any tree; `kpage` has its contents.
@@ -860,7 +733,7 @@ impl Trees {
     /// upstream does through its migrate_nodes list).  Called as a pass
     /// begins.
     pub(crate) fn rehome_migrated(&mut self) {
-        if self.across_nodes() || !MIGRATED.swap(false, Ordering::AcqRel) {
+        if self.across_nodes() || !StableNode::take_migrated() {
             return;
         }
         for nid in 0..self.stable_per_node.len() {

@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Stable nodes: one per KSM page, the data the rmap walk and the stable
+//! tree share (as mm/ksm.c keeps `ksm_stable_node` beside `ksm_rmap_item`).
+//! The tree's algorithms are in `crate::tree`.
+
+use super::Mapping;
+use crate::bindings;
+use core::cell::UnsafeCell;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
+use kernel::c_str;
+use kernel::ffi::c_void;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+/// A KSM page: its folio's `mapping` points here (with `PAGE_MAPPING_KSM`).
+///
+/// A node stays allocated while its folio may point to it: it is freed only
+/// once found stale (the folio freed or moved on) or after its folio's
+/// mapping was cleared under the folio lock.
+#[repr(C)]
+pub(crate) struct StableNode {
+    /// Link in the stable tree; first, so a node pointer is an rb_node one.
+    pub(crate) rb: Opaque<bindings::rb_node>,
+    /// [`NODE_OWNER`]: tells our nodes from anyone else's (see
+    /// [`StableNode::of_folio`]).  Within the first 32 bytes, so that even a
+    /// smaller foreign object is not read past its end.
+    owner: u32,
+    /// The stable tree the node is in: its NUMA node's, or 0 when merging
+    /// across nodes.  Changed under the scan lock.
+    pub(crate) nid: AtomicU16,
+    /// The KSM folio's pfn; migration moves it (folio_migrate hook).
+    pub(crate) kpfn: AtomicUsize,
+    /// The sampled key of the (write-protected, so fixed) contents
+    /// (`kmm::page::key`): the tree is ordered by (key, contents).
+    pub(crate) key: u64,
+    /// The full hash of the contents: nodes of equal contents sit next to
+    /// each other, so a run of equal (key, hash) is a chain of dups.
+    pub(crate) hash: u64,
+    /// The page's mappings, one per stable item.  Changed only under the
+    /// scan lock with the KSM folio locked, so a folio-lock holder may read
+    /// it.
+    pub(crate) mappings: UnsafeCell<KVec<Mapping>>,
+    /// When the chain of dups this node is the newest of was last pruned
+    /// of stale dups (ktime ns); its creation time to begin with.
+    pub(crate) pruned_at: AtomicI64,
+}
+
+/// The `owner` word of every rust_ksm stable node.
+///
+/// A KSM folio's `mapping` may point to a stable node of the built-in KSM
+/// (or of another engine) if one was left behind when rust_ksm registered;
+/// the registration patch removes them, and this is the second line of
+/// defence: such a node is refused with a warning, never read as ours.
+/// Odd, so that it never equals the pointer or list head a foreign node
+/// keeps at that offset (`struct ksm_stable_node`: `hlist.first`).
+const NODE_OWNER: u32 = 0x4b53_4d31;
+
+/// Set when a KSM page of ours migrates: with `merge_across_nodes=0` the
+/// scanner then moves the nodes whose pages changed NUMA node into their
+/// new node's tree (`Trees::rehome_migrated`).
+static MIGRATED: AtomicBool = AtomicBool::new(false);
+
+impl StableNode {
+    /// A node for the KSM page at `kpfn` with contents `key` and `hash`,
+    /// in the tree of NUMA node `nid`, with no mapping yet.
+    pub(crate) fn new(nid: u16, kpfn: usize, key: u64, hash: u64) -> Self {
+        Self {
+            rb: Opaque::uninit(),
+            owner: NODE_OWNER,
+            nid: AtomicU16::new(nid),
+            kpfn: AtomicUsize::new(kpfn),
+            key,
+            hash,
+            mappings: UnsafeCell::new(KVec::new()),
+            // SAFETY: plain call.
+            pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
+        }
+    }
+
+    /// Whether a KSM page migrated since the last call (and clear it).
+    pub(crate) fn take_migrated() -> bool {
+        MIGRATED.swap(false, Ordering::AcqRel)
+    }
+
+    /// The stable node a KSM folio points to (NULL when it has none).
+    ///
+    /// # Safety
+    ///
+    /// `folio` is a valid folio.
+    pub(crate) unsafe fn of_folio(folio: *mut bindings::folio) -> Option<NonNull<StableNode>> {
+        // SAFETY: by the function's safety requirements.
+        let mapping = unsafe { bindings::rust_ksm_folio_mapping(folio) } as usize;
+        if mapping & bindings::PAGE_MAPPING_FLAGS as usize != bindings::PAGE_MAPPING_KSM as usize {
+            return None;
+        }
+        let node =
+            NonNull::new((mapping & !(bindings::PAGE_MAPPING_FLAGS as usize)) as *mut StableNode)?;
+        // SAFETY: a KSM folio's node pointer is to a live stable node (ours
+        // or a foreign one, whose first 32 bytes are readable); `owner` is
+        // written before the node is published and never changes.
+        let owner = unsafe { ptr::addr_of!((*node.as_ptr()).owner).read() };
+        if owner != NODE_OWNER {
+            // SAFETY: a constant NUL-terminated message.
+            unsafe {
+                bindings::rust_ksm_warn_once(
+                    c_str!("KSM folio with a foreign stable node").as_char_ptr(),
+                )
+            };
+            return None;
+        }
+        Some(node)
+    }
+
+    /// What a KSM folio's `mapping` holds when it points to `node`.
+    pub(crate) fn mapping(node: NonNull<StableNode>) -> *mut c_void {
+        (node.as_ptr() as usize | bindings::PAGE_MAPPING_KSM as usize) as *mut c_void
+    }
+
+    /// The page's mappings.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the KSM folio's lock or the scan lock, and nobody
+    /// changes the list meanwhile (see `mappings`).
+    pub(crate) unsafe fn mappings(&self) -> &KVec<Mapping> {
+        // SAFETY: by the function's safety requirements.
+        unsafe { &*self.mappings.get() }
+    }
+
+    /// folio_migrate_ksm(): the page moved to `new_pfn`.
+    pub(crate) fn migrated(&self, new_pfn: usize) {
+        self.kpfn.store(new_pfn, Ordering::Release);
+        MIGRATED.store(true, Ordering::Release);
+    }
+
+    /// The tree the node is in.
+    pub(crate) fn nid(&self) -> usize {
+        usize::from(self.nid.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn pfn(&self) -> usize {
+        self.kpfn.load(Ordering::Acquire)
+    }
+
+    /// Do the two nodes hold the same contents?  (Told by key and full
+    /// hash, without reading either page.)
+    pub(crate) fn same_contents(&self, other: &StableNode) -> bool {
+        self.key == other.key && self.hash == other.hash
+    }
+}
