@@ -17,7 +17,9 @@
 //!   ([`FolioLock`]) and its contents (hash, key, compare);
 //! - [`pgtable`]: page-table guards (the PTE table of a PMD, an mmu-notifier
 //!   range, `page_vma_mapped_walk()`);
-//! - [`anon_vma`]: a referenced `anon_vma` ([`AnonVmaRef`]).
+//! - [`anon_vma`]: a referenced `anon_vma` ([`AnonVmaRef`]), its read lock
+//!   and the VMAs its interval tree holds at an index;
+//! - [`walk`]: `walk_page_range()` behind a [`walk::Visitor`].
 //!
 //! Names follow upstream's `kernel::mm` (6.13+) where one exists, so that
 //! the layer can give way to it on newer kernels.
@@ -27,6 +29,7 @@ pub(crate) mod mm;
 pub(crate) mod page;
 pub(crate) mod pgtable;
 pub(crate) mod vma;
+pub(crate) mod walk;
 
 pub(crate) use anon_vma::AnonVmaRef;
 pub(crate) use mm::MmGrab;

@@ -8,6 +8,8 @@
 //! [`VmaRef`] stands for; the folio locks, page-table locks and mmu-notifier
 //! ranges are the guards of [`crate::kmm`].
 
+pub(crate) mod unmerge;
+
 use crate::bindings;
 use crate::kmm::page::{compare, is_zero_filled};
 use crate::kmm::pgtable::{MappedPte, MmuNotifierRange, Pte, PteTable};

@@ -13,13 +13,14 @@ pub(crate) mod advisor;
 pub(crate) use crate::kmm::MmGrab;
 
 use crate::bindings;
-use crate::kmm::{self, page, AnonVmaRef, PageRef, VmaRef};
+use crate::kmm::walk::{self, Entry, Step, Visitor};
+use crate::kmm::{self, mm::MmapReadGuard, page, AnonVmaRef, PageRef, VmaRef};
 use crate::merge::{self, RunPage, RunState, Target};
 use crate::rmap::{ItemCursor, ItemList, ItemState, RmapItem};
 use crate::tree::{Search, StableNode, Trees};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use kernel::ffi::{c_int, c_ulong, c_void};
+use kernel::ffi::{c_ulong, c_void};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::rbtree::{self, RBTree, RBTreeNodeReservation};
@@ -201,11 +202,9 @@ impl ScanState {
             };
             // Collect a run of pages in one walk (one mmap lock round trip),
             // then merge them one by one with no lock held.
-            let mut walk = WalkState::new(false, budget.min(WALK_BATCH as u32) as usize);
+            let mut walk = WalkState::new(budget.min(WALK_BATCH as u32) as usize);
             if let Some(users) = mm.users() {
-                let lock = users.read_lock();
-                // SAFETY: the mmap lock is held.
-                unsafe { walk.run(lock.mm(), self.address, usize::MAX) };
+                walk.run(&users.read_lock(), self.address, usize::MAX);
             }
             let more = walk.stopped;
             for (addr, page) in walk.take() {
@@ -910,19 +909,7 @@ fn break_cow(item: &RmapItem) {
     let _ = item.with_vma(|vma| merge::break_ksm(vma, item.address));
 }
 
-/// The unmerge_range hook: break every KSM page in `[start, end)` of `vma`,
-/// visiting only populated page tables.
-///
-/// break_ksm() per page looks at the PTE, faults, and looks again, each
-/// look a walk from the top of the page table.  Here one walk finds up to
-/// a batch of KSM pages, each gets one unsharing fault, and one walk over
-/// the batch's range looks again: what is still a KSM page (a fault raced
-/// with migration, say) gets the full break_ksm() loop.  The same steps
-/// per page, in another order, with two walks per batch instead of two
-/// per page.
-///
-/// A pending signal stops it with `ERESTARTSYS` if `interruptible`
-/// (madvise, prctl, `run=2`), as upstream; unload is not interruptible.
+/// The unmerge_range hook ([`merge::unmerge::unmerge_range`]).
 ///
 /// # Safety
 ///
@@ -939,327 +926,68 @@ pub(crate) unsafe fn unmerge_range(
         unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
     }
     // SAFETY: the mmap lock is held (the function's safety requirements).
-    let vma_ref = unsafe { VmaRef::from_raw(vma) };
-    let mut addr = start;
-    while addr < end {
-        let mut walk = WalkState::new(true, WALK_BATCH);
-        // SAFETY: the mmap lock is held.
-        unsafe { walk.run_vma(vma, addr, end) };
-        let more = walk.stopped;
-        let mut batch = [0; WALK_BATCH];
-        let found = walk.take_addresses();
-        let batch = &mut batch[..found.len()];
-        batch.copy_from_slice(found);
-        let (Some(&first), Some(&last)) = (batch.first(), batch.last()) else {
-            return Ok(());
-        };
-        for &a in batch.iter() {
-            if interruptible && kmm::signal_pending() {
-                return Err(ERESTARTSYS);
-            }
-            kmm::cond_resched();
-            merge::unshare(vma_ref, a)?;
-        }
-        // Look again.  No KSM page can appear meanwhile: merging needs
-        // the scan lock (run=2 holds it) or the mmap lock for read with
-        // VM_MERGEABLE (madvise and mremap hold it for write).
-        let mut again = WalkState::new(true, WALK_BATCH);
-        // SAFETY: the mmap lock is held.
-        unsafe { again.run_vma(vma, first, last + PAGE_SIZE) };
-        for &a in again.take_addresses() {
-            merge::break_ksm(vma_ref, a)?;
-        }
-        if !more {
-            return Ok(());
-        }
-        addr = last + PAGE_SIZE;
-    }
-    Ok(())
+    let vma = unsafe { VmaRef::from_raw(vma) };
+    merge::unmerge::unmerge_range(vma, start, end, interruptible)
 }
 
 /// Pages collected by one walk.
 const WALK_BATCH: usize = 32;
 
-/// `walk_page_range()` callbacks return this to stop: the batch is full.
-const WALK_FULL: c_int = 1;
-
-/// The walk's private data: the pages found, in address order.
+/// The scanning walk's catch: the anonymous pages found, referenced, in
+/// address order.
 struct WalkState {
-    /// Only KSM pages and KSM zero pages count (unmerging); they are
-    /// recorded by address alone: break_ksm() must not find our references.
-    ksm_only: bool,
     /// Stop after this many (at most `WALK_BATCH`).
     max: usize,
     len: usize,
-    addresses: [usize; WALK_BATCH],
-    /// The pages at `addresses`, referenced (scanning only).
-    pages: [Option<PageRef>; WALK_BATCH],
+    pages: [Option<(usize, PageRef)>; WALK_BATCH],
     /// The walk stopped before the end (batch full, or a huge page).
     stopped: bool,
 }
 
 impl WalkState {
-    fn new(ksm_only: bool, max: usize) -> Self {
+    fn new(max: usize) -> Self {
         Self {
-            ksm_only,
             max: max.clamp(1, WALK_BATCH),
             len: 0,
-            addresses: [0; WALK_BATCH],
             pages: [const { None }; WALK_BATCH],
             stopped: false,
         }
     }
 
-    fn is_full(&self) -> bool {
-        self.len >= self.max
-    }
-
-    /// Records a page (and its reference, when scanning).
-    fn push(&mut self, addr: usize, page: Option<PageRef>) {
-        self.addresses[self.len] = addr;
-        self.pages[self.len] = page;
-        self.len += 1;
-    }
-
-    /// Walks the mergeable VMAs of `mm` from `start`.
-    ///
-    /// # Safety
-    ///
-    /// The mmap lock of `mm` must be held for read.
-    unsafe fn run(&mut self, mm: *mut bindings::mm_struct, start: usize, end: usize) {
-        // SAFETY: by the function's safety requirements; `self` outlives the call.
-        unsafe {
-            bindings::walk_page_range(
-                mm,
-                start,
-                end,
-                &SCAN_OPS,
-                ptr::from_mut(self).cast::<c_void>(),
-            );
-        }
-    }
-
-    /// Walks `[start, end)` of `vma` (unmerging: [`RANGE_OPS`]).
-    ///
-    /// # Safety
-    ///
-    /// The mmap lock of the VMA's mm must be held.
-    unsafe fn run_vma(&mut self, vma: NonNull<bindings::vm_area_struct>, start: usize, end: usize) {
-        // SAFETY: by the function's safety requirements; `self` outlives
-        // the call.
-        unsafe {
-            bindings::walk_page_range_vma(
-                vma.as_ptr(),
-                start,
-                end,
-                &RANGE_OPS,
-                ptr::from_mut(self).cast::<c_void>(),
-            );
-        }
+    /// Walks the mergeable VMAs of the mm `guard` has locked, from `start`.
+    fn run(&mut self, guard: &MmapReadGuard<'_>, start: usize, end: usize) {
+        self.stopped = walk::walk_mm(guard, start, end, self);
     }
 
     /// The pages found, in order, leaving the batch empty.
     fn take(&mut self) -> impl Iterator<Item = (usize, PageRef)> + '_ {
         let len = core::mem::take(&mut self.len);
-        let addresses = self.addresses[..len].iter().copied();
-        addresses
-            .zip(self.pages[..len].iter_mut())
-            .filter_map(|(addr, page)| Some((addr, page.take()?)))
-    }
-
-    /// The addresses found, in order, leaving the batch empty.
-    fn take_addresses(&mut self) -> &[usize] {
-        let len = core::mem::take(&mut self.len);
-        &self.addresses[..len]
+        self.pages[..len].iter_mut().filter_map(Option::take)
     }
 }
 
-static SCAN_OPS: bindings::mm_walk_ops = bindings::mm_walk_ops {
-    test_walk: Some(scan_test_walk),
-    pmd_entry: Some(scan_pmd_entry),
-    walk_lock: bindings::page_walk_lock_PGWALK_RDLOCK,
-    // SAFETY: all other callbacks absent (NULL) is valid.
-    ..unsafe { core::mem::zeroed() }
-};
-
-static RANGE_OPS: bindings::mm_walk_ops = bindings::mm_walk_ops {
-    pmd_entry: Some(scan_pmd_entry),
-    walk_lock: bindings::page_walk_lock_PGWALK_RDLOCK,
-    // SAFETY: all other callbacks absent (NULL) is valid.
-    ..unsafe { core::mem::zeroed() }
-};
-
-/// Walk only `VM_MERGEABLE` VMAs that have anonymous pages.
-///
-/// # Safety
-///
-/// Called by `walk_page_range()` with a valid `walk`.
-unsafe extern "C" fn scan_test_walk(
-    _start: c_ulong,
-    _end: c_ulong,
-    walk: *mut bindings::mm_walk,
-) -> c_int {
-    // SAFETY: `walk` and its VMA are valid during the callback.
-    let vma = unsafe { (*walk).vma };
-    // SAFETY: as above; the mmap lock keeps the VMA stable.
-    let (flags, anon_vma) = unsafe { (bindings::rust_ksm_vm_flags(vma), (*vma).anon_vma) };
-    let mergeable = flags & bindings::VM_MERGEABLE as c_ulong != 0;
-    // Non-zero skips the VMA; without an anon_vma it has no anonymous pages.
-    c_int::from(!mergeable || anon_vma.is_null())
-}
-
-/// Is `page` one the walk looks for?
-///
-/// # Safety
-///
-/// `page` must be a page mapped under a held page-table lock.
-unsafe fn wanted_page(page: *mut bindings::page, ksm_only: bool) -> bool {
-    if page.is_null() {
-        return false;
-    }
-    // SAFETY: a mapped page has a valid folio while the PTL is held.
-    unsafe {
-        let folio = bindings::rust_ksm_page_folio(page);
-        !bindings::rust_ksm_folio_is_zone_device(folio)
-            && bindings::rust_ksm_folio_test_anon(folio)
-            && (!ksm_only || bindings::rust_ksm_folio_test_ksm(folio))
-    }
-}
-
-/// Finds the first wanted page mapped by one PMD, like mm/ksm.c's
-/// ksm_next_page_pmd_entry(): huge PMDs are looked at in place (no split).
-///
-/// # Safety
-///
-/// Called by `walk_page_range()` with valid arguments, mmap lock held.
-unsafe extern "C" fn scan_pmd_entry(
-    pmdp: *mut bindings::pmd_t,
-    addr: c_ulong,
-    end: c_ulong,
-    walk: *mut bindings::mm_walk,
-) -> c_int {
-    // SAFETY: `walk` is valid during the callback.
-    let walk = unsafe { &mut *walk };
-    // SAFETY: `private` is the `WalkState` of `WalkState::run()` or
-    // `find_ksm_page_in_vma()`.
-    let state = unsafe { &mut *walk.private.cast::<WalkState>() };
-    let (mm, vma) = (walk.mm, walk.vma);
-
-    kmm::cond_resched();
-
-    // SAFETY: `pmdp` is a valid PMD of `mm`, whose mmap lock is held.
-    let pmd = unsafe { bindings::rust_ksm_pmdp_get_lockless(pmdp) };
-    // SAFETY: `pmd` is a value.
-    if !unsafe { bindings::rust_ksm_pmd_present(pmd) } {
-        return 0;
+impl Visitor for WalkState {
+    /// Only `VM_MERGEABLE` VMAs that have anonymous pages.
+    fn wants_vma(&mut self, vma: VmaRef<'_>) -> bool {
+        vma.is_mergeable()
     }
 
-    // SAFETY: as above.
-    if cfg!(CONFIG_TRANSPARENT_HUGEPAGE) && unsafe { bindings::rust_ksm_pmd_leaf(pmd) } {
-        // SAFETY: `pmdp` belongs to `mm`.
-        let ptl = unsafe { bindings::rust_ksm_pmd_lock(mm, pmdp) };
-        // SAFETY: re-read under the PMD lock.
-        let pmd = unsafe { bindings::rust_ksm_pmdp_get(pmdp) };
-        // SAFETY: `pmd` is a value.
-        if unsafe { bindings::rust_ksm_pmd_present(pmd) && bindings::rust_ksm_pmd_leaf(pmd) } {
-            // SAFETY: the PMD lock is held, so the mapping is stable.
-            let head = unsafe { bindings::vm_normal_page_pmd(vma, addr, pmd) };
-            // SAFETY: as above.
-            let found = unsafe { wanted_page(head, state.ksm_only) };
-            if found {
-                // The subpage at `addr`: a huge page's struct pages are
-                // contiguous.
-                // SAFETY: `addr` lies in the huge page mapped by this PMD.
-                let page =
-                    unsafe { head.add((addr & ((1usize << bindings::PMD_SHIFT) - 1)) / PAGE_SIZE) };
-                let page = (!state.ksm_only).then(|| {
-                    // SAFETY: mapped under the held PMD lock.
-                    unsafe { PageRef::get(NonNull::new_unchecked(page)) }
-                });
-                state.push(addr, page);
-            }
-            // SAFETY: we took it above.
-            unsafe { bindings::spin_unlock(ptl) };
-            // One subpage of a huge page ends the batch: merging splits it,
-            // which fails while we hold references on other subpages.
-            state.stopped = found;
-            return if found { WALK_FULL } else { 0 };
+    fn visit(&mut self, addr: usize, entry: Entry<'_>) -> Step {
+        let (Entry::Pte(page) | Entry::HugePmd(page)) = entry else {
+            return Step::Go;
+        };
+        if !page.is_anon() {
+            return Step::Go;
         }
-        // Split meanwhile: fall through to the PTEs.
-        // SAFETY: we took it above.
-        unsafe { bindings::spin_unlock(ptl) };
-    }
-
-    let mut ptl = ptr::null_mut();
-    // SAFETY: `pmdp` belongs to `mm`, whose mmap lock is held.
-    let ptes = unsafe { bindings::rust_ksm_pte_offset_map_lock(mm, pmdp, addr, &mut ptl) };
-    let Some(ptes) = NonNull::new(ptes) else {
-        return 0;
-    };
-    let mut stop = false;
-    for (i, page_addr) in (addr..end).step_by(PAGE_SIZE).enumerate() {
-        // SAFETY: the PTE table covers `addr..end` and is locked.
-        let pte = unsafe { bindings::rust_ksm_ptep_get(ptes.as_ptr().add(i)) };
-        // SAFETY: `pte` is a value.
-        if !unsafe { bindings::rust_ksm_pte_present(pte) } {
-            // Unmerging must not pass over a KSM page under migration: its
-            // VMA may lose VM_MERGEABLE right after, and then nothing would
-            // unmerge the page again.  break_ksm() waits for the migration
-            // (FW_MIGRATION) and unshares the page it left.
-            let ksm_migrating = state.ksm_only
-                // SAFETY: `pte` is a value; a migration entry's folio is
-                // locked and referenced by the migration, and the PTE lock
-                // is held.
-                && unsafe {
-                    bindings::rust_ksm_is_migration_pte(pte)
-                        && bindings::rust_ksm_folio_test_ksm(
-                            bindings::rust_ksm_migration_pte_folio(pte),
-                        )
-                };
-            if ksm_migrating {
-                state.push(page_addr, None);
-                if state.is_full() {
-                    stop = true;
-                    break;
-                }
-            }
-            continue;
+        self.pages[self.len] = Some((addr, page.get()));
+        self.len += 1;
+        // One subpage of a huge page ends the batch: merging splits it,
+        // which fails while we hold references on other subpages.
+        if page.is_large() || self.len >= self.max {
+            Step::Stop
+        } else {
+            Step::Go
         }
-        // SAFETY: as above.
-        if state.ksm_only && unsafe { bindings::rust_ksm_is_ksm_zero_pte(pte) } {
-            state.push(page_addr, None);
-            if state.is_full() {
-                stop = true;
-                break;
-            }
-            continue;
-        }
-        // SAFETY: the PTE lock is held, so the mapping is stable.
-        let page = unsafe { bindings::vm_normal_page(vma, page_addr, pte) };
-        // SAFETY: as above.
-        if unsafe { wanted_page(page, state.ksm_only) } {
-            // SAFETY: mapped under the held PTE lock.
-            let large =
-                unsafe { bindings::rust_ksm_folio_test_large(bindings::rust_ksm_page_folio(page)) };
-            let page = (!state.ksm_only).then(|| {
-                // SAFETY: as above.
-                unsafe { PageRef::get(NonNull::new_unchecked(page)) }
-            });
-            state.push(page_addr, page);
-            // A PTE-mapped huge page ends the batch too (see above).
-            if large || state.is_full() {
-                stop = true;
-                break;
-            }
-        }
-    }
-    // SAFETY: mapped and locked above.
-    unsafe { bindings::rust_ksm_pte_unmap_unlock(ptes.as_ptr(), ptl) };
-    if stop {
-        state.stopped = true;
-        WALK_FULL
-    } else {
-        0
     }
 }
 

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Unmerging a range of a VMA (MADV_UNMERGEABLE, prctl, mremap, `run=2`,
+//! unload): every KSM page (and KSM zero page) in it gets its private copy
+//! back through an unsharing fault.
+
+use super::{break_ksm, unshare};
+use crate::kmm::walk::{self, Entry, Step, Visitor};
+use crate::kmm::{self, VmaRef};
+use kernel::page::PAGE_SIZE;
+use kernel::prelude::*;
+
+/// KSM pages one walk collects at most.
+const BATCH: usize = 32;
+
+/// A walk's catch: the addresses of KSM pages, KSM zero pages and KSM
+/// pages under migration, in order.  Addresses only: break_ksm() must not
+/// find our references on the pages.
+struct KsmPages {
+    len: usize,
+    addresses: [usize; BATCH],
+}
+
+impl KsmPages {
+    fn collect(vma: VmaRef<'_>, start: usize, end: usize) -> (Self, bool) {
+        let mut found = Self {
+            len: 0,
+            addresses: [0; BATCH],
+        };
+        let stopped = walk::walk_vma(vma, start, end, &mut found);
+        (found, stopped)
+    }
+
+    fn addresses(&self) -> &[usize] {
+        &self.addresses[..self.len]
+    }
+}
+
+impl Visitor for KsmPages {
+    /// Unmerging must not pass over a KSM page under migration: its VMA
+    /// may lose `VM_MERGEABLE` right after, and then nothing would unmerge
+    /// the page again.  break_ksm() waits for the migration and unshares
+    /// the page it left.
+    fn ksm_entries(&self) -> bool {
+        true
+    }
+
+    fn visit(&mut self, addr: usize, entry: Entry<'_>) -> Step {
+        let ksm = match entry {
+            Entry::KsmZero | Entry::KsmMigrating => true,
+            Entry::Pte(page) | Entry::HugePmd(page) => page.is_anon() && page.is_ksm(),
+        };
+        if ksm {
+            self.addresses[self.len] = addr;
+            self.len += 1;
+        }
+        if self.len == BATCH {
+            Step::Stop
+        } else {
+            Step::Go
+        }
+    }
+}
+
+/// Breaks every KSM page in `[start, end)` of `vma`, visiting only
+/// populated page tables.
+///
+/// break_ksm() per page looks at the PTE, faults, and looks again, each
+/// look a walk from the top of the page table.  Here one walk finds up to
+/// a batch of KSM pages, each gets one unsharing fault, and one walk over
+/// the batch's range looks again: what is still a KSM page (a fault raced
+/// with migration, say) gets the full break_ksm() loop.  The same steps
+/// per page, in another order, with two walks per batch instead of two
+/// per page.
+///
+/// A pending signal stops it with `ERESTARTSYS` if `interruptible`
+/// (madvise, prctl, `run=2`), as upstream; unload is not interruptible.
+pub(crate) fn unmerge_range(
+    vma: VmaRef<'_>,
+    start: usize,
+    end: usize,
+    interruptible: bool,
+) -> Result {
+    let mut addr = start;
+    while addr < end {
+        let (batch, more) = KsmPages::collect(vma, addr, end);
+        let (Some(&first), Some(&last)) = (batch.addresses().first(), batch.addresses().last())
+        else {
+            return Ok(());
+        };
+        for &a in batch.addresses() {
+            if interruptible && kmm::signal_pending() {
+                return Err(ERESTARTSYS);
+            }
+            kmm::cond_resched();
+            unshare(vma, a)?;
+        }
+        // Look again.  No KSM page can appear meanwhile: merging needs
+        // the scan lock (run=2 holds it) or the mmap lock for read with
+        // VM_MERGEABLE (madvise and mremap hold it for write).
+        let (again, _) = KsmPages::collect(vma, first, last + PAGE_SIZE);
+        for &a in again.addresses() {
+            break_ksm(vma, a)?;
+        }
+        if !more {
+            return Ok(());
+        }
+        addr = last + PAGE_SIZE;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Chains of dups: nodes with the same contents, one per `max_page_sharing`
+//! mappings, side by side in the stable tree; pruning their stale members
+//! (`stable_node_chains_prune_millisecs`).
+
+use super::Trees;
+use crate::bindings;
+use crate::kmm::page::PageRef;
+use crate::rmap::StableNode;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+
+impl Trees {
+    /// How many nodes (this one included) have this node's contents.
+    pub(super) fn group_size(node: &StableNode) -> usize {
+        type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
+        let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
+        let mut size = 1;
+        for next in steps {
+            // SAFETY: the node is linked in our tree (scan lock held).
+            let mut rb = unsafe { next(node.rb.get()) };
+            // SAFETY: as above, for each neighbour.
+            while !rb.is_null() && unsafe { Self::node_of(rb).as_ref() }.same_contents(node) {
+                size += 1;
+                // SAFETY: as above.
+                rb = unsafe { next(rb) };
+            }
+        }
+        size
+    }
+
+    /// If `node` (live) is the newest dup of a chain that was not pruned
+    /// for `stable_node_chains_prune_millisecs`, looks at every dup of the
+    /// chain, removing the stale ones (as upstream's stable_node_dup()
+    /// does every so often).  Searches land on the newest dup, so without
+    /// this a dup in the middle whose page went away unnoticed (its last
+    /// mapping was not one the scanner had an item for, a forked child's)
+    /// would stay in the tree and in `stable_node_dups`.
+    pub(super) fn prune_chain(&mut self, node: NonNull<StableNode>, prune_ns: i64) {
+        // SAFETY: plain call.
+        let now = unsafe { bindings::ktime_get() };
+        // SAFETY: nodes in the tree are alive (scan lock held).
+        let n = unsafe { node.as_ref() };
+        if now - n.pruned_at.load(Ordering::Relaxed) < prune_ns {
+            return;
+        }
+        n.pruned_at.store(now, Ordering::Relaxed);
+        // The newest dup is the last of its chain.
+        // SAFETY: `node` is in the tree.
+        let mut rb = unsafe { bindings::rb_prev(n.rb.get()) };
+        while !rb.is_null() {
+            let dup = Self::node_of(rb);
+            // SAFETY: `rb` and `node` are in the tree.
+            if unsafe { !dup.as_ref().same_contents(n) } {
+                break;
+            }
+            // SAFETY: as above; step on before a stale `dup` goes away.
+            rb = unsafe { bindings::rb_prev(rb) };
+            // Removes `dup` if stale.
+            drop(self.get_folio(dup));
+        }
+    }
+
+    pub(super) fn full(node: NonNull<StableNode>, max_sharing: usize) -> bool {
+        // SAFETY: scan lock held.
+        unsafe { node.as_ref().mappings() }.len() >= max_sharing
+    }
+
+    /// Among the equal nodes around `node` (duplicates sit next to each
+    /// other in order: they are inserted beside an equal one), one not full.
+    /// Neighbours are told equal by key and hash, without reading their
+    /// pages: the merge compares the chosen page in full anyway.
+    pub(super) fn equal_with_room(
+        &mut self,
+        node: NonNull<StableNode>,
+        tree_page: PageRef,
+        max_sharing: usize,
+    ) -> Option<(NonNull<StableNode>, PageRef)> {
+        if !Self::full(node, max_sharing) {
+            return Some((node, tree_page));
+        }
+        drop(tree_page);
+        type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
+        let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
+        for next in steps {
+            // SAFETY: `node` is in the tree.
+            let mut rb = unsafe { next(node.as_ref().rb.get()) };
+            while !rb.is_null() {
+                let dup = Self::node_of(rb);
+                // SAFETY: `rb` and `node` are in the tree.
+                if unsafe { !dup.as_ref().same_contents(node.as_ref()) } {
+                    break;
+                }
+                // SAFETY: as above; step on before a stale `dup` goes away.
+                rb = unsafe { next(rb) };
+                if Self::full(dup, max_sharing) {
+                    continue;
+                }
+                if let Some(dup_page) = self.get_folio(dup) {
+                    return Some((dup, dup_page));
+                }
+            }
+        }
+        None
+    }
+}

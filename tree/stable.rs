@@ -1,0 +1,528 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The stable tree: one [`StableNode`] per KSM page, ordered by (key,
+//! contents); getting a node's folio (stale nodes go), search, insert,
+//! append, and the per-NUMA-node trees of `merge_across_nodes=0`.
+
+use super::{Search, SearchLimits, Trees};
+use crate::bindings;
+use crate::kmm::page::{self, PageRef};
+use crate::kmm::{AnonVmaRef, LockedPage};
+use crate::rmap::{ItemState, Mapping, RmapItem, StableNode};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering;
+use kernel::c_str;
+use kernel::ffi::c_void;
+use kernel::prelude::*;
+
+impl Trees {
+    /// The stable tree of `nid` (see [`Self::tree_nid`]).
+    pub(super) fn stable_root(&mut self, nid: usize) -> &mut bindings::rb_root {
+        if self.across_nodes() {
+            &mut self.stable_one
+        } else {
+            &mut self.stable_per_node[nid]
+        }
+    }
+
+    /// Every stable tree.
+    pub(super) fn stable_roots(&self) -> impl Iterator<Item = &bindings::rb_root> {
+        Iterator::chain(
+            core::iter::once(&self.stable_one),
+            self.stable_per_node.iter(),
+        )
+    }
+
+    /// Removes every stale stable node; true if none is left.
+    pub(super) fn drop_stale_nodes(&mut self) -> bool {
+        for nid in 0..self.stable_per_node.len().max(1) {
+            loop {
+                // SAFETY: walking our own tree.
+                let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
+                let mut removed = false;
+                while !rb.is_null() {
+                    let node = Self::node_of(rb);
+                    // SAFETY: `rb` is in the tree; step on before it may go.
+                    rb = unsafe { bindings::rb_next(rb) };
+                    if self.get_folio(node).is_none() {
+                        // Removed: the tree changed, walk it again.
+                        removed = true;
+                        break;
+                    }
+                }
+                if !removed {
+                    break;
+                }
+            }
+        }
+        self.stable_roots().all(|root| root.rb_node.is_null())
+    }
+
+    /// The trees a page belongs in: its NUMA node's, or the only ones.
+    pub(super) fn tree_nid(&self, page: &PageRef) -> usize {
+        if self.across_nodes() {
+            0
+        } else {
+            // SAFETY: referenced folio.
+            unsafe { bindings::rust_ksm_folio_nid(page.folio()) as usize }
+        }
+    }
+
+    /// ksm_get_folio(KSM_GET_FOLIO_LOCK): [`Self::get_folio`], locked, or
+    /// None if the node is stale (and removed).
+    pub(crate) fn get_folio_locked(&mut self, node: NonNull<StableNode>) -> Option<LockedPage> {
+        loop {
+            let locked = LockedPage::lock(self.get_folio(node)?);
+            // Still ours once locked?  Otherwise look again: stale, or
+            // migrated meanwhile.
+            // SAFETY: referenced, locked folio.
+            if unsafe { bindings::rust_ksm_folio_mapping(locked.folio()) }
+                == StableNode::mapping(node)
+            {
+                return Some(locked);
+            }
+        }
+    }
+
+    /// ksm_get_folio(): the node's folio, referenced, or None if the node is
+    /// stale, in which case it is removed.
+    pub(crate) fn get_folio(&mut self, node: NonNull<StableNode>) -> Option<PageRef> {
+        let expected = StableNode::mapping(node);
+        loop {
+            // SAFETY: nodes in the tree are alive.
+            let kpfn = unsafe { node.as_ref() }.pfn();
+            // SAFETY: a pfn once of a KSM page stays a valid pfn.
+            let folio = unsafe { bindings::rust_ksm_pfn_folio(kpfn) };
+            // SAFETY: `folio` is a valid struct folio (maybe free).
+            let live = unsafe {
+                if bindings::rust_ksm_folio_mapping(folio) != expected {
+                    false
+                } else {
+                    let mut got = false;
+                    // Refcount 0: free, or frozen; frozen swapcache may
+                    // still be ours (migration): wait for it.
+                    loop {
+                        if bindings::rust_ksm_folio_try_get(folio) {
+                            got = true;
+                            break;
+                        }
+                        if !bindings::rust_ksm_folio_test_swapcache(folio) {
+                            break;
+                        }
+                        bindings::rust_ksm_cond_resched();
+                    }
+                    if got && bindings::rust_ksm_folio_mapping(folio) != expected {
+                        bindings::rust_ksm_folio_put(folio);
+                        got = false;
+                    }
+                    got
+                }
+            };
+            if live {
+                // SAFETY: we hold a reference on the folio.
+                return Some(unsafe {
+                    PageRef::adopt(NonNull::new_unchecked(bindings::rust_ksm_folio_page(folio)))
+                });
+            }
+            // Stale, unless migration moved the node meanwhile: the barrier
+            // pairs with the one in the folio_migrate hook.
+            // SAFETY: plain barrier.
+            unsafe { bindings::rust_ksm_smp_rmb() };
+            // SAFETY: nodes in the tree are alive.
+            if unsafe { node.as_ref() }.pfn() != kpfn {
+                continue;
+            }
+            self.remove_node(node);
+            return None;
+        }
+    }
+
+    /// remove_node_from_stable_tree(): free a node whose folio no longer
+    /// points to it (or whose pointer was cleared), dropping its items.
+    pub(super) fn remove_node(&mut self, node: NonNull<StableNode>) {
+        // SAFETY: the node is alive and linked; we own it from now on.
+        let node = unsafe { KBox::from_raw(node.as_ptr()) };
+        // SAFETY: scan lock held; no folio points to the node any more.
+        let mappings = unsafe { &mut *node.mappings.get() };
+        for (i, m) in mappings.iter().enumerate() {
+            // SAFETY: stable items are alive while in a node; no walker can
+            // reach the node any more.
+            let item = unsafe { &mut *m.item.as_ptr() };
+            item.state = ItemState::Volatile;
+            // SAFETY: the item's mm is allocated.  (The anon_vma reference
+            // is put when the node, and its list, drop below.)
+            unsafe { (*m.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
+            if i == 0 {
+                self.counters.pages_shared -= 1;
+            } else {
+                self.counters.pages_sharing -= 1;
+            }
+        }
+        self.unlink_node(&node);
+        self.counters.stable_nodes -= 1;
+    }
+
+    pub(super) fn node_of(rb: *mut bindings::rb_node) -> NonNull<StableNode> {
+        // SAFETY: `rb` is the first field of a `#[repr(C)]` StableNode.
+        unsafe { NonNull::new_unchecked(rb.cast::<StableNode>()) }
+    }
+
+    /// stable_tree_search(): a stable node with `page`'s contents (whose
+    /// sampled key is `key`) that can take one more mapping
+    /// (`limits.max_sharing`), with its page referenced.
+    ///
+    /// The tree is ordered by (key, contents), so the descent compares
+    /// integers, and reads a node's page only on a key match.  With
+    /// `Search::Fast` not even then: a node with the key is the answer,
+    /// and the merge, which compares the pages in full after
+    /// write-protecting them, tells whether the contents really are equal
+    /// (if not, the caller searches again with `Search::Exact`).  That
+    /// saves reading two pages per merge in the common case.
+    ///
+    /// Of equal nodes (a chain of dups, `max_page_sharing`) the descent
+    /// goes on to the last: dups are inserted right of their equals, so
+    /// that is the newest, the one that most likely has room.  Finding a
+    /// dup with room stays O(log n) however long the chain grows; only when
+    /// the newest is full are the others looked at (see
+    /// [`Self::equal_with_room`]), once per new dup.
+    pub(crate) fn stable_search(
+        &mut self,
+        page: &PageRef,
+        key: u64,
+        limits: &SearchLimits,
+        search: Search,
+    ) -> Option<(NonNull<StableNode>, PageRef)> {
+        // A page that is already ours: its own node, full or not.  (While we
+        // are the engine, a KSM folio with a node points to one of ours: the
+        // built-in KSM had none left when we registered.)
+        // SAFETY: referenced page.
+        if let Some(own) = unsafe { StableNode::of_folio(page.folio()) } {
+            if let Some(kpage) = self.get_folio(own) {
+                return Some((own, kpage));
+            }
+        }
+        let nid = self.tree_nid(page);
+        'restart: loop {
+            let mut rb = self.stable_root(nid).rb_node;
+            // The last equal node met, and its page if we read it.
+            let mut last: Option<(NonNull<StableNode>, Option<PageRef>)> = None;
+            while !rb.is_null() {
+                let node = Self::node_of(rb);
+                // SAFETY: nodes in the tree are alive.
+                let node_key = unsafe { node.as_ref() }.key;
+                let ret = if key != node_key {
+                    if key < node_key {
+                        -1
+                    } else {
+                        1
+                    }
+                } else {
+                    match search {
+                        Search::Fast => {
+                            last = Some((node, None));
+                            0
+                        }
+                        Search::Exact => {
+                            let Some(tree_page) = self.get_folio(node) else {
+                                // Stale node removed: the tree changed
+                                // under the walk.
+                                continue 'restart;
+                            };
+                            let ret = page::compare(page, &tree_page);
+                            if ret == 0 {
+                                last = Some((node, Some(tree_page)));
+                            }
+                            ret
+                        }
+                    }
+                };
+                // Equal: on to the right, where newer dups are.
+                // SAFETY: `rb` is in the tree.
+                rb = unsafe {
+                    if ret < 0 {
+                        (*rb).rb_left
+                    } else {
+                        (*rb).rb_right
+                    }
+                };
+            }
+            let (node, tree_page) = last?;
+            let tree_page = match tree_page {
+                Some(tree_page) => tree_page,
+                None => match self.get_folio(node) {
+                    Some(tree_page) => tree_page,
+                    None => continue 'restart,
+                },
+            };
+            if nid != self.tree_nid(&tree_page) {
+                // Migrated to another node: merges only across nodes.
+                return None;
+            }
+            self.prune_chain(node, limits.chains_prune_ns);
+            return self.equal_with_room(node, tree_page, limits.max_sharing);
+        }
+    }
+
+    /// stable_tree_insert(): a new node for the locked KSM folio of `kpage`,
+    /// whose contents have sampled key `key` and full hash `hash`.
+    pub(crate) fn stable_insert(
+        &mut self,
+        kpage: &PageRef,
+        key: u64,
+        hash: u64,
+    ) -> Result<NonNull<StableNode>> {
+        let nid = self.tree_nid(kpage);
+        // SAFETY: referenced folio.
+        let kpfn = unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) };
+        let node = KBox::new(StableNode::new(nid as u16, kpfn, key, hash), GFP_KERNEL)?;
+        // The node is pinned in its box from now on.
+        let node = NonNull::from(KBox::leak(node));
+        // SAFETY: a new node, not in any tree; `kpage` has its contents.
+        unsafe { self.link_node(node, kpage) };
+        // SAFETY: the caller holds the folio lock.
+        unsafe { bindings::rust_ksm_folio_set_mapping(kpage.folio(), StableNode::mapping(node)) };
+        self.counters.stable_nodes += 1;
+        Ok(node)
+    }
+
+    /// Links `node` into its tree (`node.nid`), ordered by (key, contents),
+    /// right of any equal node, and counts it into its chain.
+    ///
+    /// # Safety
+    ///
+    /// `node` is alive and in no tree; `kpage` holds its contents.
+    pub(super) unsafe fn link_node(&mut self, node: NonNull<StableNode>, kpage: &PageRef) {
+        // SAFETY: alive, by the safety requirements.
+        let (key, nid) = unsafe { (node.as_ref().key, node.as_ref().nid()) };
+        'restart: loop {
+            let mut parent = ptr::null_mut();
+            let mut link: *mut *mut bindings::rb_node = &mut self.stable_root(nid).rb_node;
+            // SAFETY: walking our own tree.
+            while !unsafe { *link }.is_null() {
+                // SAFETY: as above.
+                parent = unsafe { *link };
+                let tree_node = Self::node_of(parent);
+                // SAFETY: nodes in the tree are alive.
+                let node_key = unsafe { tree_node.as_ref() }.key;
+                let left = if key != node_key {
+                    key < node_key
+                } else {
+                    let Some(tree_page) = self.get_folio(tree_node) else {
+                        continue 'restart;
+                    };
+                    // Equal contents go right: duplicates (max_page_sharing)
+                    // stay next to each other in order.
+                    page::compare(kpage, &tree_page) < 0
+                };
+                // SAFETY: `parent` is in the tree.
+                link = unsafe {
+                    if left {
+                        &mut (*parent).rb_left
+                    } else {
+                        &mut (*parent).rb_right
+                    }
+                };
+            }
+            // SAFETY: `link` and `parent` come from the descent; the node
+            // stays in place while linked.
+            unsafe {
+                bindings::rust_ksm_rb_link_node(node.as_ref().rb.get(), parent, link);
+                bindings::rb_insert_color(node.as_ref().rb.get(), self.stable_root(nid));
+            }
+            // SAFETY: just linked.
+            match Self::group_size(unsafe { node.as_ref() }) {
+                1 => {}
+                2 => {
+                    self.counters.chains += 1;
+                    self.counters.dups += 2;
+                }
+                _ => self.counters.dups += 1,
+            }
+            return;
+        }
+    }
+
+    /// Counts `node` out of its chain and unlinks it from its tree.
+    pub(super) fn unlink_node(&mut self, node: &StableNode) {
+        let (chains, dups) = match Self::group_size(node) {
+            1 => (0, 0),
+            2 => (1, 2),
+            _ => (0, 1),
+        };
+        // The counts follow from the tree's order; a mismatch is a bug to
+        // report, not a reason to panic (a Rust overflow) in the kernel.
+        match (
+            self.counters.chains.checked_sub(chains),
+            self.counters.dups.checked_sub(dups),
+        ) {
+            (Some(c), Some(d)) => (self.counters.chains, self.counters.dups) = (c, d),
+            _ => {
+                // SAFETY: a constant NUL-terminated message.
+                unsafe {
+                    bindings::rust_ksm_warn_once(
+                        c_str!("stable_node_chains/dups count mismatch").as_char_ptr(),
+                    )
+                };
+                self.counters.chains = self.counters.chains.saturating_sub(chains);
+                self.counters.dups = self.counters.dups.saturating_sub(dups);
+            }
+        }
+        // SAFETY: the node is linked in that tree.
+        unsafe { bindings::rb_erase(node.rb.get(), self.stable_root(node.nid())) };
+    }
+
+    /// With `merge_across_nodes=0`, after a migration of one of our KSM
+    /// pages: moves each stable node whose page is now on another NUMA node
+    /// into that node's tree, so its pages merge with it from now on (as
+    /// upstream does through its migrate_nodes list).  Called as a pass
+    /// begins.
+    pub(crate) fn rehome_migrated(&mut self) {
+        if self.across_nodes() || !StableNode::take_migrated() {
+            return;
+        }
+        for nid in 0..self.stable_per_node.len() {
+            'again: loop {
+                // SAFETY: walking our own tree.
+                let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
+                while !rb.is_null() {
+                    let node = Self::node_of(rb);
+                    // SAFETY: `rb` is in the tree; step on before it may go.
+                    rb = unsafe { bindings::rb_next(rb) };
+                    let Some(kpage) = self.get_folio(node) else {
+                        // Stale, removed: the tree changed.
+                        continue 'again;
+                    };
+                    let to = self.tree_nid(&kpage);
+                    if to != nid {
+                        // SAFETY: nodes in the tree are alive.
+                        self.unlink_node(unsafe { node.as_ref() });
+                        // SAFETY: as above; the node is in no tree now.
+                        unsafe {
+                            node.as_ref().nid.store(to as u16, Ordering::Relaxed);
+                            self.link_node(node, &kpage);
+                        }
+                        continue 'again;
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// stable_tree_append(): `item` now maps `node`'s page.
+    ///
+    /// # Safety
+    ///
+    /// The node's folio is locked; `item` lives in its mm's list.  The
+    /// mapping keeps `anon_vma`'s reference (put if the append fails).
+    pub(crate) unsafe fn stable_append(
+        &mut self,
+        item: &mut RmapItem,
+        node: NonNull<StableNode>,
+        anon_vma: AnonVmaRef,
+        index: usize,
+    ) -> Result {
+        // SAFETY: scan lock and folio lock held.
+        let mappings = unsafe { &mut *node.as_ref().mappings.get() };
+        mappings.push(
+            Mapping {
+                item: NonNull::from(&mut *item),
+                mm: item.mm,
+                anon_vma,
+                index,
+            },
+            GFP_KERNEL,
+        )?;
+        if mappings.len() == 1 {
+            self.counters.pages_shared += 1;
+        } else {
+            self.counters.pages_sharing += 1;
+        }
+        // SAFETY: the item's mm is allocated.
+        unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages += 1 };
+        item.state = ItemState::Stable { node };
+        Ok(())
+    }
+
+    /// Calls `f` on every stable node, in tree order.  `f` may remove the
+    /// node it is given (and no other); an error stops the walk.
+    pub(crate) fn for_each_node(
+        &mut self,
+        mut f: impl FnMut(&mut Self, NonNull<StableNode>) -> Result,
+    ) -> Result {
+        let trees = if self.across_nodes() {
+            1
+        } else {
+            self.stable_per_node.len()
+        };
+        for nid in 0..trees {
+            // SAFETY: walking our own tree (scan lock held).
+            let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
+            while !rb.is_null() {
+                // SAFETY: `rb` is linked; its successor stays linked while
+                // `f` removes at most `rb`.
+                let next = unsafe { bindings::rb_next(rb) };
+                f(self, Self::node_of(rb))?;
+                rb = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// ksm_check_stable_tree(): memory `[start, end)` (pfns) went offline.
+    /// A node whose pfn lies there is stale, because a live KSM page there
+    /// was migrated away first, moving its node's pfn; and the memmap there
+    /// may be poisoned or gone, so the node goes by its pfn alone.
+    pub(crate) fn remove_nodes_in(&mut self, start: usize, end: usize) {
+        let _ = self.for_each_node(|trees, node| {
+            // SAFETY: nodes in the tree are alive.
+            if (start..end).contains(&unsafe { node.as_ref() }.pfn()) {
+                trees.remove_node(node);
+            }
+            Ok(())
+        });
+    }
+
+    /// remove_all_stable_nodes() (`run=2`, unload): removes every node whose
+    /// folio is no longer mapped.  Such a folio (only in the swap cache, or
+    /// on its way to being freed) keeps `PAGE_MAPPING_KSM` alone, which the
+    /// core treats as a KSM page that belongs to nobody: a swap-in copies
+    /// it.  A node whose folio is still mapped stays, with its items, so
+    /// that the rmap walk still finds every mapping and a later unmerge can
+    /// break them (as upstream's remove_stable_node() returns `EBUSY`).
+    /// Returns how many nodes were still mapped.
+    ///
+    /// `orphan` is for unload alone, when unmerging failed for good: the
+    /// module is going away, so every node goes, and a mapped folio keeps
+    /// a KSM page that nothing tracks rather than a pointer into freed
+    /// memory.
+    pub(crate) fn remove_unmapped_nodes(&mut self, orphan: bool) -> usize {
+        let mut busy = 0;
+        let _ = self.for_each_node(|trees, node| {
+            // Stale: get_folio() removed it.
+            let Some(kpage) = trees.get_folio_locked(node) else {
+                return Ok(());
+            };
+            let folio = kpage.folio();
+            // SAFETY: locked and referenced.  Under the folio lock no new
+            // mapping can appear (fork needs the page mapped already; the
+            // scanner is us), so an unmapped folio stays unmapped.
+            unsafe {
+                if bindings::rust_ksm_folio_mapped(folio) {
+                    busy += 1;
+                    if !orphan {
+                        return Ok(());
+                    }
+                }
+                bindings::rust_ksm_folio_set_mapping(
+                    folio,
+                    bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
+                );
+            }
+            drop(kpage);
+            trees.remove_node(node);
+            Ok(())
+        });
+        busy
+    }
+}
