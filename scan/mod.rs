@@ -12,6 +12,7 @@ pub(crate) mod advisor;
 mod cmp_and_merge;
 mod registry;
 mod run;
+mod smart;
 mod unmerge;
 
 pub(crate) use registry::{MmRegistry, MmSlotReservation, REGISTERED_MMS};
@@ -305,32 +306,12 @@ impl ScanState {
         Some(item)
     }
 
-    /// should_skip_rmap_item() (smart_scan): a page that has been scanned
-    /// a few times without merging is looked at less and less often: after
-    /// its third scan every other scan, from its sixth one in three, from
-    /// its ninth one in five, from then on one in nine.  KSM pages are
+    /// should_skip_rmap_item() (smart_scan, see [`smart`]).  KSM pages are
     /// never skipped.  A skipped page leaves the trees, as upstream's does.
     fn should_skip(&mut self, item: &mut RmapItem, page: &PageRef) -> bool {
-        // SAFETY: referenced folio.
-        if unsafe { bindings::rust_ksm_folio_test_ksm(page.folio()) } {
+        if page.is_ksm() || !smart::should_skip(&mut item.age, &mut item.remaining_skips) {
             return false;
         }
-        let age = item.age;
-        item.age = age.saturating_add(1);
-        // Young pages get their chance at every phase of merging.
-        if age < 3 {
-            return false;
-        }
-        if item.remaining_skips == 0 {
-            item.remaining_skips = match age {
-                ..=3 => 1,
-                4..=5 => 2,
-                6..=8 => 4,
-                _ => 8,
-            };
-            return false;
-        }
-        item.remaining_skips -= 1;
         self.trees.remove_item(item);
         true
     }
