@@ -25,10 +25,7 @@ mod smart_scan {
     fn schedule_matches_upstream() {
         // Every scan until the fourth, then gaps of 1, 2, 4 and from then
         // on 8 skipped scans (mm/ksm.c: skip_age()).
-        assert_eq!(
-            looked_at(50),
-            vec![1, 2, 3, 4, 6, 9, 14, 23, 32, 41, 50]
-        );
+        assert_eq!(looked_at(50), vec![1, 2, 3, 4, 6, 9, 14, 23, 32, 41, 50]);
     }
 
     #[test]
