@@ -412,6 +412,8 @@ static unsigned int offlined, offline_failed, movable_blocks;
 static char offline_why[96];
 /* The highest pages_sharing seen: proof the engine had work. */
 static unsigned long long most_merged;
+/* Full scans rust_ksmd made during the run (summed over reloads). */
+static unsigned long long scans_done, scans_last;
 
 /* Aim failslab at the scanner thread (it changes after a reload). */
 static void faults_on_scanner(void)
@@ -754,6 +756,12 @@ int main(int argc, char **argv)
 		merged = knob_get(RK, "pages_sharing");
 		if (merged != KNOB_ERR && merged > most_merged)
 			most_merged = merged;
+		merged = knob_get(RK, "full_scans");
+		if (merged != KNOB_ERR) {
+			/* A reload starts the count from 0 again. */
+			scans_done += merged >= scans_last ? merged - scans_last : merged;
+			scans_last = merged;
+		}
 		if (now_ms() >= next_step) {
 			control_step(&rnd, builtin);
 			next_step = now_ms() + 1000 + rnd_next(&rnd) % 2000;
@@ -794,11 +802,18 @@ int main(int argc, char **argv)
 	if (tot->step_errors)
 		tap_diag("%llu failed steps; the first: %s",
 			 (unsigned long long)tot->step_errors, tot->first_error);
-	/* Nor does one that merges nothing (see may_reset()). */
+	/*
+	 * Nor does one that merges nothing: with at least QUIET_SCANS + 1
+	 * full scans, pages had a quiet window to merge in (see may_reset()).
+	 * On a machine so loaded that rust_ksmd made fewer (seen with three
+	 * guests on two host CPUs: 40 s, 5 scans), that is reported only.
+	 */
+	tap_diag("full scans during the run %llu", scans_done);
 	if (!most_merged)
-		tap_diag("no page was ever seen merged");
-	tap_result(tot->step_errors || !tot->ops || !most_merged ? TAP_FAIL : TAP_PASS,
-		   "every step worked and pages merged");
+		tap_diag("no page was ever seen merged%s", scans_done > QUIET_SCANS ? "" :
+			 " (too few full scans to expect it)");
+	tap_result(tot->step_errors || !tot->ops || (!most_merged && scans_done > QUIET_SCANS) ?
+		   TAP_FAIL : TAP_PASS, "every step worked and, given full scans, pages merged");
 	ksm_set(RK, "run", 2);
 	ksm_counters_read(RK, &c);
 	ksm_counters_diag("after run=2", &c);
