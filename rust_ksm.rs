@@ -19,14 +19,15 @@ use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 use kernel::time::msecs_to_jiffies;
 
+mod advisor;
 mod kmm;
 mod merge;
 mod rmap;
 mod scan;
 mod tree;
 
+use advisor::Advisor;
 use core::sync::atomic::{AtomicBool, AtomicUsize};
-use scan::advisor::{self, Advisor};
 use scan::{MmGrab, MmRegistry, ScanParams, ScanState, Stats, Unmerge};
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.

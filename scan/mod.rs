@@ -8,7 +8,6 @@
 //! page-table holes cost nothing: a 32 TiB mapping with one page populated is
 //! one page of work, not eight billion lookups.
 
-pub(crate) mod advisor;
 mod cmp_and_merge;
 mod registry;
 mod run;

@@ -6,6 +6,10 @@
 //! `advisor_target_scan_time` seconds, smoothed by an exponentially weighted
 //! moving average of the change, and kept within the CPU share
 //! (`advisor_max_cpu` percent, at least 10) and `advisor_max_pages_to_scan`.
+//!
+//! Pure arithmetic: the caller reads the clock and the CPU time.
+
+#![deny(unsafe_code)]
 
 /// Least CPU percent the advisor plans for (upstream's KSM_ADVISOR_MIN_CPU).
 const MIN_CPU: u64 = 10;
