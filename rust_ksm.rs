@@ -20,6 +20,7 @@ use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 use kernel::time::msecs_to_jiffies;
 
 mod advisor;
+mod control;
 mod kmm;
 mod merge;
 mod rmap;
@@ -27,8 +28,9 @@ mod scan;
 mod tree;
 
 use advisor::Advisor;
+use control::{Control, Run};
 use core::sync::atomic::{AtomicBool, AtomicUsize};
-use scan::{MmGrab, MmRegistry, ScanParams, ScanState, Stats, Unmerge};
+use scan::{MmGrab, MmRegistry, ScanState, Stats, Unmerge};
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
 #[allow(
@@ -55,51 +57,6 @@ module! {
     author: "rust_ksm developers",
     description: "Kernel Samepage Merging in Rust",
     license: "GPL",
-}
-
-/// `run` values, as /sys/kernel/mm/ksm/run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Run {
-    Stop = 0,
-    Merge = 1,
-    Unmerge = 2,
-}
-
-impl Run {
-    fn from_knob(value: u32) -> Result<Self> {
-        match value {
-            0 => Ok(Run::Stop),
-            1 => Ok(Run::Merge),
-            2 => Ok(Run::Unmerge),
-            _ => Err(EINVAL),
-        }
-    }
-}
-
-/// `pages_to_scan` at load, and again when the advisor is turned off.
-const DEFAULT_PAGES_TO_SCAN: u32 = 100;
-
-/// Knob values, read by the thread under the control lock.
-struct Control {
-    run: Run,
-    pages_to_scan: u32,
-    sleep_millisecs: u32,
-    max_page_sharing: u32,
-    use_zero_pages: bool,
-    smart_scan: bool,
-    stable_node_chains_prune_millisecs: u32,
-    /// A copy of the trees' setting, changed under the scan lock.
-    merge_across_nodes: bool,
-    /// `advisor_mode`: whether the scan-time advisor sets `pages_to_scan`.
-    advisor_scan_time: bool,
-    /// Set when `advisor_mode` changes: the thread starts a new advisor.
-    advisor_reset: bool,
-    advisor_max_cpu: u64,
-    advisor_min_pages_to_scan: u64,
-    advisor_max_pages_to_scan: u64,
-    advisor_target_scan_time: u64,
-    /// Set once at unload, before the thread is stopped.
-    stopping: bool,
 }
 
 /// The engine: everything the hooks, the thread and sysfs share.
@@ -146,23 +103,7 @@ fn ksm() -> &'static Ksm {
 impl Ksm {
     fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            control <- new_mutex!(Control {
-                run: Run::Stop,
-                pages_to_scan: DEFAULT_PAGES_TO_SCAN,
-                sleep_millisecs: 20,
-                max_page_sharing: 256,
-                use_zero_pages: false,
-                smart_scan: true,
-                stable_node_chains_prune_millisecs: 2000,
-                merge_across_nodes: true,
-                advisor_scan_time: false,
-                advisor_reset: false,
-                advisor_max_cpu: 70,
-                advisor_min_pages_to_scan: 500,
-                advisor_max_pages_to_scan: 30000,
-                advisor_target_scan_time: 200,
-                stopping: false,
-            }),
+            control <- new_mutex!(Control::new()),
             wake <- new_condvar!(),
             registry <- new_mutex!(MmRegistry::new()),
             scan <- new_mutex!(ScanState::new()),
@@ -174,11 +115,12 @@ impl Ksm {
     }
 
     /// Changes the knobs under the control lock and wakes the thread.
-    fn update(&self, f: impl FnOnce(&mut Control)) {
+    fn update<R>(&self, f: impl FnOnce(&mut Control) -> R) -> R {
         let mut control = self.control.lock();
-        f(&mut control);
+        let result = f(&mut control);
         drop(control);
         self.wake.notify_all();
+        result
     }
 
     /// The scan lock, once no memory is going offline.
@@ -322,10 +264,7 @@ impl Ksm {
             )
         };
         let next = advisor.end_scan(now, cpu_ns, u64::from(pages), limits);
-        let mut control = self.control.lock();
-        if control.advisor_scan_time && !control.advisor_reset {
-            control.pages_to_scan = u32::try_from(next).unwrap_or(u32::MAX);
-        }
+        self.control.lock().set_advised_pages_to_scan(next);
     }
 
     /// The body of `rust_ksmd`.
@@ -337,21 +276,11 @@ impl Ksm {
                 return;
             }
             let (run, sleep) = (control.run, control.sleep_millisecs);
-            let params = ScanParams {
-                pages: control.pages_to_scan,
-                max_page_sharing: control.max_page_sharing as usize,
-                use_zero_pages: control.use_zero_pages,
-                smart_scan: control.smart_scan,
-                chains_prune_millisecs: control.stable_node_chains_prune_millisecs,
-            };
-            if core::mem::take(&mut control.advisor_reset) {
+            let params = control.scan_params();
+            if control.take_advisor_reset() {
                 advisor = Advisor::default();
             }
-            let limits = control.advisor_scan_time.then_some(advisor::Limits {
-                max_cpu: control.advisor_max_cpu,
-                max_pages: control.advisor_max_pages_to_scan,
-                target_scan_time: control.advisor_target_scan_time,
-            });
+            let limits = control.advisor_limits();
             drop(control);
 
             let scanning = self.should_scan(run);
@@ -865,18 +794,8 @@ control_knob!(
 show!(pages_to_scan_show, |k| u64::from(
     k.control.lock().pages_to_scan
 ));
-store!(pages_to_scan_store, |k, v| {
-    let mut result = Ok(());
-    k.update(|c| {
-        // The scan-time advisor owns it (as upstream).
-        if c.advisor_scan_time {
-            result = Err(EINVAL);
-        } else {
-            c.pages_to_scan = v;
-        }
-    });
-    result
-});
+store!(pages_to_scan_store, |k, v| k
+    .update(|c| c.set_pages_to_scan(v)));
 show!(advisor_mode_show, StaticStr, |k| {
     if k.control.lock().advisor_scan_time {
         c_str!("none [scan-time]")
@@ -889,18 +808,7 @@ store!(
     parse_advisor_mode,
     bool,
     |k, scan_time| {
-        k.update(|c| {
-            if c.advisor_scan_time != scan_time {
-                // Upstream's set_advisor_defaults().
-                c.advisor_scan_time = scan_time;
-                c.advisor_reset = true;
-                c.pages_to_scan = if scan_time {
-                    u32::try_from(c.advisor_min_pages_to_scan).unwrap_or(u32::MAX)
-                } else {
-                    DEFAULT_PAGES_TO_SCAN
-                };
-            }
-        });
+        k.update(|c| c.set_advisor_mode(scan_time));
         Ok(())
     }
 );
