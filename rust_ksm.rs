@@ -12,7 +12,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::c_str;
 use kernel::error::to_result;
-use kernel::ffi::{c_char, c_int, c_long, c_uint, c_void};
+use kernel::ffi::{c_char, c_int, c_uint, c_void};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
@@ -21,6 +21,7 @@ use kernel::time::msecs_to_jiffies;
 
 mod advisor;
 mod control;
+mod engine;
 mod kmm;
 mod merge;
 mod rmap;
@@ -30,6 +31,7 @@ mod tree;
 use advisor::Advisor;
 use control::{Control, Run};
 use core::sync::atomic::{AtomicBool, AtomicUsize};
+use engine::EngineRegistration;
 use scan::{MmGrab, MmRegistry, ScanState, Stats, Unmerge};
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
@@ -393,153 +395,6 @@ unsafe extern "C" fn ksmd_main(data: *mut c_void) -> c_int {
     unsafe { bindings::set_freezable() };
     ksm.thread();
     0
-}
-
-// ---------------------------------------------------------------------------
-// Engine hooks (struct ksm_engine_ops), called under the core's SRCU.
-// ---------------------------------------------------------------------------
-
-/// # Safety
-///
-/// Called by the KSM core with a valid `mm`.
-unsafe extern "C" fn engine_enter(mm: *mut bindings::mm_struct) -> c_int {
-    let Some(mm) = NonNull::new(mm) else {
-        return EINVAL.to_errno();
-    };
-    match ksm().enter(mm) {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
-}
-
-/// # Safety
-///
-/// Called by the KSM core with a valid `mm`.
-unsafe extern "C" fn engine_exit(mm: *mut bindings::mm_struct) {
-    ksm().exit(mm);
-}
-
-/// MADV_UNMERGEABLE, mremap, prctl: break every KSM page of the range,
-/// walking only populated page tables.
-///
-/// # Safety
-///
-/// Called by the KSM core with a valid VMA, mmap lock held.
-unsafe extern "C" fn engine_unmerge_range(
-    vma: *mut bindings::vm_area_struct,
-    start: usize,
-    end: usize,
-    lock_vma: bool,
-) -> c_int {
-    let Some(vma) = NonNull::new(vma) else {
-        return EINVAL.to_errno();
-    };
-    // SAFETY: the core holds the mmap lock, as the hook requires.
-    match unsafe { scan::unmerge_range(vma, start, end, lock_vma, true) } {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
-}
-
-/// # Safety
-///
-/// Called by the KSM core with a locked KSM folio.
-unsafe extern "C" fn engine_rmap_walk(
-    folio: *mut bindings::folio,
-    rwc: *mut bindings::rmap_walk_control,
-) {
-    // SAFETY: as the core guarantees.
-    unsafe { rmap::walk::rmap_walk(folio, rwc) };
-}
-
-/// folio_migrate_ksm(): the stable node follows the page to `new`.
-///
-/// # Safety
-///
-/// Called by the KSM core with two locked folios, `new` already carrying
-/// `old`'s mapping.
-unsafe extern "C" fn engine_folio_migrate(new: *mut bindings::folio, old: *mut bindings::folio) {
-    // SAFETY: locked folios.
-    unsafe {
-        if let Some(node) = tree::StableNode::of_folio(old) {
-            node.as_ref().migrated(bindings::rust_ksm_folio_pfn(new));
-            // The new pfn must be visible before the old folio looks stale:
-            // pairs with the read barrier in the stale check.
-            bindings::rust_ksm_smp_wmb();
-            bindings::rust_ksm_folio_set_mapping(
-                old,
-                bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
-            );
-        }
-    }
-}
-
-/// Swap-in of a KSM folio may map it again if it still has its node and
-/// we are not unmerging everything; otherwise the fault handler copies it.
-///
-/// # Safety
-///
-/// Called by the KSM core with a KSM folio.
-unsafe extern "C" fn engine_folio_mappable(folio: *mut bindings::folio) -> bool {
-    // SAFETY: as the core guarantees.
-    unsafe { tree::StableNode::of_folio(folio) }.is_some()
-        && !ksm().unmerging.load(Ordering::Relaxed)
-}
-
-/// /proc/PID/ksm_stat's profit, from the per-mm counters the engine keeps.
-///
-/// # Safety
-///
-/// Called by the KSM core with a valid `mm`.
-unsafe extern "C" fn engine_process_profit(mm: *mut bindings::mm_struct) -> c_long {
-    // SAFETY: `mm` is valid for the call; these are plain counters (in the
-    // anonymous struct that holds most of `mm_struct`).
-    let (merging, rmap_items, zero_pages) = unsafe {
-        let fields = &(*mm).__bindgen_anon_1;
-        (
-            fields.ksm_merging_pages,
-            fields.ksm_rmap_items,
-            bindings::rust_ksm_mm_zero_pages(mm),
-        )
-    };
-    (merging as c_long + zero_pages) * (PAGE_SIZE as c_long)
-        - (rmap_items as c_long) * (rmap::RMAP_ITEM_BYTES as c_long)
-}
-
-/// `Sync` wrapper for the ops table, which holds a C string pointer.
-struct EngineOps(bindings::ksm_engine_ops);
-
-// SAFETY: the table is immutable and its pointers are to 'static data.
-unsafe impl Sync for EngineOps {}
-
-static ENGINE_OPS: EngineOps = EngineOps(bindings::ksm_engine_ops {
-    name: c_str!("rust_ksm").as_char_ptr(),
-    enter: Some(engine_enter),
-    exit: Some(engine_exit),
-    unmerge_range: Some(engine_unmerge_range),
-    rmap_walk: Some(engine_rmap_walk),
-    folio_migrate: Some(engine_folio_migrate),
-    folio_mappable: Some(engine_folio_mappable),
-    process_profit: Some(engine_process_profit),
-});
-
-/// Registration as the kernel's KSM engine; unregisters on drop.
-struct EngineRegistration;
-
-impl EngineRegistration {
-    fn new() -> Result<Self> {
-        // SAFETY: `ENGINE_OPS` is 'static and its hooks are valid while `KSM`
-        // is set, which the module guarantees (see `RustKsm`).
-        to_result(unsafe { bindings::ksm_register_engine(&ENGINE_OPS.0) })?;
-        Ok(Self)
-    }
-}
-
-impl Drop for EngineRegistration {
-    fn drop(&mut self) {
-        // SAFETY: registered in `new`; this waits for running hooks.
-        unsafe { bindings::ksm_unregister_engine(&ENGINE_OPS.0) };
-    }
 }
 
 // ---------------------------------------------------------------------------
