@@ -109,239 +109,6 @@ impl Emit for i64 {
     }
 }
 
-/// Defines a sysfs show callback `$name` returning `$value(&Ksm) -> u64`
-/// (or another [`Emit`] type `$ty`).
-macro_rules! show {
-    ($name:ident, $value:expr) => {
-        show!($name, u64, $value);
-    };
-    ($name:ident, $ty:ty, $value:expr) => {
-        /// # Safety
-        ///
-        /// Called by sysfs with a PAGE_SIZE buffer.
-        unsafe extern "C" fn $name(
-            _kobj: *mut bindings::kobject,
-            _attr: *mut bindings::kobj_attribute,
-            buf: *mut c_char,
-        ) -> isize {
-            let value: fn(&Ksm) -> $ty = $value;
-            // SAFETY: sysfs passes its buffer.
-            unsafe { value(ksm()).emit(buf) }
-        }
-    };
-}
-
-/// Defines a sysfs store callback `$name` applying `$apply(&Ksm, u32)` (or
-/// `$apply(&Ksm, $ty)` with the value parsed by `$parse`).
-macro_rules! store {
-    ($name:ident, $apply:expr) => {
-        store!($name, parse_u32, u32, $apply);
-    };
-    ($name:ident, $parse:ident, $ty:ty, $apply:expr) => {
-        /// # Safety
-        ///
-        /// Called by sysfs with a NUL-terminated buffer of `count` bytes.
-        unsafe extern "C" fn $name(
-            _kobj: *mut bindings::kobject,
-            _attr: *mut bindings::kobj_attribute,
-            buf: *const c_char,
-            count: usize,
-        ) -> isize {
-            let apply: fn(&Ksm, $ty) -> Result = $apply;
-            // SAFETY: sysfs NUL-terminates store buffers.
-            match unsafe { $parse(buf) }.and_then(|v| apply(ksm(), v)) {
-                Ok(()) => count as isize,
-                Err(e) => e.to_errno() as isize,
-            }
-        }
-    };
-}
-
-/// Defines the show and store callbacks of a knob that is a plain field
-/// of `Control`: any value `$parse` accepts is stored as is.
-macro_rules! control_knob {
-    ($show:ident, $store:ident, $field:ident, $parse:ident, $ty:ty) => {
-        show!($show, |k| u64::from(k.control.lock().$field));
-        store!($store, $parse, $ty, |k, v| {
-            k.update(|c| c.$field = v);
-            Ok(())
-        });
-    };
-}
-
-/// Defines a sysfs show callback for a counter of `Stats`.
-macro_rules! show_counter {
-    ($name:ident, $field:ident) => {
-        show!($name, |k| k.stats.$field.load(Ordering::Relaxed) as u64);
-    };
-}
-
-show!(run_show, |k| k.control.lock().run as u64);
-store!(run_store, |k, v| {
-    let run = Run::from_knob(v)?;
-    k.update(|c| c.run = run);
-    if run == Run::Stop {
-        // As upstream: return once the batch in progress is done, so the
-        // counters stand still from here on.
-        drop(k.scan_lock());
-    }
-    if run == Run::Unmerge {
-        // As upstream: unmerge synchronously; on failure run goes back to 0.
-        if let Err(e) = k.unmerge_all(Unmerge::Interruptible) {
-            k.update(|c| c.run = Run::Stop);
-            return Err(e);
-        }
-    }
-    Ok(())
-});
-show!(max_page_sharing_show, |k| u64::from(
-    k.control.lock().max_page_sharing
-));
-store!(max_page_sharing_store, |k, v| {
-    if v < 2 {
-        return Err(EINVAL);
-    }
-    let stats = &k.stats;
-    let mut control = k.control.lock();
-    if control.max_page_sharing != v {
-        if stats.pages_shared.load(Ordering::Relaxed) != 0 {
-            return Err(EBUSY);
-        }
-        control.max_page_sharing = v;
-    }
-    Ok(())
-});
-show_counter!(pages_shared_show, pages_shared);
-show_counter!(pages_sharing_show, pages_sharing);
-show_counter!(pages_unshared_show, pages_unshared);
-show!(pages_volatile_show, |k| {
-    let s = &k.stats;
-    let merged = s.pages_shared.load(Ordering::Relaxed)
-        + s.pages_sharing.load(Ordering::Relaxed)
-        + s.pages_unshared.load(Ordering::Relaxed);
-    s.rmap_items.load(Ordering::Relaxed).saturating_sub(merged) as u64
-});
-show_counter!(stable_node_chains_show, stable_node_chains);
-show_counter!(stable_node_dups_show, stable_node_dups);
-show!(general_profit_show, i64, |k| {
-    let s = &k.stats;
-    // SAFETY: reads an atomic counter.
-    let zero_pages = unsafe { bindings::rust_ksm_zero_pages() } as i64;
-    (s.pages_sharing.load(Ordering::Relaxed) as i64 + zero_pages) * PAGE_SIZE as i64
-        - (s.rmap_items.load(Ordering::Relaxed) * rmap::RMAP_ITEM_BYTES) as i64
-});
-control_knob!(
-    use_zero_pages_show,
-    use_zero_pages_store,
-    use_zero_pages,
-    parse_bool,
-    bool
-);
-// The core keeps the count (it drops as KSM zero PTEs are unmapped); while
-// rust_ksm is the engine, every KSM zero page is one it placed.
-show!(ksm_zero_pages_show, i64, |_| {
-    // SAFETY: reads an atomic counter.
-    unsafe { bindings::rust_ksm_zero_pages() as i64 }
-});
-control_knob!(
-    smart_scan_show,
-    smart_scan_store,
-    smart_scan,
-    parse_bool,
-    bool
-);
-show_counter!(pages_skipped_show, pages_skipped);
-control_knob!(
-    stable_node_chains_prune_millisecs_show,
-    stable_node_chains_prune_millisecs_store,
-    stable_node_chains_prune_millisecs,
-    parse_u32,
-    u32
-);
-show!(pages_to_scan_show, |k| u64::from(
-    k.control.lock().pages_to_scan
-));
-store!(pages_to_scan_store, |k, v| k
-    .update(|c| c.set_pages_to_scan(v)));
-show!(advisor_mode_show, StaticStr, |k| {
-    if k.control.lock().advisor_scan_time {
-        c_str!("none [scan-time]")
-    } else {
-        c_str!("[none] scan-time")
-    }
-});
-store!(
-    advisor_mode_store,
-    parse_advisor_mode,
-    bool,
-    |k, scan_time| {
-        k.update(|c| c.set_advisor_mode(scan_time));
-        Ok(())
-    }
-);
-show!(merge_across_nodes_show, |k| u64::from(
-    k.control.lock().merge_across_nodes
-));
-store!(merge_across_nodes_store, parse_u64, u64, |k, v| {
-    if v > 1 {
-        return Err(EINVAL);
-    }
-    // The trees change only with no stable node left (EBUSY otherwise),
-    // under the scan lock, like upstream's under ksm_thread_mutex.
-    let mut scan = k.scan_lock();
-    scan.trees.set_across_nodes(v == 1)?;
-    k.update(|c| c.merge_across_nodes = v == 1);
-    drop(scan);
-    Ok(())
-});
-control_knob!(
-    advisor_max_cpu_show,
-    advisor_max_cpu_store,
-    advisor_max_cpu,
-    parse_u64,
-    u64
-);
-control_knob!(
-    advisor_min_pages_to_scan_show,
-    advisor_min_pages_to_scan_store,
-    advisor_min_pages_to_scan,
-    parse_u64,
-    u64
-);
-control_knob!(
-    advisor_max_pages_to_scan_show,
-    advisor_max_pages_to_scan_store,
-    advisor_max_pages_to_scan,
-    parse_u64,
-    u64
-);
-show!(advisor_target_scan_time_show, |k| k
-    .control
-    .lock()
-    .advisor_target_scan_time);
-store!(advisor_target_scan_time_store, parse_u64, u64, |k, v| {
-    if v < 1 {
-        return Err(EINVAL);
-    }
-    k.update(|c| c.advisor_target_scan_time = v);
-    Ok(())
-});
-control_knob!(
-    sleep_millisecs_show,
-    sleep_millisecs_store,
-    sleep_millisecs,
-    parse_u32,
-    u32
-);
-show!(pages_scanned_show, |k| k
-    .stats
-    .pages_scanned
-    .load(Ordering::Relaxed));
-show!(full_scans_show, |k| k
-    .stats
-    .full_scans
-    .load(Ordering::Relaxed));
-
 type ShowFn = unsafe extern "C" fn(
     *mut bindings::kobject,
     *mut bindings::kobj_attribute,
@@ -368,7 +135,229 @@ const fn attr(
     attr
 }
 
-const NR_ATTRS: usize = 24;
+/// Defines the callbacks of the sysfs file `$name` (`$name_show`, and
+/// `$name_store` if it is writable), or with `@attr` gives its attribute.
+/// The kinds of file are those of [`sysfs_table!`].
+macro_rules! sysfs_file {
+    (knob $name:ident ($parse:ident, $ty:ty)) => {
+        sysfs_file!(rw $name {
+            show(k) -> u64 { u64::from(k.control.lock().$name) }
+            store(k, v: $ty = $parse) {
+                k.update(|c| c.$name = v);
+                Ok(())
+            }
+        });
+    };
+    (counter $name:ident ()) => {
+        sysfs_file!(ro $name {
+            show(k) -> u64 { k.stats.$name.load(Ordering::Relaxed) as u64 }
+        });
+    };
+    (ro $name:ident { show($k:tt) -> $ty:ty $show:block }) => {
+        kernel::macros::paste! {
+            /// # Safety
+            ///
+            /// Called by sysfs with a PAGE_SIZE buffer.
+            unsafe extern "C" fn [<$name _show>](
+                _kobj: *mut bindings::kobject,
+                _attr: *mut bindings::kobj_attribute,
+                buf: *mut c_char,
+            ) -> isize {
+                let value: fn(&Ksm) -> $ty = |$k| $show;
+                // SAFETY: sysfs passes its buffer.
+                unsafe { value(ksm()).emit(buf) }
+            }
+        }
+    };
+    (rw $name:ident {
+        show($k:tt) -> $ty:ty $show:block
+        store($sk:ident, $v:ident: $vty:ty = $parse:ident) $store:block
+    }) => {
+        sysfs_file!(ro $name { show($k) -> $ty $show });
+        kernel::macros::paste! {
+            /// # Safety
+            ///
+            /// Called by sysfs with a NUL-terminated buffer of `count` bytes.
+            unsafe extern "C" fn [<$name _store>](
+                _kobj: *mut bindings::kobject,
+                _attr: *mut bindings::kobj_attribute,
+                buf: *const c_char,
+                count: usize,
+            ) -> isize {
+                let apply: fn(&Ksm, $vty) -> Result = |$sk, $v| $store;
+                // SAFETY: sysfs NUL-terminates store buffers.
+                match unsafe { $parse(buf) }.and_then(|v| apply(ksm(), v)) {
+                    Ok(()) => count as isize,
+                    Err(e) => e.to_errno() as isize,
+                }
+            }
+        }
+    };
+    (@attr $kind:ident $name:ident) => {
+        kernel::macros::paste!(attr(
+            c_str!(stringify!($name)),
+            [<$name _show>],
+            sysfs_file!(@store $kind [<$name _store>]),
+        ))
+    };
+    (@store knob $store:ident) => { Some($store) };
+    (@store rw $store:ident) => { Some($store) };
+    (@store counter $store:ident) => { None };
+    (@store ro $store:ident) => { None };
+}
+
+/// Defines the files of /sys/kernel/mm/rust_ksm, one entry each, as
+/// `name: kind`:
+///
+/// - `knob(parse, T)`: the field `name` of `Control`, shown as a number;
+///   a write stores any value `parse` accepts (a `T`).
+/// - `counter()`: the counter `name` of `Stats`, read-only.
+/// - `ro { show(k) -> T { value } }`: read-only, shows `value` (an [`Emit`]
+///   type `T`) computed from `k: &Ksm`.
+/// - `rw { show(k) -> T { value } store(k, v: V = parse) { apply } }`: also
+///   writable: `v` is the value `parse` read, `apply` returns a `Result`.
+///
+/// Writable files have mode 0644, the others 0444.  Gives the callbacks,
+/// `NR_ATTRS` and `SYSFS`, the attributes in the order of the entries.
+macro_rules! sysfs_table {
+    ($($name:ident: $kind:ident $def:tt),* $(,)?) => {
+        $(sysfs_file!($kind $name $def);)*
+
+        const NR_ATTRS: usize = [$(stringify!($name)),*].len();
+
+        static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables {
+            attrs: [$(sysfs_file!(@attr $kind $name)),*],
+            list: [ptr::null_mut(); NR_ATTRS + 1],
+            // SAFETY: all-zero is a valid (empty, unnamed) attribute group.
+            group: unsafe { core::mem::zeroed() },
+        }));
+    };
+}
+
+sysfs_table! {
+    run: rw {
+        show(k) -> u64 { k.control.lock().run as u64 }
+        store(k, v: u32 = parse_u32) {
+            let run = Run::from_knob(v)?;
+            k.update(|c| c.run = run);
+            if run == Run::Stop {
+                // As upstream: return once the batch in progress is done, so
+                // the counters stand still from here on.
+                drop(k.scan_lock());
+            }
+            if run == Run::Unmerge {
+                // As upstream: unmerge synchronously; on failure run goes
+                // back to 0.
+                if let Err(e) = k.unmerge_all(Unmerge::Interruptible) {
+                    k.update(|c| c.run = Run::Stop);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+    },
+    pages_to_scan: rw {
+        show(k) -> u64 { u64::from(k.control.lock().pages_to_scan) }
+        store(k, v: u32 = parse_u32) { k.update(|c| c.set_pages_to_scan(v)) }
+    },
+    sleep_millisecs: knob(parse_u32, u32),
+    pages_scanned: counter(),
+    full_scans: counter(),
+    max_page_sharing: rw {
+        show(k) -> u64 { u64::from(k.control.lock().max_page_sharing) }
+        store(k, v: u32 = parse_u32) {
+            if v < 2 {
+                return Err(EINVAL);
+            }
+            let stats = &k.stats;
+            let mut control = k.control.lock();
+            if control.max_page_sharing != v {
+                if stats.pages_shared.load(Ordering::Relaxed) != 0 {
+                    return Err(EBUSY);
+                }
+                control.max_page_sharing = v;
+            }
+            Ok(())
+        }
+    },
+    pages_shared: counter(),
+    pages_sharing: counter(),
+    pages_unshared: counter(),
+    pages_volatile: ro {
+        show(k) -> u64 {
+            let s = &k.stats;
+            let merged = s.pages_shared.load(Ordering::Relaxed)
+                + s.pages_sharing.load(Ordering::Relaxed)
+                + s.pages_unshared.load(Ordering::Relaxed);
+            s.rmap_items.load(Ordering::Relaxed).saturating_sub(merged) as u64
+        }
+    },
+    general_profit: ro {
+        show(k) -> i64 {
+            let s = &k.stats;
+            // SAFETY: reads an atomic counter.
+            let zero_pages = unsafe { bindings::rust_ksm_zero_pages() } as i64;
+            (s.pages_sharing.load(Ordering::Relaxed) as i64 + zero_pages) * PAGE_SIZE as i64
+                - (s.rmap_items.load(Ordering::Relaxed) * rmap::RMAP_ITEM_BYTES) as i64
+        }
+    },
+    stable_node_chains: counter(),
+    stable_node_dups: counter(),
+    use_zero_pages: knob(parse_bool, bool),
+    // The core keeps the count (it drops as KSM zero PTEs are unmapped);
+    // while rust_ksm is the engine, every KSM zero page is one it placed.
+    ksm_zero_pages: ro {
+        show(_) -> i64 {
+            // SAFETY: reads an atomic counter.
+            unsafe { bindings::rust_ksm_zero_pages() as i64 }
+        }
+    },
+    smart_scan: knob(parse_bool, bool),
+    pages_skipped: counter(),
+    stable_node_chains_prune_millisecs: knob(parse_u32, u32),
+    merge_across_nodes: rw {
+        show(k) -> u64 { u64::from(k.control.lock().merge_across_nodes) }
+        store(k, v: u64 = parse_u64) {
+            if v > 1 {
+                return Err(EINVAL);
+            }
+            // The trees change only with no stable node left (EBUSY
+            // otherwise), under the scan lock, like upstream's under
+            // ksm_thread_mutex.
+            let mut scan = k.scan_lock();
+            scan.trees.set_across_nodes(v == 1)?;
+            k.update(|c| c.merge_across_nodes = v == 1);
+            drop(scan);
+            Ok(())
+        }
+    },
+    advisor_mode: rw {
+        show(k) -> StaticStr {
+            if k.control.lock().advisor_scan_time {
+                c_str!("none [scan-time]")
+            } else {
+                c_str!("[none] scan-time")
+            }
+        }
+        store(k, scan_time: bool = parse_advisor_mode) {
+            k.update(|c| c.set_advisor_mode(scan_time));
+            Ok(())
+        }
+    },
+    advisor_max_cpu: knob(parse_u64, u64),
+    advisor_min_pages_to_scan: knob(parse_u64, u64),
+    advisor_max_pages_to_scan: knob(parse_u64, u64),
+    advisor_target_scan_time: rw {
+        show(k) -> u64 { k.control.lock().advisor_target_scan_time }
+        store(k, v: u64 = parse_u64) {
+            if v < 1 {
+                return Err(EINVAL);
+            }
+            k.update(|c| c.advisor_target_scan_time = v);
+            Ok(())
+        }
+    },
+}
 
 /// The attributes and their group, in static storage: lockdep wants static
 /// keys for sysfs attributes, which `kobj_attribute` embeds.
@@ -384,86 +373,6 @@ struct SysfsStatic(core::cell::UnsafeCell<SysfsTables>);
 // SAFETY: only the module's init and exit touch the tables, and the kernel
 // only reads them.
 unsafe impl Sync for SysfsStatic {}
-
-static SYSFS: SysfsStatic = SysfsStatic(core::cell::UnsafeCell::new(SysfsTables {
-    attrs: [
-        attr(c_str!("run"), run_show, Some(run_store)),
-        attr(
-            c_str!("pages_to_scan"),
-            pages_to_scan_show,
-            Some(pages_to_scan_store),
-        ),
-        attr(
-            c_str!("sleep_millisecs"),
-            sleep_millisecs_show,
-            Some(sleep_millisecs_store),
-        ),
-        attr(c_str!("pages_scanned"), pages_scanned_show, None),
-        attr(c_str!("full_scans"), full_scans_show, None),
-        attr(
-            c_str!("max_page_sharing"),
-            max_page_sharing_show,
-            Some(max_page_sharing_store),
-        ),
-        attr(c_str!("pages_shared"), pages_shared_show, None),
-        attr(c_str!("pages_sharing"), pages_sharing_show, None),
-        attr(c_str!("pages_unshared"), pages_unshared_show, None),
-        attr(c_str!("pages_volatile"), pages_volatile_show, None),
-        attr(c_str!("general_profit"), general_profit_show, None),
-        attr(c_str!("stable_node_chains"), stable_node_chains_show, None),
-        attr(c_str!("stable_node_dups"), stable_node_dups_show, None),
-        attr(
-            c_str!("use_zero_pages"),
-            use_zero_pages_show,
-            Some(use_zero_pages_store),
-        ),
-        attr(c_str!("ksm_zero_pages"), ksm_zero_pages_show, None),
-        attr(
-            c_str!("smart_scan"),
-            smart_scan_show,
-            Some(smart_scan_store),
-        ),
-        attr(c_str!("pages_skipped"), pages_skipped_show, None),
-        attr(
-            c_str!("stable_node_chains_prune_millisecs"),
-            stable_node_chains_prune_millisecs_show,
-            Some(stable_node_chains_prune_millisecs_store),
-        ),
-        attr(
-            c_str!("merge_across_nodes"),
-            merge_across_nodes_show,
-            Some(merge_across_nodes_store),
-        ),
-        attr(
-            c_str!("advisor_mode"),
-            advisor_mode_show,
-            Some(advisor_mode_store),
-        ),
-        attr(
-            c_str!("advisor_max_cpu"),
-            advisor_max_cpu_show,
-            Some(advisor_max_cpu_store),
-        ),
-        attr(
-            c_str!("advisor_min_pages_to_scan"),
-            advisor_min_pages_to_scan_show,
-            Some(advisor_min_pages_to_scan_store),
-        ),
-        attr(
-            c_str!("advisor_max_pages_to_scan"),
-            advisor_max_pages_to_scan_show,
-            Some(advisor_max_pages_to_scan_store),
-        ),
-        attr(
-            c_str!("advisor_target_scan_time"),
-            advisor_target_scan_time_show,
-            Some(advisor_target_scan_time_store),
-        ),
-    ],
-    list: [ptr::null_mut(); NR_ATTRS + 1],
-    // SAFETY: all-zero is a valid (empty, unnamed) attribute group.
-    group: unsafe { core::mem::zeroed() },
-}));
 
 /// /sys/kernel/mm/rust_ksm; removed on drop.
 ///
