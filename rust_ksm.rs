@@ -10,16 +10,15 @@
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
-use kernel::c_str;
-use kernel::error::to_result;
-use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 
 mod advisor;
 mod control;
+mod debugfs;
 mod engine;
+mod hotplug;
 mod kmm;
 mod ksmd;
 mod merge;
@@ -30,7 +29,9 @@ mod tree;
 
 use control::Control;
 use core::sync::atomic::{AtomicBool, AtomicUsize};
+use debugfs::Debugfs;
 use engine::EngineRegistration;
+use hotplug::MemoryNotifier;
 use ksmd::Ksmd;
 use scan::{MmGrab, MmRegistry, ScanState, Stats, Unmerge};
 use sysfs::Sysfs;
@@ -148,29 +149,6 @@ impl Ksm {
         }
     }
 
-    /// MEM_GOING_OFFLINE: keep everyone off the nodes, and wait for whoever
-    /// holds the scan lock now.
-    fn offline_begin(&self) {
-        let control = self.control.lock();
-        self.offlining.fetch_add(1, Ordering::AcqRel);
-        drop(control);
-        drop(self.scan.lock());
-    }
-
-    /// MEM_OFFLINE (with the range) or MEM_CANCEL_OFFLINE: prune the nodes
-    /// of the range, then let everyone back.
-    fn offline_end(&self, range: Option<(usize, usize)>) {
-        if let Some((start, end)) = range {
-            let mut scan = self.scan.lock();
-            scan.trees.remove_nodes_in(start, end);
-            scan.publish(&self.stats);
-        }
-        let control = self.control.lock();
-        self.offlining.fetch_sub(1, Ordering::AcqRel);
-        drop(control);
-        self.offline_done.notify_all();
-    }
-
     /// Registers an mm that became mergeable.
     fn enter(&self, mm: NonNull<bindings::mm_struct>) -> Result {
         let slot = scan::MmSlotReservation::new(GFP_KERNEL)?;
@@ -251,100 +229,6 @@ struct RustKsm {
     _engine: EngineRegistration,
     _memory: MemoryNotifier,
     _ksm: KsmOwner,
-}
-
-/// `Sync` wrapper for the memory notifier block, which the notifier chain
-/// links through.
-struct NotifierBlock(core::cell::UnsafeCell<bindings::notifier_block>);
-
-// SAFETY: the block is only changed by the notifier chain, under its lock.
-unsafe impl Sync for NotifierBlock {}
-
-static MEMORY_NB: NotifierBlock =
-    NotifierBlock(core::cell::UnsafeCell::new(bindings::notifier_block {
-        notifier_call: Some(memory_callback),
-        next: ptr::null_mut(),
-        priority: 0,
-    }));
-
-/// Memory hotplug events (see [`Ksm::scan_lock`]).
-///
-/// # Safety
-///
-/// Called by the memory notifier chain; for MEM_OFFLINE `data` is a
-/// `struct memory_notify`.
-unsafe extern "C" fn memory_callback(
-    _nb: *mut bindings::notifier_block,
-    action: kernel::ffi::c_ulong,
-    data: *mut c_void,
-) -> c_int {
-    match action as bindings::memory_block_state {
-        bindings::memory_block_state_MEM_GOING_OFFLINE => ksm().offline_begin(),
-        bindings::memory_block_state_MEM_OFFLINE => {
-            // SAFETY: as the chain guarantees for this action.
-            let arg = unsafe { &*data.cast::<bindings::memory_notify>() };
-            ksm().offline_end(Some((arg.start_pfn, arg.start_pfn + arg.nr_pages)));
-        }
-        bindings::memory_block_state_MEM_CANCEL_OFFLINE => ksm().offline_end(None),
-        _ => {}
-    }
-    bindings::NOTIFY_OK as c_int
-}
-
-/// Registration of [`memory_callback`]; unregistered on drop, after the
-/// last unmerge (which may wait for an offline to end).
-struct MemoryNotifier;
-
-impl MemoryNotifier {
-    fn new() -> Result<Self> {
-        // SAFETY: the block is static; its callback only needs `KSM`, set
-        // for as long as this registration lives (see `RustKsm`).
-        to_result(unsafe { bindings::register_memory_notifier(MEMORY_NB.0.get()) })?;
-        Ok(Self)
-    }
-}
-
-impl Drop for MemoryNotifier {
-    fn drop(&mut self) {
-        // SAFETY: registered in `new`; this waits for a running callback.
-        unsafe { bindings::unregister_memory_notifier(MEMORY_NB.0.get()) };
-    }
-}
-
-/// /sys/kernel/debug/rust_ksm: internal counts for the tests (not ABI).
-/// `registered_mms` is how many mms the engine holds.
-struct Debugfs(*mut bindings::dentry);
-
-// SAFETY: a debugfs dentry may be removed from any thread.
-unsafe impl Send for Debugfs {}
-
-// SAFETY: `&Debugfs` gives access to nothing.
-unsafe impl Sync for Debugfs {}
-
-impl Debugfs {
-    fn new() -> Self {
-        // SAFETY: plain calls; debugfs errors are not failures (the
-        // functions take error pointers and do nothing with them).  The
-        // counter is a static, valid for as long as the file exists.
-        unsafe {
-            let dir =
-                bindings::debugfs_create_dir(c_str!("rust_ksm").as_char_ptr(), ptr::null_mut());
-            bindings::debugfs_create_ulong(
-                c_str!("registered_mms").as_char_ptr(),
-                0o444,
-                dir,
-                scan::REGISTERED_MMS.as_ptr().cast(),
-            );
-            Self(dir)
-        }
-    }
-}
-
-impl Drop for Debugfs {
-    fn drop(&mut self) {
-        // SAFETY: created in `new`; removal waits for open readers.
-        unsafe { bindings::debugfs_remove(self.0) };
-    }
 }
 
 /// Owns the engine state and publishes it in [`KSM`] for its lifetime.
