@@ -4,12 +4,21 @@
 //!
 //! The module registers as the kernel's KSM engine (the `ksm_engine_ops` of
 //! the project's kernel patches), so every KSM hook of `<linux/ksm.h>` comes
-//! here while it is loaded.  This file holds the lifecycle: the engine hooks,
-//! the `rust_ksmd` thread and the sysfs knobs under /sys/kernel/mm/rust_ksm,
-//! which are named and behave like those of /sys/kernel/mm/ksm.
+//! here while it is loaded.  This file holds the engine state everything
+//! shares ([`Ksm`]) and the module's lifecycle ([`RustKsm`]); the rest is
+//! one job a file:
+//!
+//! - `engine.rs`: the hooks the KSM core calls;
+//! - `ksmd.rs`: the `rust_ksmd` thread;
+//! - `sysfs.rs`: the knobs under /sys/kernel/mm/rust_ksm, which are named
+//!   and behave like those of /sys/kernel/mm/ksm;
+//! - `control.rs`: the knobs' values; `advisor.rs`: the scan-time advisor;
+//! - `hotplug.rs`: memory going offline; `debugfs.rs`: counts for tests;
+//! - `kmm/`, `merge/`, `scan/`, `rmap/`, `tree/`: the mm layer, merging,
+//!   the scanner, the rmap items and the trees.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use kernel::prelude::*;
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
@@ -28,7 +37,6 @@ mod sysfs;
 mod tree;
 
 use control::Control;
-use core::sync::atomic::{AtomicBool, AtomicUsize};
 use debugfs::Debugfs;
 use engine::EngineRegistration;
 use hotplug::MemoryNotifier;
