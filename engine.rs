@@ -4,12 +4,15 @@
 //! its SRCU while the module is registered: each turns the core's pointers
 //! into what the engine takes and calls into it.
 
-use crate::{bindings, ksm, rmap, scan, tree};
+use crate::kmm::VmaRef;
+use crate::merge::unmerge;
+use crate::rmap::{self, StableNode};
+use crate::{bindings, ksm};
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::error::{from_result, to_result};
-use kernel::ffi::{c_int, c_long, c_void};
+use kernel::ffi::{c_int, c_long};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 
@@ -43,9 +46,14 @@ unsafe extern "C" fn engine_unmerge_range(
     lock_vma: bool,
 ) -> c_int {
     from_result(|| {
-        let vma = NonNull::new(vma).ok_or(EINVAL)?;
         // SAFETY: the core holds the mmap lock, as the hook requires.
-        unsafe { scan::unmerge_range(vma, start, end, lock_vma, true) }?;
+        let vma = unsafe { VmaRef::from_raw(NonNull::new(vma).ok_or(EINVAL)?) };
+        if lock_vma {
+            // SAFETY: the core asks for the VMA lock with the mmap lock
+            // held for write.
+            unsafe { vma.start_write() };
+        }
+        unmerge::unmerge_range(vma, start, end, true)?;
         Ok(0)
     })
 }
@@ -68,19 +76,8 @@ unsafe extern "C" fn engine_rmap_walk(
 /// Called by the KSM core with two locked folios, `new` already carrying
 /// `old`'s mapping.
 unsafe extern "C" fn engine_folio_migrate(new: *mut bindings::folio, old: *mut bindings::folio) {
-    // SAFETY: locked folios.
-    unsafe {
-        if let Some(node) = tree::StableNode::of_folio(old) {
-            node.as_ref().migrated(bindings::rust_ksm_folio_pfn(new));
-            // The new pfn must be visible before the old folio looks stale:
-            // pairs with the read barrier in the stale check.
-            bindings::rust_ksm_smp_wmb();
-            bindings::rust_ksm_folio_set_mapping(
-                old,
-                bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
-            );
-        }
-    }
+    // SAFETY: as the core guarantees.
+    unsafe { StableNode::folio_migrated(new, old) };
 }
 
 /// Swap-in of a KSM folio may map it again if it still has its node and
@@ -91,8 +88,7 @@ unsafe extern "C" fn engine_folio_migrate(new: *mut bindings::folio, old: *mut b
 /// Called by the KSM core with a KSM folio.
 unsafe extern "C" fn engine_folio_mappable(folio: *mut bindings::folio) -> bool {
     // SAFETY: as the core guarantees.
-    unsafe { tree::StableNode::of_folio(folio) }.is_some()
-        && !ksm().unmerging.load(Ordering::Relaxed)
+    unsafe { StableNode::of_folio(folio) }.is_some() && !ksm().unmerging.load(Ordering::Relaxed)
 }
 
 /// /proc/PID/ksm_stat's profit, from the per-mm counters the engine keeps.

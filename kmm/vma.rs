@@ -49,6 +49,17 @@ impl<'a> VmaRef<'a> {
         self.vma.as_ptr()
     }
 
+    /// vma_start_write(): lock the VMA against page faults under the
+    /// per-VMA lock, as mm/ksm.c does before unmerging for mremap.
+    ///
+    /// # Safety
+    ///
+    /// The mmap lock is held for write.
+    pub(crate) unsafe fn start_write(&self) {
+        // SAFETY: by the function's safety requirements.
+        unsafe { bindings::rust_ksm_vma_start_write(self.as_ptr()) };
+    }
+
     pub(crate) fn mm(&self) -> *mut bindings::mm_struct {
         // SAFETY: the VMA is stable under the mmap lock (type invariant).
         unsafe { (*self.as_ptr()).vm_mm }
@@ -150,6 +161,14 @@ impl<'a> VmaRef<'a> {
 }
 
 impl MmapReadGuard<'_> {
+    /// The first VMA ending above `addr` (find_vma()), to visit them all.
+    pub(crate) fn find_vma(&self, addr: usize) -> Option<VmaRef<'_>> {
+        // SAFETY: the mmap lock is held (type invariant of the guard).
+        let vma = NonNull::new(unsafe { bindings::find_vma(self.mm(), addr) })?;
+        // SAFETY: found under the lock this guard holds for its lifetime.
+        Some(unsafe { VmaRef::from_raw(vma) })
+    }
+
     /// The VMA at `addr`, if any (vma_lookup()).
     pub(crate) fn vma(&self, addr: usize) -> Option<VmaRef<'_>> {
         // SAFETY: the mmap lock is held (type invariant of the guard).

@@ -129,10 +129,36 @@ impl StableNode {
         unsafe { &*self.mappings.get() }
     }
 
-    /// folio_migrate_ksm(): the page moved to `new_pfn`.
-    pub(crate) fn migrated(&self, new_pfn: usize) {
-        self.kpfn.store(new_pfn, Ordering::Release);
+    /// folio_migrate_ksm(): the node of `old`'s KSM page follows it to
+    /// `new`, which already carries `old`'s mapping; `old` keeps a KSM
+    /// mapping without a node, so that it looks stale.
+    ///
+    /// # Safety
+    ///
+    /// Both folios are locked.
+    pub(crate) unsafe fn folio_migrated(new: *mut bindings::folio, old: *mut bindings::folio) {
+        // SAFETY: `old` is a valid, locked folio.
+        let Some(node) = (unsafe { Self::of_folio(old) }) else {
+            return;
+        };
+        // SAFETY: `new` is a valid folio.
+        let new_pfn = unsafe { bindings::rust_ksm_folio_pfn(new) };
+        // SAFETY: a node a KSM folio points to is alive while the folio is
+        // locked.
+        unsafe { node.as_ref() }
+            .kpfn
+            .store(new_pfn, Ordering::Release);
         MIGRATED.store(true, Ordering::Release);
+        // SAFETY: plain barrier, then a write to the locked `old`.  The new
+        // pfn must be visible before the old folio looks stale: pairs with
+        // the read barrier in the stale check (Trees::get_folio).
+        unsafe {
+            bindings::rust_ksm_smp_wmb();
+            bindings::rust_ksm_folio_set_mapping(
+                old,
+                bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
+            );
+        }
     }
 
     /// The tree the node is in.

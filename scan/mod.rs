@@ -16,7 +16,7 @@ mod unmerge;
 
 pub(crate) use registry::{MmRegistry, MmSlotReservation, REGISTERED_MMS};
 use run::Run;
-pub(crate) use unmerge::{unmerge_range, Unmerge};
+pub(crate) use unmerge::Unmerge;
 
 pub(crate) use crate::kmm::MmGrab;
 

@@ -5,34 +5,13 @@
 
 use super::{free_all, MmRegistry, ScanState, Stats};
 use crate::bindings;
-use crate::kmm::{self, MmGrab, VmaRef};
-use crate::merge;
+use crate::kmm::{self, MmGrab};
+use crate::merge::{self, unmerge};
 use crate::tree::{StableNode, Trees};
 use core::ptr::{self, NonNull};
 use kernel::ffi::{c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::sync::Mutex;
-
-/// The unmerge_range hook ([`merge::unmerge::unmerge_range`]).
-///
-/// # Safety
-///
-/// The mmap lock of the VMA's mm must be held (for write with `lock_vma`).
-pub(crate) unsafe fn unmerge_range(
-    vma: NonNull<bindings::vm_area_struct>,
-    start: usize,
-    end: usize,
-    lock_vma: bool,
-    interruptible: bool,
-) -> Result {
-    if lock_vma {
-        // SAFETY: the mmap lock is held for write when `lock_vma` is set.
-        unsafe { bindings::rust_ksm_vma_start_write(vma.as_ptr()) };
-    }
-    // SAFETY: the mmap lock is held (the function's safety requirements).
-    let vma = unsafe { VmaRef::from_raw(vma) };
-    merge::unmerge::unmerge_range(vma, start, end, interruptible)
-}
 
 /// How [`ScanState::unmerge_all`] runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -201,25 +180,15 @@ impl ScanState {
             };
             let lock = users.read_lock();
             let mut addr = 0;
-            // SAFETY: the mmap lock is held.
-            while let Some(vma) = NonNull::new(unsafe { bindings::find_vma(lock.mm(), addr) }) {
-                // SAFETY: the VMA is stable under the mmap lock.
-                let (start, end, flags) = unsafe {
-                    (
-                        bindings::rust_ksm_vma_start(vma.as_ptr()),
-                        bindings::rust_ksm_vma_end(vma.as_ptr()),
-                        bindings::rust_ksm_vm_flags(vma.as_ptr()),
-                    )
-                };
-                if flags & bindings::VM_MERGEABLE as c_ulong != 0 {
-                    // SAFETY: mmap lock held.
-                    let r = unsafe { unmerge_range(vma, start, end, false, interruptible) };
+            while let Some(vma) = lock.find_vma(addr) {
+                if vma.flags() & bindings::VM_MERGEABLE as c_ulong != 0 {
+                    let r = unmerge::unmerge_range(vma, vma.start(), vma.end(), interruptible);
                     if interruptible {
                         r?;
                     }
                     // At unload a failed fault is retried by the node pass.
                 }
-                addr = end;
+                addr = vma.end();
             }
         }
         self.trees.for_each_node(|trees, node| {
