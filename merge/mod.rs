@@ -23,8 +23,8 @@ use kernel::prelude::*;
 /// `RMAP_NONE` of <linux/rmap.h> (a cast macro bindgen skips).
 const RMAP_NONE: bindings::rmap_t = 0;
 
-/// The most pages [`merge_run`] takes at once.
-pub(crate) const RUN_MAX: usize = 32;
+/// The most pages [`merge_batch`] takes at once.
+pub(crate) const BATCH_MAX: usize = 32;
 
 /// What a page is merged into: an existing KSM page or the zero page.
 /// (Merging into nothing makes the page itself a KSM page.)
@@ -230,30 +230,30 @@ unsafe fn replace_pte(
     }
 }
 
-/// A page of a run for [`merge_run`], the KSM page it is to merge into,
+/// A page of a batch for [`merge_batch`], the KSM page it is to merge into,
 /// and what became of it.
-pub(crate) struct RunPage {
+pub(crate) struct BatchPage {
     /// Where the page is mapped.
     pub(crate) addr: usize,
     pub(crate) page: PageRef,
     pub(crate) kpage: PageRef,
-    pub(crate) state: RunState,
+    pub(crate) state: BatchState,
 }
 
-impl RunPage {
+impl BatchPage {
     pub(crate) fn new(addr: usize, page: PageRef, kpage: PageRef) -> Self {
         Self {
             addr,
             page,
             kpage,
-            state: RunState::Todo,
+            state: BatchState::Todo,
         }
     }
 }
 
-/// Where a [`RunPage`] is in [`merge_run`].
+/// Where a [`BatchPage`] is in [`merge_batch`].
 #[derive(Clone, Copy)]
-pub(crate) enum RunState {
+pub(crate) enum BatchState {
     /// Not started.
     Todo,
     /// Folio locked.
@@ -266,43 +266,43 @@ pub(crate) enum RunState {
     Failed(Error),
 }
 
-/// try_to_merge_one_page() for a run of pages, each into its KSM page:
+/// try_to_merge_one_page() for a batch of pages, each into its KSM page:
 /// the same steps (lock, write-protect, compare, replace) with the same
 /// rules and the same per-PTE clear-and-flush, but each page-table step
-/// taken for the whole run under one mmu notifier range and one page table
+/// taken for the whole batch under one mmu notifier range and one page table
 /// lock, where mm/ksm.c takes both, and walks the page table, per page.
 ///
-/// `run` holds at most [`RUN_MAX`] small anonymous pages (not KSM pages)
+/// `batch` holds at most [`BATCH_MAX`] small anonymous pages (not KSM pages)
 /// mapped in `vma` at increasing addresses inside one PMD; each ends
 /// `Merged` or `Failed`.  Each `kpage` is a KSM page.
-pub(crate) fn merge_run(vma: VmaRef<'_>, run: &mut [RunPage]) {
-    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+pub(crate) fn merge_batch(vma: VmaRef<'_>, batch: &mut [BatchPage]) {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return;
     };
     let (start, end) = (first.addr, last.addr + PAGE_SIZE);
-    let n = run.len();
-    assert!(n <= RUN_MAX);
+    let n = batch.len();
+    assert!(n <= BATCH_MAX);
     // The states live apart from the pages while the folio locks borrow
     // them; they are written back at the end.
-    let mut state = [RunState::Todo; RUN_MAX];
-    let mut locks: [Option<FolioLock<'_>>; RUN_MAX] = core::array::from_fn(|_| None);
-    for (i, p) in run.iter().enumerate() {
+    let mut state = [BatchState::Todo; BATCH_MAX];
+    let mut locks: [Option<FolioLock<'_>>; BATCH_MAX] = core::array::from_fn(|_| None);
+    for (i, p) in batch.iter().enumerate() {
         state[i] = if !p.page.is_anon() || p.page.is_large() {
-            RunState::Failed(EFAULT)
+            BatchState::Failed(EFAULT)
         } else if let Some(lock) = p.page.try_lock() {
             // Trylock: rather scan on and come back than wait for the folio.
             locks[i] = Some(lock);
-            RunState::Locked
+            BatchState::Locked
         } else {
-            RunState::Failed(EBUSY)
+            BatchState::Failed(EBUSY)
         };
     }
     {
         let _range = MmuNotifierRange::clear(vma, start, end);
         // write_protect_page() for every page locked.
         if let Some(table) = PteTable::lock(vma, start) {
-            for (i, p) in run.iter().enumerate() {
-                let (RunState::Locked, Some(lock)) = (state[i], &locks[i]) else {
+            for (i, p) in batch.iter().enumerate() {
+                let (BatchState::Locked, Some(lock)) = (state[i], &locks[i]) else {
                     continue;
                 };
                 let pte = table.pte(p.addr);
@@ -314,25 +314,25 @@ pub(crate) fn merge_run(vma: VmaRef<'_>, run: &mut [RunPage]) {
                             == bindings::rust_ksm_folio_pfn(lock.folio())
                 };
                 state[i] = if !maps_it {
-                    RunState::Failed(EFAULT)
+                    BatchState::Failed(EFAULT)
                 } else {
                     // SAFETY: the PTE maps the folio at `p.addr`; the folio
                     // is locked, referenced once by us and small.
                     unsafe { write_protect_pte(vma, lock, p.addr, pte) }
-                        .map_or(RunState::Failed(EFAULT), RunState::Protected)
+                        .map_or(BatchState::Failed(EFAULT), BatchState::Protected)
                 };
             }
         }
-        for (i, p) in run.iter().enumerate() {
-            if matches!(state[i], RunState::Protected(_)) && compare(&p.page, &p.kpage) != 0 {
-                state[i] = RunState::Failed(ENOENT);
+        for (i, p) in batch.iter().enumerate() {
+            if matches!(state[i], BatchState::Protected(_)) && compare(&p.page, &p.kpage) != 0 {
+                state[i] = BatchState::Failed(ENOENT);
             }
         }
         // replace_page() for every page write-protected and equal to its
         // KSM page.
         if let Some(table) = PteTable::lock(vma, start) {
-            for (i, p) in run.iter().enumerate() {
-                let RunState::Protected(orig) = state[i] else {
+            for (i, p) in batch.iter().enumerate() {
+                let BatchState::Protected(orig) = state[i] else {
                     continue;
                 };
                 let pte = table.pte(p.addr);
@@ -341,19 +341,19 @@ pub(crate) fn merge_run(vma: VmaRef<'_>, run: &mut [RunPage]) {
                     // SAFETY: the unchanged PTE maps `p.page` at `p.addr`;
                     // its folio is locked; both pages are referenced.
                     unsafe { replace_pte(vma, pte, &p.page, Target::Ksm(&p.kpage), p.addr) };
-                    RunState::Merged
+                    BatchState::Merged
                 } else {
-                    RunState::Failed(EFAULT)
+                    BatchState::Failed(EFAULT)
                 };
             }
         }
     }
     drop(locks);
-    for (p, s) in run.iter_mut().zip(state) {
+    for (p, s) in batch.iter_mut().zip(state) {
         p.state = match s {
-            RunState::Merged | RunState::Failed(_) => s,
+            BatchState::Merged | BatchState::Failed(_) => s,
             // The page table went away under us.
-            _ => RunState::Failed(EFAULT),
+            _ => BatchState::Failed(EFAULT),
         };
     }
 }

@@ -52,8 +52,8 @@ pub(super) fn break_cow(item: &RmapItem) {
 
 impl ScanState {
     /// cmp_and_merge_page(): the heart of KSM, after mm/ksm.c.  A page
-    /// that the stable tree takes joins the run (merged by
-    /// [`Self::flush_run`]); anything else is done here and now.
+    /// that the stable tree takes joins the batch (merged by
+    /// [`Self::flush_batch`]); anything else is done here and now.
     pub(super) fn cmp_and_merge(&mut self, item: &mut RmapItem, page: PageRef, params: ScanParams) {
         // Already merged with this very page?
         if let ItemState::Stable { node, .. } = item.state {
@@ -78,16 +78,16 @@ impl ScanState {
             self.cmp_and_merge_one(item, &page, key, None, params);
             return;
         };
-        if let Err(page) = self.run_add(item, page, node, kpage, params) {
-            // Not for a run (a KSM page itself, a huge page, or the node
-            // full after the run merged): on its own, from the search,
-            // which the run may have changed.
+        if let Err(page) = self.batch_add(item, page, node, kpage, params) {
+            // Not for a batch (a KSM page itself, a huge page, or the node
+            // full after the batch merged): on its own, from the search,
+            // which the batch may have changed.
             self.cmp_and_merge_one(item, &page, key, Some(Search::Fast), params);
         }
     }
 
     /// cmp_and_merge_page() for one page, starting with a stable tree
-    /// search of kind `first` (`Exact` after a run found a key that lied;
+    /// search of kind `first` (`Exact` after a batch found a key that lied;
     /// None: known to find nothing).
     pub(super) fn cmp_and_merge_one(
         &mut self,

@@ -8,14 +8,14 @@
 //! page-table holes cost nothing: a 32 TiB mapping with one page populated is
 //! one page of work, not eight billion lookups.
 
+mod batch;
 mod cmp_and_merge;
 mod registry;
-mod run;
 mod smart;
 mod unmerge;
 
+use batch::MergeBatch;
 pub(crate) use registry::{MmRegistry, MmSlotReservation, REGISTERED_MMS};
-use run::Run;
 pub(crate) use unmerge::Unmerge;
 
 pub(crate) use crate::kmm::MmGrab;
@@ -71,8 +71,8 @@ pub(crate) struct ScanState {
     zero_key: u64,
     pub(crate) trees: Trees,
     /// Pages of the current walk batch the stable tree takes, merged
-    /// together when the run ends (see [`Run`]).
-    run: Run,
+    /// together when the batch ends (see [`MergeBatch`]).
+    batch: MergeBatch,
 }
 
 /// Where a batch was in the passes over all mms.
@@ -115,7 +115,7 @@ impl ScanState {
             zero_hash: page::zero_hash(),
             zero_key: page::zero_key(),
             trees: Trees::new(),
-            run: Run::new(),
+            batch: MergeBatch::new(),
         }
     }
 
@@ -147,7 +147,7 @@ impl ScanState {
             let Some(mm) = self.current_mm(registry, stats, &mut marks) else {
                 break;
             };
-            // Collect a run of pages in one walk (one mmap lock round trip),
+            // Collect a batch of pages in one walk (one mmap lock round trip),
             // then merge them one by one with no lock held.
             let mut walk = WalkState::new(budget.min(WALK_BATCH as u32) as usize);
             if let Some(users) = mm.users() {
@@ -176,7 +176,7 @@ impl ScanState {
                 unsafe { bindings::rust_ksm_cond_resched() };
             }
             // Before the cursor leaves these items behind (or frees any).
-            self.flush_run(params);
+            self.flush_batch(params);
             if !more {
                 // Done with this mm: drop items past the last page.
                 self.prune_rest();

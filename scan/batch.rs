@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Runs: pages that the stable tree takes, merged into their KSM pages in
-//! batches under one page-table lock (`merge::merge_run`).
+//! Merge batches: pages that the stable tree takes, merged into their KSM pages in
+//! batches under one page-table lock (`merge::merge_batch`).
 
 use super::cmp_and_merge::break_cow;
 use super::{ScanParams, ScanState, WALK_BATCH};
 use crate::bindings;
 use crate::kmm::{page, AnonVmaRef, PageRef};
-use crate::merge::{self, RunPage, RunState};
+use crate::merge::{self, BatchPage, BatchState};
 use crate::rmap::RmapItem;
 use crate::tree::{Search, StableNode};
 use core::ptr::{self, NonNull};
@@ -15,19 +15,19 @@ use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 
 /// Pages of one walk batch, in one PMD, that the stable tree sends to
-/// stable nodes: [`merge::merge_run`] merges them under one page table
-/// lock per step, and [`ScanState::flush_run`] appends them to their nodes
+/// stable nodes: [`merge::merge_batch`] merges them under one page table
+/// lock per step, and [`ScanState::flush_batch`] appends them to their nodes
 /// under one lock of each node's folio.
 ///
 /// # Invariants
 ///
 /// `items[i]` is the item of `pages[i]`, taken out of both trees, alive
-/// in the current mm's list behind the scanner's cursor (a run is flushed
+/// in the current mm's list behind the scanner's cursor (a batch is flushed
 /// before the cursor moves past its walk batch); `nodes[i]` is the node
-/// whose page is `pages[i].kpage`.  A node's pages in the run never
+/// whose page is `pages[i].kpage`.  A node's pages in the batch never
 /// outnumber the mappings it takes before it is full (`max_page_sharing`).
-pub(super) struct Run {
-    pages: KVec<RunPage>,
+pub(super) struct MergeBatch {
+    pages: KVec<BatchPage>,
     items: KVec<NonNull<RmapItem>>,
     nodes: KVec<NonNull<StableNode>>,
 }
@@ -35,9 +35,9 @@ pub(super) struct Run {
 // SAFETY: a `Run` is part of the `ScanState`, used only by the holder of
 // the scan lock; its items and nodes belong to the same state, and its
 // page references are folio references, which any thread may drop.
-unsafe impl Send for Run {}
+unsafe impl Send for MergeBatch {}
 
-impl Run {
+impl MergeBatch {
     pub(super) fn new() -> Self {
         Self {
             pages: KVec::new(),
@@ -46,7 +46,7 @@ impl Run {
         }
     }
 
-    /// How many more mappings `node` takes, counting those in the run.
+    /// How many more mappings `node` takes, counting those in the batch.
     pub(super) fn room(&self, node: NonNull<StableNode>, max_sharing: usize) -> usize {
         // SAFETY: scan lock held: the node is alive, its list stable.
         let used = unsafe { node.as_ref().mappings() }.len();
@@ -57,10 +57,10 @@ impl Run {
 
 impl ScanState {
     /// Defers the merge of `item`'s `page` into the stable node `node`
-    /// (page `kpage`) to the run, flushing the run first if it cannot
-    /// take the page.  Gives the page back if it is not for a run (the run
+    /// (page `kpage`) to the batch, flushing the batch first if it cannot
+    /// take the page.  Gives the page back if it is not for a batch (the batch
     /// is flushed then, so that no merge into its node is pending).
-    pub(super) fn run_add(
+    pub(super) fn batch_add(
         &mut self,
         item: &mut RmapItem,
         page: PageRef,
@@ -75,27 +75,27 @@ impl ScanState {
         if unsafe {
             bindings::rust_ksm_folio_test_ksm(folio) || bindings::rust_ksm_folio_test_large(folio)
         } {
-            self.flush_run(params);
+            self.flush_batch(params);
             return Err(page);
         }
         let addr = item.address;
-        let fits = self.run.pages.first().map_or(true, |head| {
-            (head.addr ^ addr) >> bindings::PMD_SHIFT == 0 && self.run.pages.len() < WALK_BATCH
+        let fits = self.batch.pages.first().map_or(true, |head| {
+            (head.addr ^ addr) >> bindings::PMD_SHIFT == 0 && self.batch.pages.len() < WALK_BATCH
         });
         if !fits {
-            self.flush_run(params);
+            self.flush_batch(params);
         }
-        if self.run.room(node, params.max_page_sharing) == 0 {
-            // Full, or full once the run is merged.
-            self.flush_run(params);
-            if self.run.room(node, params.max_page_sharing) == 0 {
+        if self.batch.room(node, params.max_page_sharing) == 0 {
+            // Full, or full once the batch is merged.
+            self.flush_batch(params);
+            if self.batch.room(node, params.max_page_sharing) == 0 {
                 return Err(page);
             }
         }
-        if self.run.pages.is_empty()
-            && (self.run.pages.reserve(WALK_BATCH, GFP_KERNEL).is_err()
-                || self.run.items.reserve(WALK_BATCH, GFP_KERNEL).is_err()
-                || self.run.nodes.reserve(WALK_BATCH, GFP_KERNEL).is_err())
+        if self.batch.pages.is_empty()
+            && (self.batch.pages.reserve(WALK_BATCH, GFP_KERNEL).is_err()
+                || self.batch.items.reserve(WALK_BATCH, GFP_KERNEL).is_err()
+                || self.batch.nodes.reserve(WALK_BATCH, GFP_KERNEL).is_err())
         {
             return Err(page);
         }
@@ -103,30 +103,30 @@ impl ScanState {
         // path does after its search.
         self.trees.remove_item(item);
         // Cannot fail: room was reserved for a whole batch.
-        let _ = self.run.items.push(NonNull::from(item), GFP_KERNEL);
-        let _ = self.run.nodes.push(node, GFP_KERNEL);
+        let _ = self.batch.items.push(NonNull::from(item), GFP_KERNEL);
+        let _ = self.batch.nodes.push(node, GFP_KERNEL);
         let _ = self
-            .run
+            .batch
             .pages
-            .push(RunPage::new(addr, page, kpage), GFP_KERNEL);
+            .push(BatchPage::new(addr, page, kpage), GFP_KERNEL);
         Ok(())
     }
 
-    /// Merges the run (try_to_merge_with_ksm_page() and
+    /// Merges the batch (try_to_merge_with_ksm_page() and
     /// stable_tree_append() for each of its pages, batched), then gives the
     /// pages it could not merge the one-page path where mm/ksm.c would go on
     /// with them.
-    pub(super) fn flush_run(&mut self, params: ScanParams) {
-        let Some(head_addr) = self.run.pages.first().map(|p| p.addr) else {
+    pub(super) fn flush_batch(&mut self, params: ScanParams) {
+        let Some(head_addr) = self.batch.pages.first().map(|p| p.addr) else {
             return;
         };
-        let mut pages = core::mem::take(&mut self.run.pages);
-        let mut items = core::mem::take(&mut self.run.items);
-        let mut nodes = core::mem::take(&mut self.run.nodes);
+        let mut pages = core::mem::take(&mut self.batch.pages);
+        let mut items = core::mem::take(&mut self.batch.items);
+        let mut nodes = core::mem::take(&mut self.batch.nodes);
         // The anon_vma (referenced once per page merged) and the linear
         // page index of the first page: all pages are in one VMA.
         let mut refs: [Option<AnonVmaRef>; WALK_BATCH] = core::array::from_fn(|_| None);
-        // INVARIANT (Run): the items are alive in the current mm's list.
+        // INVARIANT (MergeBatch): the items are alive in the current mm's list.
         // SAFETY: so the first is.
         let merged = unsafe { items[0].as_ref() }.with_vma(|vma| {
             // The pages past this VMA (it shares the PMD with another)
@@ -135,11 +135,11 @@ impl ScanState {
                 .iter()
                 .take_while(|p| p.addr >= vma.start() && p.addr < vma.end())
                 .count();
-            // The pages are as merge_run() wants (see run_add()), each
+            // The pages are as merge_batch() wants (see batch_add()), each
             // `kpage` its node's KSM page.
-            merge::merge_run(vma, &mut pages[..n]);
+            merge::merge_batch(vma, &mut pages[..n]);
             for (p, r) in pages[..n].iter().zip(refs.iter_mut()) {
-                if matches!(p.state, RunState::Merged) {
+                if matches!(p.state, BatchState::Merged) {
                     *r = vma.get_anon_vma();
                 }
             }
@@ -152,7 +152,7 @@ impl ScanState {
             // Append node by node, each under one lock of its folio.
             let mut done = [false; WALK_BATCH];
             for first in 0..len {
-                if done[first] || !matches!(pages[first].state, RunState::Merged) {
+                if done[first] || !matches!(pages[first].state, BatchState::Merged) {
                     continue;
                 }
                 let node = nodes[first];
@@ -161,7 +161,8 @@ impl ScanState {
                 // SAFETY: referenced, locked folio.
                 let live = unsafe { StableNode::of_folio(locked.folio()) } == Some(node);
                 for i in first..len {
-                    if done[i] || nodes[i] != node || !matches!(pages[i].state, RunState::Merged) {
+                    if done[i] || nodes[i] != node || !matches!(pages[i].state, BatchState::Merged)
+                    {
                         continue;
                     }
                     done[i] = true;
@@ -170,7 +171,7 @@ impl ScanState {
                     // anon_vma: it is mergeable).
                     let appended = match (live, refs[i].take()) {
                         (true, Some(anon_vma)) => {
-                            // SAFETY: INVARIANT (Run): a live item, ours
+                            // SAFETY: INVARIANT (MergeBatch): a live item, ours
                             // under the scan lock; the KSM folio is locked.
                             let item = unsafe { &mut *items[i].as_ptr() };
                             // SAFETY: as above.
@@ -183,18 +184,18 @@ impl ScanState {
             }
         }
         for (i, p) in pages.iter().enumerate() {
-            // SAFETY: INVARIANT (Run): a live item.
+            // SAFETY: INVARIANT (MergeBatch): a live item.
             let item = unsafe { &mut *items[i].as_ptr() };
             match p.state {
                 // Leave no KSM page mapped outside the stable tree.
-                RunState::Merged if undo[i] => break_cow(item),
+                BatchState::Merged if undo[i] => break_cow(item),
                 // The key lied: search again, comparing.
-                RunState::Failed(e) if e == ENOENT => {
+                BatchState::Failed(e) if e == ENOENT => {
                     let key = page::key(&p.page);
                     self.cmp_and_merge_one(item, &p.page, key, Some(Search::Exact), params);
                 }
-                // Not in the run's VMA: from the start.
-                RunState::Todo => {
+                // Not in the batch's VMA: from the start.
+                BatchState::Todo => {
                     let key = page::key(&p.page);
                     self.cmp_and_merge_one(item, &p.page, key, Some(Search::Fast), params);
                 }
@@ -202,7 +203,7 @@ impl ScanState {
                 _ => {}
             }
         }
-        // Keep the vectors' room for the next run.
+        // Keep the vectors' room for the next batch.
         // SAFETY: the pages are dropped in place right after, and not
         // reachable through the vector any more (as Vec::clear()).
         unsafe {
@@ -212,8 +213,8 @@ impl ScanState {
             items.set_len(0);
             nodes.set_len(0);
         }
-        self.run.pages = pages;
-        self.run.items = items;
-        self.run.nodes = nodes;
+        self.batch.pages = pages;
+        self.batch.items = items;
+        self.batch.nodes = nodes;
     }
 }
