@@ -5,6 +5,7 @@
 use crate::bindings;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
+use kernel::ffi::c_void;
 use kernel::page::PAGE_SIZE;
 
 /// A page with a reference held on its folio.
@@ -30,14 +31,44 @@ impl PageRef {
         Self { page }
     }
 
-    /// Adopts a reference the caller owns on the folio of `page`.
+    /// The folio at `pfn`, referenced, if its `mapping` is `mapping`: the
+    /// "keyhole reference" of mm/ksm.c's ksm_get_folio().
     ///
-    /// # Safety
-    ///
-    /// The caller owns one reference on `page`'s folio and gives it up.
-    pub(crate) unsafe fn adopt(page: NonNull<bindings::page>) -> Self {
-        // INVARIANT: by the function's safety requirements.
-        Self { page }
+    /// A stable node holds no reference on its KSM folio: if it did,
+    /// reclaim could not free a swapped-out KSM page until the scanner came
+    /// round again, seconds or minutes later.  It keeps the pfn, and the
+    /// folio's `mapping` points back to the node while the folio is its.
+    /// So: read `mapping` (the folio may be free, or reused: a `struct
+    /// folio` at a valid pfn is always readable), try to take a reference
+    /// (fails on a free folio, refcount 0), and check `mapping` again now
+    /// that the folio cannot be freed under us.  A refcount frozen at 0
+    /// with the folio in the swap cache is migration or reclaim in
+    /// progress: the folio may still be ours, so wait for it.
+    pub(crate) fn get_if_mapping(pfn: usize, mapping: *mut c_void) -> Option<Self> {
+        // SAFETY: the pfn was a KSM folio's, so it has a memmap entry (the
+        // memory notifier drops nodes before their memory goes offline).
+        let folio = unsafe { bindings::rust_ksm_pfn_folio(pfn) };
+        // SAFETY: `folio` is a readable struct folio, maybe free; the
+        // reference, once taken, pins it.
+        unsafe {
+            if bindings::rust_ksm_folio_mapping(folio) != mapping {
+                return None;
+            }
+            while !bindings::rust_ksm_folio_try_get(folio) {
+                if !bindings::rust_ksm_folio_test_swapcache(folio) {
+                    return None;
+                }
+                bindings::rust_ksm_cond_resched();
+            }
+            if bindings::rust_ksm_folio_mapping(folio) != mapping {
+                bindings::rust_ksm_folio_put(folio);
+                return None;
+            }
+            // INVARIANT: the reference taken above.
+            Some(Self {
+                page: NonNull::new_unchecked(bindings::rust_ksm_folio_page(folio)),
+            })
+        }
     }
 
     pub(crate) fn page(&self) -> *mut bindings::page {

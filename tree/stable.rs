@@ -91,41 +91,11 @@ impl Trees {
         loop {
             // SAFETY: nodes in the tree are alive.
             let kpfn = unsafe { node.as_ref() }.pfn();
-            // SAFETY: a pfn once of a KSM page stays a valid pfn.
-            let folio = unsafe { bindings::rust_ksm_pfn_folio(kpfn) };
-            // SAFETY: `folio` is a valid struct folio (maybe free).
-            let live = unsafe {
-                if bindings::rust_ksm_folio_mapping(folio) != expected {
-                    false
-                } else {
-                    let mut got = false;
-                    // Refcount 0: free, or frozen; frozen swapcache may
-                    // still be ours (migration): wait for it.
-                    loop {
-                        if bindings::rust_ksm_folio_try_get(folio) {
-                            got = true;
-                            break;
-                        }
-                        if !bindings::rust_ksm_folio_test_swapcache(folio) {
-                            break;
-                        }
-                        bindings::rust_ksm_cond_resched();
-                    }
-                    if got && bindings::rust_ksm_folio_mapping(folio) != expected {
-                        bindings::rust_ksm_folio_put(folio);
-                        got = false;
-                    }
-                    got
-                }
-            };
-            if live {
-                // SAFETY: we hold a reference on the folio.
-                return Some(unsafe {
-                    PageRef::adopt(NonNull::new_unchecked(bindings::rust_ksm_folio_page(folio)))
-                });
+            if let Some(page) = PageRef::get_if_mapping(kpfn, expected) {
+                return Some(page);
             }
             // Stale, unless migration moved the node meanwhile: the barrier
-            // pairs with the one in the folio_migrate hook.
+            // pairs with the one in StableNode::folio_migrated().
             // SAFETY: plain barrier.
             unsafe { bindings::rust_ksm_smp_rmb() };
             // SAFETY: nodes in the tree are alive.
