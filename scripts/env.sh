@@ -19,6 +19,26 @@ KMAKE_VARS=(LLVM=$LLVM_SUFFIX RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc
 
 KERNEL_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
+# Which kernel: "test" (make check: KASAN, lockdep, DEBUG_VM, fault
+# injection) or "production" (make bench: the same minus the debugging,
+# kernel/config/variants/production.config).
+RUST_KSM_KERNEL=${RUST_KSM_KERNEL:-test}
+case "$RUST_KSM_KERNEL" in
+test | production) ;;
+*)
+	echo "error: RUST_KSM_KERNEL is test or production" >&2
+	exit 1
+	;;
+esac
+
+# The config fragments of the kernel, in the order they apply (a later line
+# overrides an earlier one).
+kernel_fragments() {
+	ls "$RUST_KSM_ROOT"/kernel/config/*.config
+	[ "$RUST_KSM_KERNEL" = test ] ||
+		echo "$RUST_KSM_ROOT/kernel/config/variants/$RUST_KSM_KERNEL.config"
+}
+
 # Where the kernel tree for the current source + config lives.  Patches are
 # applied incrementally inside it (scripts/kernel-build), so they are not
 # part of the key: changing a patch rebuilds only what it touches.
@@ -28,12 +48,15 @@ kernel_key() {
 	{
 		echo "$srcver"
 		echo "$RUSTC_DEB_VERSION $BINDGEN_VERSION $LLVM_SUFFIX"
-		cat "$RUST_KSM_ROOT"/kernel/config/*.config
+		# shellcheck disable=SC2046  # one path per line, no spaces
+		cat $(kernel_fragments)
 	} | sha256sum | cut -c1-12
 }
 
 kernel_dir() {
-	echo "$RUST_KSM_CACHE/linux-$(kernel_key)"
+	local prefix=linux
+	[ "$RUST_KSM_KERNEL" = test ] || prefix=linux-$RUST_KSM_KERNEL
+	echo "$RUST_KSM_CACHE/$prefix-$(kernel_key)"
 }
 
 die() {

@@ -3,13 +3,15 @@
 #   scripts/vm-run --no-module --add bench-guest.sh --add ksm_bench \
 #       --add rmap_bench [--add rust_ksm.ko] -- bench-guest.sh ROUNDS \
 #       [KSM_BENCH_ARGS...]
-# ROUNDS rounds, each the built-in KSM then rust_ksm (insmod, the same
-# workloads, rmmod), so that both engines see the same guest conditions
-# round by round; scripts/bench takes the median of each figure.
-# ksm_bench (merge figures, one repetition per round) and rmap_bench (rmap
-# walk latency, first round only: it takes its own median over many walks)
-# print "RESULT <engine> <figure> <value|NA> <unit>"; each round begins
-# with "ROUND <n>".
+# ROUNDS rounds, each running the same workloads on the built-in KSM and on
+# rust_ksm (insmod, the workloads, rmmod), so that both engines see the
+# same guest conditions round by round; scripts/bench takes the median of
+# each figure.  The order alternates: the built-in KSM goes first in odd
+# rounds, rust_ksm in even ones, so that neither always meets a fresh (or a
+# used) guest.  ksm_bench (merge figures) and rmap_bench (rmap walk
+# latency, its own median over many walks) run every round and print
+# "RESULT <engine> <figure> <value|NA> <unit>"; each round begins with
+# "ROUND <n>", each side's run ends with the knobs it ran with.
 # Exits 0 only if the built-in side measured every figure in every round.
 
 rounds=$1
@@ -18,17 +20,28 @@ shift
 # (Should vm-run have loaded it anyway: the built-in side needs it gone.)
 rmmod rust_ksm 2>/dev/null
 
-echo "# guest: $(grep -c ^processor /proc/cpuinfo) CPUs, $(grep MemTotal /proc/meminfo | tr -s ' ')"
-builtin=0
-r=1
-while [ "$r" -le "$rounds" ]; do
-	echo "ROUND $r"
-	ksm_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd --reps 1 "$@" ||
-		builtin=1
-	if [ "$r" = 1 ]; then
-		rmap_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd || builtin=1
-	fi
+echo "# guest: $(uname -r) $(uname -v), $(grep -c ^processor /proc/cpuinfo) CPUs, $(grep MemTotal /proc/meminfo | tr -s ' ')"
 
+# knobs DIR: the knobs a side ran with, on one line.
+knobs() {
+	line=
+	for k in pages_to_scan sleep_millisecs max_page_sharing use_zero_pages \
+		smart_scan merge_across_nodes advisor_mode; do
+		[ -r "$1/$k" ] && line="$line $k=$(cat "$1/$k" | tr -d '\n')"
+	done
+	echo "#   knobs:$line"
+}
+
+builtin=0
+# builtin_side: the workloads on the built-in KSM.
+builtin_side() {
+	ksm_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd --reps 1 "$@" || builtin=1
+	rmap_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd || builtin=1
+	knobs /sys/kernel/mm/ksm
+}
+
+# rust_ksm_side: the same on rust_ksm, loaded for the purpose.
+rust_ksm_side() {
 	if [ ! -f /bin/rust_ksm.ko ]; then
 		echo "BENCH-SIDE rust_ksm no-module"
 	elif ! insmod /bin/rust_ksm.ko; then
@@ -36,11 +49,23 @@ while [ "$r" -le "$rounds" ]; do
 	else
 		ksm_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd \
 			--reps 1 "$@"
-		if [ "$r" = 1 ]; then
-			rmap_bench --ksm-dir /sys/kernel/mm/rust_ksm \
-				--kthread rust_ksmd
-		fi
+		rmap_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd
+		knobs /sys/kernel/mm/rust_ksm
 		rmmod rust_ksm || echo "BENCH-SIDE rust_ksm rmmod-failed"
+	fi
+}
+
+r=1
+while [ "$r" -le "$rounds" ]; do
+	echo "ROUND $r"
+	if [ $((r % 2)) = 1 ]; then
+		echo "# round $r: built-in KSM first"
+		builtin_side "$@"
+		rust_ksm_side "$@"
+	else
+		echo "# round $r: rust_ksm first"
+		rust_ksm_side "$@"
+		builtin_side "$@"
 	fi
 	r=$((r + 1))
 done
