@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Merge batches: pages that the stable tree takes, merged into their KSM pages in
-//! batches under one page-table lock (`merge::merge_batch`).
+//! Merge batches: pages that the stable tree takes, merged into their KSM
+//! pages together under one page-table lock (`merge::merge_batch`).
 
 use super::cmp_and_merge::break_cow;
 use super::{ScanParams, ScanState, WALK_BATCH};
@@ -32,7 +32,7 @@ pub(super) struct MergeBatch {
     nodes: KVec<NonNull<StableNode>>,
 }
 
-// SAFETY: a `Run` is part of the `ScanState`, used only by the holder of
+// SAFETY: a `MergeBatch` is part of the `ScanState`, used only by the holder of
 // the scan lock; its items and nodes belong to the same state, and its
 // page references are folio references, which any thread may drop.
 unsafe impl Send for MergeBatch {}
@@ -68,13 +68,9 @@ impl ScanState {
         kpage: PageRef,
         params: ScanParams,
     ) -> core::result::Result<(), PageRef> {
-        let folio = page.folio();
         // A KSM page (forked, or this node's) or a huge page needs the
         // one-page path.
-        // SAFETY: referenced folio.
-        if unsafe {
-            bindings::rust_ksm_folio_test_ksm(folio) || bindings::rust_ksm_folio_test_large(folio)
-        } {
+        if page.is_ksm() || page.is_large() {
             self.flush_batch(params);
             return Err(page);
         }
