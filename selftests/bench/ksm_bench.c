@@ -33,6 +33,16 @@
  *   merge_mibps_mixed   64 MiB: 3/4 of the pages in 16 patterns
  *                       (interleaved), 1/4 unique; done when shared +
  *                       sharing == the patterned pages
+ *   slab_bytes_per_merged_page  the 100 MiB merge's growth of the
+ *                       kernel's slab memory (/proc/meminfo Slab: rmap
+ *                       items, stable nodes, their lists), per page merged:
+ *                       measured, not sizeof
+ *   slab_bytes_per_scanned_page  the same for 100 MiB of unique pages
+ *                       after 3 full scans (they never merge: each is
+ *                       tracked, checksummed, in the unstable tree)
+ *   scan_cpu_us_per_page_unique  then the KSM thread's CPU time over 2
+ *                       more full scans of them, per page scanned: what a
+ *                       mostly merged system spends its time on
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -112,6 +122,22 @@ static double wait_merged(unsigned long long want, uint64_t t0)
 	}
 }
 
+/* The kernel's slab memory (/proc/meminfo "Slab:"), in bytes, or -1. */
+static long long slab_bytes(void)
+{
+	char line[128];
+	long long kb = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Slab: %lld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb < 0 ? -1 : kb * 1024;
+}
+
 /* Clean state: everything unmerged, scanner stopped, fast knobs. */
 static int reset(void)
 {
@@ -120,7 +146,7 @@ static int reset(void)
 
 /* One run's figures; -1 where not measured. */
 struct figs {
-	double merge_ms, unmerge_ms, item, cpu;
+	double merge_ms, unmerge_ms, item, cpu, slab;
 };
 
 /*
@@ -130,8 +156,8 @@ struct figs {
 static void run_one_pattern(size_t mib, int extras, struct figs *f)
 {
 	size_t pages = mib * MiB / page_size;
-	double ms = -1, unmerge_ms = -1, item = -1, cpu = -1;
-	long long tk0, tk1, hz = sysconf(_SC_CLK_TCK);
+	double ms = -1, unmerge_ms = -1, item = -1, cpu = -1, slab = -1;
+	long long tk0, tk1, hz = sysconf(_SC_CLK_TCK), slab0 = -1, slab1;
 	uint64_t t0;
 	char *p;
 
@@ -147,6 +173,7 @@ static void run_one_pattern(size_t mib, int extras, struct figs *f)
 		tap_diag("madvise: %s", strerror(errno));
 		goto unmap;
 	}
+	slab0 = slab_bytes();
 	tk0 = kthread_ticks();
 	t0 = now_ns();
 	if (ksm_set(dir, "run", 1))
@@ -165,6 +192,9 @@ static void run_one_pattern(size_t mib, int extras, struct figs *f)
 		struct ksm_stat st;
 
 		ksm_set(dir, "run", 0);	/* counters settle */
+		slab1 = slab_bytes();
+		if (slab0 >= 0 && slab1 >= 0)
+			slab = (double)(slab1 - slab0) / (double)pages;
 		ksm_counters_read(dir, &c);
 		ksm_counters_diag(engine, &c);
 		if (!ksm_stat_read(0, &st))
@@ -191,7 +221,9 @@ out:
 	f->unmerge_ms = unmerge_ms;
 	f->item = item > 0 ? item : -1;
 	f->cpu = cpu;
+	f->slab = slab;
 }
+
 
 static double run_mixed(void)
 {
@@ -246,7 +278,7 @@ static double median(double *v, unsigned int n)
 
 static void bench_100m(void)
 {
-	double m[MAX_REPS], u[MAX_REPS], it[MAX_REPS], c[MAX_REPS], v;
+	double m[MAX_REPS], u[MAX_REPS], it[MAX_REPS], c[MAX_REPS], sl[MAX_REPS], v;
 	unsigned int r;
 	struct figs f;
 
@@ -256,13 +288,14 @@ static void bench_100m(void)
 		u[r] = f.unmerge_ms;
 		it[r] = f.item;
 		c[r] = f.cpu;
+		sl[r] = f.slab;
 		tap_diag("%s: 100m rep %u: %.2f MiB/s, unmerge %.1f ms, rmap item %.1f B, cpu %.2f ms/1k pages",
 			 engine, r + 1, m[r], u[r], it[r], c[r]);
 		if (m[r] < 0)
 			break;	/* not merging: do not wait again */
 	}
 	for (; r < reps; r++)
-		m[r] = u[r] = it[r] = c[r] = -1;
+		m[r] = u[r] = it[r] = c[r] = sl[r] = -1;
 	v = median(m, reps);
 	result("merge_mibps_100m", v, v >= 0, "%.2f", "MiB/s");
 	v = median(u, reps);
@@ -272,6 +305,8 @@ static void bench_100m(void)
 	       "ms_cpu/1000_pages");
 	v = median(it, reps);
 	result("rmap_item_bytes", v, v > 0, "%.1f", "bytes");
+	v = median(sl, reps);
+	result("slab_bytes_per_merged_page", v, v >= 0, "%.1f", "bytes");
 }
 
 static void bench_big(const char *name)
@@ -309,6 +344,58 @@ static void bench_mixed(void)
 		m[r] = -1;
 	v = median(m, reps);
 	result("merge_mibps_mixed", v, v >= 0, "%.2f", "MiB/s");
+}
+
+/*
+ * MiB of unique pages (they never merge): slab bytes per page after three
+ * full scans, then the KSM thread's CPU microseconds per page scanned over
+ * two more (steady state: checksum, unstable tree).  -1 where not measured.
+ */
+static void run_unique(size_t mib, double *slab, double *cpu_us)
+{
+	size_t pages = mib * MiB / page_size;
+	long long hz = sysconf(_SC_CLK_TCK), slab0, slab1, tk0, tk1;
+	char *p;
+
+	*slab = *cpu_us = -1;
+	if (reset())
+		return;
+	p = map_anon(pages);
+	if (!p)
+		return;
+	for (size_t i = 0; i < pages; i++)
+		fill_pattern(p + i * page_size, 1000000 + i);
+	slab0 = slab_bytes();
+	if (madvise(p, pages * page_size, MADV_MERGEABLE) ||
+	    ksm_run_scans(dir, 3, limit_s * 1000))
+		goto unmap;
+	slab1 = slab_bytes();
+	if (slab0 >= 0 && slab1 >= 0)
+		*slab = (double)(slab1 - slab0) / (double)pages;
+	tk0 = kthread_ticks();
+	if (ksm_run_scans(dir, 2, limit_s * 1000))
+		goto unmap;
+	tk1 = kthread_ticks();
+	if (tk0 >= 0 && tk1 >= tk0 && hz > 0)
+		*cpu_us = (double)(tk1 - tk0) * 1e6 / (double)hz / (2.0 * (double)pages);
+	tap_diag("%s: %zu unique pages: slab %+.1f B/page, %.2f us CPU/page scanned (+%lld ticks)",
+		 engine, pages, *slab, *cpu_us, tk1 - tk0);
+unmap:
+	munmap(p, pages * page_size);
+	ksm_unmerge_stop(dir);
+}
+
+static void bench_unique(void)
+{
+	double s[MAX_REPS], c[MAX_REPS], v;
+	unsigned int r;
+
+	for (r = 0; r < reps; r++)
+		run_unique(100, &s[r], &c[r]);
+	v = median(s, reps);
+	result("slab_bytes_per_scanned_page", v, v >= 0, "%.1f", "bytes");
+	v = median(c, reps);
+	result("scan_cpu_us_per_page_unique", v, v >= 0, "%.2f", "us_cpu/page");
 }
 
 int main(int argc, char **argv)
@@ -351,12 +438,16 @@ int main(int argc, char **argv)
 		result("rmap_item_bytes", 0, 0, "", "bytes");
 		result(name, 0, 0, "", "MiB/s");
 		result("merge_mibps_mixed", 0, 0, "", "MiB/s");
+		result("slab_bytes_per_merged_page", 0, 0, "", "bytes");
+		result("slab_bytes_per_scanned_page", 0, 0, "", "bytes");
+		result("scan_cpu_us_per_page_unique", 0, 0, "", "us_cpu/page");
 		return 1;
 	}
 	ksm_knobs_save(dir, &saved);
 	bench_100m();
 	bench_big(name);
 	bench_mixed();
+	bench_unique();
 	ksm_unmerge_stop(dir);
 	ksm_knobs_restore(dir, &saved);
 	return missing ? 1 : 0;
