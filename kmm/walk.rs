@@ -101,6 +101,23 @@ struct Walk<'v> {
     stopped: bool,
 }
 
+impl<'v> Walk<'v> {
+    /// Runs `walk`, a `walk_page_range*()` call handed [`OPS`] and the
+    /// private data the callbacks cast back to a `Walk`.  True if the
+    /// visitor stopped the walk.
+    fn run(
+        visitor: &'v mut dyn Visitor,
+        walk: impl FnOnce(&'static bindings::mm_walk_ops, *mut c_void),
+    ) -> bool {
+        let mut w = Walk {
+            visitor,
+            stopped: false,
+        };
+        walk(&OPS, ptr::from_mut(&mut w).cast::<c_void>());
+        w.stopped
+    }
+}
+
 /// Walks `[start, end)` of the mm whose mmap lock `guard` holds.  True if
 /// the visitor stopped the walk.
 pub(crate) fn walk_mm(
@@ -109,22 +126,11 @@ pub(crate) fn walk_mm(
     end: usize,
     visitor: &mut dyn Visitor,
 ) -> bool {
-    let mut walk = Walk {
-        visitor,
-        stopped: false,
-    };
-    // SAFETY: the mmap lock is held for read (the guard); `walk` outlives
-    // the call; the callbacks below cast `private` back to it.
-    unsafe {
-        bindings::walk_page_range(
-            guard.mm(),
-            start,
-            end,
-            &OPS,
-            ptr::from_mut(&mut walk).cast::<c_void>(),
-        );
-    }
-    walk.stopped
+    Walk::run(visitor, |ops, private| {
+        // SAFETY: the mmap lock is held for read (the guard); `private`
+        // outlives the call.
+        unsafe { bindings::walk_page_range(guard.mm(), start, end, ops, private) };
+    })
 }
 
 /// Walks `[start, end)` of `vma` ([`Visitor::wants_vma`] is not asked).
@@ -135,21 +141,11 @@ pub(crate) fn walk_vma(
     end: usize,
     visitor: &mut dyn Visitor,
 ) -> bool {
-    let mut walk = Walk {
-        visitor,
-        stopped: false,
-    };
-    // SAFETY: the mmap lock is held (`VmaRef`); as in walk_mm().
-    unsafe {
-        bindings::walk_page_range_vma(
-            vma.as_ptr(),
-            start,
-            end,
-            &OPS,
-            ptr::from_mut(&mut walk).cast::<c_void>(),
-        );
-    }
-    walk.stopped
+    Walk::run(visitor, |ops, private| {
+        // SAFETY: the mmap lock is held (`VmaRef`); `private` outlives the
+        // call.
+        unsafe { bindings::walk_page_range_vma(vma.as_ptr(), start, end, ops, private) };
+    })
 }
 
 static OPS: bindings::mm_walk_ops = bindings::mm_walk_ops {
