@@ -11,7 +11,7 @@
 # used) guest.  ksm_bench (merge figures) and rmap_bench (rmap walk
 # latency, its own median over many walks) run every round and print
 # "RESULT <engine> <figure> <value|NA> <unit>"; each round begins with
-# "ROUND <n>", each side's run ends with the knobs it ran with.
+# "ROUND <n>"; ksm_bench prints the knobs each side runs with.
 # Exits 0 only if the built-in side measured every figure in every round.
 
 rounds=$1
@@ -22,22 +22,11 @@ rmmod rust_ksm 2>/dev/null
 
 echo "# guest: $(uname -r) $(uname -v), $(grep -c ^processor /proc/cpuinfo) CPUs, $(grep MemTotal /proc/meminfo | tr -s ' ')"
 
-# knobs DIR: the knobs a side ran with, on one line.
-knobs() {
-	line=
-	for k in pages_to_scan sleep_millisecs max_page_sharing use_zero_pages \
-		smart_scan merge_across_nodes advisor_mode; do
-		[ -r "$1/$k" ] && line="$line $k=$(cat "$1/$k" | tr -d '\n')"
-	done
-	echo "#   knobs:$line"
-}
-
 builtin=0
 # builtin_side: the workloads on the built-in KSM.
 builtin_side() {
 	ksm_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd --reps 1 "$@" || builtin=1
 	rmap_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd || builtin=1
-	knobs /sys/kernel/mm/ksm
 }
 
 # rust_ksm_side: the same on rust_ksm, loaded for the purpose.
@@ -50,7 +39,6 @@ rust_ksm_side() {
 		ksm_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd \
 			--reps 1 "$@"
 		rmap_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd
-		knobs /sys/kernel/mm/rust_ksm
 		rmmod rust_ksm || echo "BENCH-SIDE rust_ksm rmmod-failed"
 	fi
 }

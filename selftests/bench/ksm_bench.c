@@ -138,6 +138,22 @@ static long long slab_bytes(void)
 	return kb < 0 ? -1 : kb * 1024;
 }
 
+/* The knobs the workloads run with, on one "#" line. */
+static void print_knobs(void)
+{
+	static const char *const k[] = {
+		"pages_to_scan", "sleep_millisecs", "max_page_sharing", "use_zero_pages",
+		"smart_scan", "merge_across_nodes", "advisor_mode",
+	};
+	char line[256] = "", v[64];
+	size_t n = 0;
+
+	for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
+		if (knob_read_line(dir, k[i], v, sizeof(v)) >= 0)
+			n += snprintf(line + n, sizeof(line) - n, " %s=%s", k[i], v);
+	tap_diag("%s knobs:%s", engine, line);
+}
+
 /* Clean state: everything unmerged, scanner stopped, fast knobs. */
 static int reset(void)
 {
@@ -444,6 +460,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	ksm_knobs_save(dir, &saved);
+	if (!reset())
+		print_knobs();
 	bench_100m();
 	bench_big(name);
 	bench_mixed();
