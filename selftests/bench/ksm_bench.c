@@ -148,9 +148,14 @@ static void print_knobs(void)
 	char line[256] = "", v[64];
 	size_t n = 0;
 
-	for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
-		if (knob_read_line(dir, k[i], v, sizeof(v)) >= 0)
-			n += snprintf(line + n, sizeof(line) - n, " %s=%s", k[i], v);
+	for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
+		int len = knob_read_line(dir, k[i], v, sizeof(v));
+
+		if (len < 0 || n >= sizeof(line))
+			continue;
+		v[len] = '\0';	/* the newline */
+		n += snprintf(line + n, sizeof(line) - n, " %s=%s", k[i], v);
+	}
 	tap_diag("%s knobs:%s", engine, line);
 }
 
