@@ -72,6 +72,20 @@ module! {
 }
 
 /// The engine: everything the hooks, the thread and sysfs share.
+///
+/// Locking:
+///
+/// | lock | protects | order |
+/// |---|---|---|
+/// | `scan` (mutex) | cursor, items, trees | outermost: `rust_ksmd` for a batch, `run=2`/unload to unmerge, `run=0` to wait for a batch; taken through [`Ksm::scan_lock`], which waits while memory goes offline |
+/// | `control` (mutex) | knobs, `stopping`; `wake` waits on it | before `registry` |
+/// | `registry` (mutex) | the mm registry | innermost of ours |
+/// | mmap lock (read) | VMAs during a walk | taken with no lock of ours held |
+///
+/// `rust_ksmd` never holds `control` or `registry` across a walk or an
+/// `mmput()`.  Below these, the kernel's own: a KSM folio's lock keeps its
+/// stable node's mapping list still (the rmap walk reads it under that lock
+/// alone), and an anon_vma's lock its interval tree.
 #[pin_data]
 struct Ksm {
     /// Knobs; `wake` is signalled whenever they change.
