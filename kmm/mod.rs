@@ -19,7 +19,9 @@
 //!   range, `page_vma_mapped_walk()`);
 //! - [`anon_vma`]: a referenced `anon_vma` ([`AnonVmaRef`]), its read lock
 //!   and the VMAs its interval tree holds at an index;
-//! - [`walk`]: `walk_page_range()` behind a [`walk::Visitor`].
+//! - [`walk`]: `walk_page_range()` behind a [`walk::Visitor`];
+//! - [`rbtree`]: intrusive red-black trees ordered during the descent
+//!   ([`rbtree::RbRoot`], [`rbtree::RbLink`]).
 //!
 //! Names follow upstream's `kernel::mm` (6.13+) where one exists, so that
 //! the layer can give way to it on newer kernels.
@@ -28,6 +30,7 @@ pub(crate) mod anon_vma;
 pub(crate) mod mm;
 pub(crate) mod page;
 pub(crate) mod pgtable;
+pub(crate) mod rbtree;
 pub(crate) mod vma;
 pub(crate) mod walk;
 

@@ -127,6 +127,15 @@ impl PageRef {
     }
 }
 
+impl Clone for PageRef {
+    /// Another reference on the same folio.
+    fn clone(&self) -> Self {
+        // SAFETY: referenced (type invariant): the folio cannot be freed
+        // during the call.
+        unsafe { Self::get(self.page) }
+    }
+}
+
 impl Drop for PageRef {
     fn drop(&mut self) {
         // SAFETY: the type invariant says we own a reference.

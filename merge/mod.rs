@@ -14,6 +14,7 @@ use crate::bindings;
 use crate::kmm::page::{compare, is_zero_filled};
 use crate::kmm::pgtable::{MappedPte, MmuNotifierRange, Pte, PteTable};
 use crate::kmm::{self, FolioLock, PageRef, VmaRef};
+use core::borrow::{Borrow, BorrowMut};
 use core::ptr;
 use kernel::error::code::*;
 use kernel::ffi::c_void;
@@ -274,19 +275,21 @@ pub(crate) enum BatchState {
 ///
 /// `batch` holds at most [`BATCH_MAX`] small anonymous pages (not KSM pages)
 /// mapped in `vma` at increasing addresses inside one PMD; each ends
-/// `Merged` or `Failed`.  Each `kpage` is a KSM page.
-pub(crate) fn merge_batch(vma: VmaRef<'_>, batch: &mut [BatchPage]) {
+/// `Merged` or `Failed`.  Each `kpage` is a KSM page.  (The caller's batch
+/// entries may carry more than a [`BatchPage`]: they lend it.)
+pub(crate) fn merge_batch<P: BorrowMut<BatchPage>>(vma: VmaRef<'_>, batch: &mut [P]) {
+    let page = <P as Borrow<BatchPage>>::borrow;
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return;
     };
-    let (start, end) = (first.addr, last.addr + PAGE_SIZE);
+    let (start, end) = (page(first).addr, page(last).addr + PAGE_SIZE);
     let n = batch.len();
     assert!(n <= BATCH_MAX);
     // The states live apart from the pages while the folio locks borrow
     // them; they are written back at the end.
     let mut state = [BatchState::Todo; BATCH_MAX];
     let mut locks: [Option<FolioLock<'_>>; BATCH_MAX] = core::array::from_fn(|_| None);
-    for (i, p) in batch.iter().enumerate() {
+    for (i, p) in batch.iter().map(page).enumerate() {
         state[i] = if !p.page.is_anon() || p.page.is_large() {
             BatchState::Failed(EFAULT)
         } else if let Some(lock) = p.page.try_lock() {
@@ -301,7 +304,7 @@ pub(crate) fn merge_batch(vma: VmaRef<'_>, batch: &mut [BatchPage]) {
         let _range = MmuNotifierRange::clear(vma, start, end);
         // write_protect_page() for every page locked.
         if let Some(table) = PteTable::lock(vma, start) {
-            for (i, p) in batch.iter().enumerate() {
+            for (i, p) in batch.iter().map(page).enumerate() {
                 let (BatchState::Locked, Some(lock)) = (state[i], &locks[i]) else {
                     continue;
                 };
@@ -323,7 +326,7 @@ pub(crate) fn merge_batch(vma: VmaRef<'_>, batch: &mut [BatchPage]) {
                 };
             }
         }
-        for (i, p) in batch.iter().enumerate() {
+        for (i, p) in batch.iter().map(page).enumerate() {
             if matches!(state[i], BatchState::Protected(_)) && compare(&p.page, &p.kpage) != 0 {
                 state[i] = BatchState::Failed(ENOENT);
             }
@@ -331,7 +334,7 @@ pub(crate) fn merge_batch(vma: VmaRef<'_>, batch: &mut [BatchPage]) {
         // replace_page() for every page write-protected and equal to its
         // KSM page.
         if let Some(table) = PteTable::lock(vma, start) {
-            for (i, p) in batch.iter().enumerate() {
+            for (i, p) in batch.iter().map(page).enumerate() {
                 let BatchState::Protected(orig) = state[i] else {
                     continue;
                 };
@@ -350,7 +353,7 @@ pub(crate) fn merge_batch(vma: VmaRef<'_>, batch: &mut [BatchPage]) {
     }
     drop(locks);
     for (p, s) in batch.iter_mut().zip(state) {
-        p.state = match s {
+        BorrowMut::<BatchPage>::borrow_mut(p).state = match s {
             BatchState::Merged | BatchState::Failed(_) => s,
             // The page table went away under us.
             _ => BatchState::Failed(EFAULT),

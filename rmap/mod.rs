@@ -14,10 +14,10 @@ pub(crate) mod walk;
 pub(crate) use node::StableNode;
 
 use crate::bindings;
+use crate::kmm::rbtree::RbLink;
 use crate::kmm::{AnonVmaRef, MmGrab, VmaRef};
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 /// Where an item stands.
 pub(crate) enum ItemState {
@@ -25,11 +25,7 @@ pub(crate) enum ItemState {
     Volatile,
     /// In the unstable tree of NUMA node `nid` (0 when merging across
     /// nodes) of scan `seqnr`, linked through `link`.
-    Unstable {
-        link: Opaque<bindings::rb_node>,
-        seqnr: u32,
-        nid: u16,
-    },
+    Unstable { link: RbLink, seqnr: u32, nid: u16 },
     /// Maps the KSM page of `node`, whose list of [`Mapping`]s has an entry
     /// for the item.
     Stable { node: NonNull<StableNode> },

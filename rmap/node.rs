@@ -6,13 +6,14 @@
 
 use super::Mapping;
 use crate::bindings;
+use crate::kmm::rbtree::RbLink;
+use crate::kmm::PageRef;
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::ffi::c_void;
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 /// A KSM page: its folio's `mapping` points here (with `PAGE_MAPPING_KSM`).
 ///
@@ -21,8 +22,8 @@ use kernel::types::Opaque;
 /// mapping was cleared under the folio lock.
 #[repr(C)]
 pub(crate) struct StableNode {
-    /// Link in the stable tree; first, so a node pointer is an rb_node one.
-    pub(crate) rb: Opaque<bindings::rb_node>,
+    /// Link in the stable tree; first, so a node pointer is a link one.
+    pub(crate) rb: RbLink,
     /// [`NODE_OWNER`]: tells our nodes from anyone else's (see
     /// [`StableNode::of_folio`]).  Within the first 32 bytes, so that even a
     /// smaller foreign object is not read past its end.
@@ -67,7 +68,7 @@ impl StableNode {
     /// in the tree of NUMA node `nid`, with no mapping yet.
     pub(crate) fn new(nid: u16, kpfn: usize, key: u64, hash: u64) -> Self {
         Self {
-            rb: Opaque::uninit(),
+            rb: RbLink::new(),
             owner: NODE_OWNER,
             nid: AtomicU16::new(nid),
             kpfn: AtomicUsize::new(kpfn),
@@ -151,13 +152,33 @@ impl StableNode {
         MIGRATED.store(true, Ordering::Release);
         // SAFETY: plain barrier, then a write to the locked `old`.  The new
         // pfn must be visible before the old folio looks stale: pairs with
-        // the read barrier in the stale check (Trees::get_folio).
+        // the read barrier in the stale check (Self::folio).
         unsafe {
             bindings::rust_ksm_smp_wmb();
             bindings::rust_ksm_folio_set_mapping(
                 old,
                 bindings::PAGE_MAPPING_KSM as usize as *mut c_void,
             );
+        }
+    }
+
+    /// ksm_get_folio()'s check: the node's folio, referenced, or None if
+    /// the node is stale (its folio was freed, or no longer points here).
+    /// Removing a stale node is the tree's job (`Trees::get_folio`).
+    pub(crate) fn folio(&self) -> Option<PageRef> {
+        let expected = Self::mapping(NonNull::from(self));
+        loop {
+            let kpfn = self.pfn();
+            if let Some(page) = PageRef::get_if_mapping(kpfn, expected) {
+                return Some(page);
+            }
+            // Stale, unless migration moved the node meanwhile: the barrier
+            // pairs with the one in Self::folio_migrated().
+            // SAFETY: plain barrier.
+            unsafe { bindings::rust_ksm_smp_rmb() };
+            if self.pfn() == kpfn {
+                return None;
+            }
         }
     }
 

@@ -10,9 +10,37 @@ use crate::kmm::{page, AnonVmaRef, PageRef};
 use crate::merge::{self, BatchPage, BatchState};
 use crate::rmap::RmapItem;
 use crate::tree::{Search, StableNode};
+use core::borrow::{Borrow, BorrowMut};
 use core::ptr::{self, NonNull};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
+
+/// A page of a [`MergeBatch`]: what [`merge::merge_batch`] needs, and whom
+/// the merge is for.
+struct Pending {
+    merge: BatchPage,
+    /// The page's item.
+    item: NonNull<RmapItem>,
+    /// The stable node whose page is `merge.kpage`.
+    node: NonNull<StableNode>,
+    /// Once merged: the anon_vma reference the new mapping keeps, until
+    /// stable_tree_append() takes it.
+    anon_vma: Option<AnonVmaRef>,
+    /// Merged and appended to `node`.
+    appended: bool,
+}
+
+impl Borrow<BatchPage> for Pending {
+    fn borrow(&self) -> &BatchPage {
+        &self.merge
+    }
+}
+
+impl BorrowMut<BatchPage> for Pending {
+    fn borrow_mut(&mut self) -> &mut BatchPage {
+        &mut self.merge
+    }
+}
 
 /// Pages of one walk batch, in one PMD, that the stable tree sends to
 /// stable nodes: [`merge::merge_batch`] merges them under one page table
@@ -21,28 +49,23 @@ use kernel::prelude::*;
 ///
 /// # Invariants
 ///
-/// `items[i]` is the item of `pages[i]`, taken out of both trees, alive
-/// in the current mm's list behind the scanner's cursor (a batch is flushed
-/// before the cursor moves past its walk batch); `nodes[i]` is the node
-/// whose page is `pages[i].kpage`.  A node's pages in the batch never
+/// Each entry's item is taken out of both trees and alive in the current
+/// mm's list behind the scanner's cursor (a batch is flushed before the
+/// cursor moves past its walk batch).  A node's pages in the batch never
 /// outnumber the mappings it takes before it is full (`max_page_sharing`).
 pub(super) struct MergeBatch {
-    pages: KVec<BatchPage>,
-    items: KVec<NonNull<RmapItem>>,
-    nodes: KVec<NonNull<StableNode>>,
+    pending: KVec<Pending>,
 }
 
 // SAFETY: a `MergeBatch` is part of the `ScanState`, used only by the holder of
 // the scan lock; its items and nodes belong to the same state, and its
-// page references are folio references, which any thread may drop.
+// page and anon_vma references may be dropped by any thread.
 unsafe impl Send for MergeBatch {}
 
 impl MergeBatch {
     pub(super) fn new() -> Self {
         Self {
-            pages: KVec::new(),
-            items: KVec::new(),
-            nodes: KVec::new(),
+            pending: KVec::new(),
         }
     }
 
@@ -50,8 +73,19 @@ impl MergeBatch {
     pub(super) fn room(&self, node: NonNull<StableNode>, max_sharing: usize) -> usize {
         // SAFETY: scan lock held: the node is alive, its list stable.
         let used = unsafe { node.as_ref().mappings() }.len();
-        let pending = self.nodes.iter().filter(|n| **n == node).count();
+        let pending = self.pending.iter().filter(|p| p.node == node).count();
         max_sharing.saturating_sub(used + pending)
+    }
+
+    /// Empties the batch, keeping its room for the next one.
+    fn clear(pending: &mut KVec<Pending>) {
+        let len = pending.len();
+        // SAFETY: the entries are dropped in place right after, and not
+        // reachable through the vector any more (as Vec::clear()).
+        unsafe {
+            pending.set_len(0);
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(pending.as_mut_ptr(), len));
+        }
     }
 }
 
@@ -75,8 +109,9 @@ impl ScanState {
             return Err(page);
         }
         let addr = item.address;
-        let fits = self.batch.pages.first().map_or(true, |head| {
-            (head.addr ^ addr) >> bindings::PMD_SHIFT == 0 && self.batch.pages.len() < WALK_BATCH
+        let fits = self.batch.pending.first().map_or(true, |head| {
+            (head.merge.addr ^ addr) >> bindings::PMD_SHIFT == 0
+                && self.batch.pending.len() < WALK_BATCH
         });
         if !fits {
             self.flush_batch(params);
@@ -88,23 +123,23 @@ impl ScanState {
                 return Err(page);
             }
         }
-        if self.batch.pages.is_empty()
-            && (self.batch.pages.reserve(WALK_BATCH, GFP_KERNEL).is_err()
-                || self.batch.items.reserve(WALK_BATCH, GFP_KERNEL).is_err()
-                || self.batch.nodes.reserve(WALK_BATCH, GFP_KERNEL).is_err())
+        if self.batch.pending.is_empty()
+            && self.batch.pending.reserve(WALK_BATCH, GFP_KERNEL).is_err()
         {
             return Err(page);
         }
         // Out of either tree before its page changes hands, as the one-page
         // path does after its search.
         self.trees.remove_item(item);
+        let pending = Pending {
+            merge: BatchPage::new(addr, page, kpage),
+            item: NonNull::from(item),
+            node,
+            anon_vma: None,
+            appended: false,
+        };
         // Cannot fail: room was reserved for a whole batch.
-        let _ = self.batch.items.push(NonNull::from(item), GFP_KERNEL);
-        let _ = self.batch.nodes.push(node, GFP_KERNEL);
-        let _ = self
-            .batch
-            .pages
-            .push(BatchPage::new(addr, page, kpage), GFP_KERNEL);
+        let _ = self.batch.pending.push(pending, GFP_KERNEL);
         Ok(())
     }
 
@@ -113,104 +148,95 @@ impl ScanState {
     /// pages it could not merge the one-page path where mm/ksm.c would go on
     /// with them.
     pub(super) fn flush_batch(&mut self, params: ScanParams) {
-        let Some(head_addr) = self.batch.pages.first().map(|p| p.addr) else {
+        let mut batch = core::mem::take(&mut self.batch.pending);
+        let Some(head) = batch.first() else {
+            self.batch.pending = batch;
             return;
         };
-        let mut pages = core::mem::take(&mut self.batch.pages);
-        let mut items = core::mem::take(&mut self.batch.items);
-        let mut nodes = core::mem::take(&mut self.batch.nodes);
-        // The anon_vma (referenced once per page merged) and the linear
-        // page index of the first page: all pages are in one VMA.
-        let mut refs: [Option<AnonVmaRef>; WALK_BATCH] = core::array::from_fn(|_| None);
+        let head_addr = head.merge.addr;
         // INVARIANT (MergeBatch): the items are alive in the current mm's list.
         // SAFETY: so the first is.
-        let merged = unsafe { items[0].as_ref() }.with_vma(|vma| {
+        let merged = unsafe { head.item.as_ref() }.with_vma(|vma| {
             // The pages past this VMA (it shares the PMD with another)
             // stay `Todo`.
-            let n = pages
+            let n = batch
                 .iter()
-                .take_while(|p| p.addr >= vma.start() && p.addr < vma.end())
+                .take_while(|p| p.merge.addr >= vma.start() && p.merge.addr < vma.end())
                 .count();
             // The pages are as merge_batch() wants (see batch_add()), each
             // `kpage` its node's KSM page.
-            merge::merge_batch(vma, &mut pages[..n]);
-            for (p, r) in pages[..n].iter().zip(refs.iter_mut()) {
-                if matches!(p.state, BatchState::Merged) {
-                    *r = vma.get_anon_vma();
+            merge::merge_batch(vma, &mut batch[..n]);
+            // One anon_vma reference per page merged (the VMA has an
+            // anon_vma: it is mergeable).
+            for p in batch[..n].iter_mut() {
+                if matches!(p.merge.state, BatchState::Merged) {
+                    p.anon_vma = vma.get_anon_vma();
                 }
             }
+            // The linear page index of the first page: all are in one VMA.
             Ok(vma.linear_page_index(head_addr))
         });
-        let len = pages.len();
-        // Merged but not appended: to be broken again.
-        let mut undo = [false; WALK_BATCH];
         if let Ok(head_index) = merged {
-            // Append node by node, each under one lock of its folio.
-            let mut done = [false; WALK_BATCH];
-            for first in 0..len {
-                if done[first] || !matches!(pages[first].state, BatchState::Merged) {
-                    continue;
-                }
-                let node = nodes[first];
-                let locked = pages[first].kpage.lock();
-                // The node may have lost the folio (stale) since the search.
-                // SAFETY: referenced, locked folio.
-                let live = unsafe { StableNode::of_folio(locked.folio()) } == Some(node);
-                for i in first..len {
-                    if done[i] || nodes[i] != node || !matches!(pages[i].state, BatchState::Merged)
-                    {
-                        continue;
-                    }
-                    done[i] = true;
-                    let index = head_index + (pages[i].addr - head_addr) / PAGE_SIZE;
-                    // Merged pages have their reference (the VMA had an
-                    // anon_vma: it is mergeable).
-                    let appended = match (live, refs[i].take()) {
-                        (true, Some(anon_vma)) => {
-                            // SAFETY: INVARIANT (MergeBatch): a live item, ours
-                            // under the scan lock; the KSM folio is locked.
-                            let item = unsafe { &mut *items[i].as_ptr() };
-                            // SAFETY: as above.
-                            unsafe { self.trees.stable_append(item, node, anon_vma, index) }.is_ok()
-                        }
-                        _ => false,
-                    };
-                    undo[i] = !appended;
-                }
-            }
+            self.append_batch(&mut batch, head_addr, head_index);
         }
-        for (i, p) in pages.iter().enumerate() {
-            // SAFETY: INVARIANT (MergeBatch): a live item.
-            let item = unsafe { &mut *items[i].as_ptr() };
-            match p.state {
+        for p in batch.iter() {
+            // SAFETY: INVARIANT (MergeBatch): a live item, ours under the
+            // scan lock.
+            let item = unsafe { &mut *p.item.as_ptr() };
+            match p.merge.state {
                 // Leave no KSM page mapped outside the stable tree.
-                BatchState::Merged if undo[i] => break_cow(item),
+                BatchState::Merged if !p.appended => break_cow(item),
                 // The key lied: search again, comparing.
                 BatchState::Failed(e) if e == ENOENT => {
-                    let key = page::key(&p.page);
-                    self.cmp_and_merge_one(item, &p.page, key, Some(Search::Exact), params);
+                    let key = page::key(&p.merge.page);
+                    self.cmp_and_merge_one(item, &p.merge.page, key, Some(Search::Exact), params);
                 }
                 // Not in the batch's VMA: from the start.
                 BatchState::Todo => {
-                    let key = page::key(&p.page);
-                    self.cmp_and_merge_one(item, &p.page, key, Some(Search::Fast), params);
+                    let key = page::key(&p.merge.page);
+                    self.cmp_and_merge_one(item, &p.merge.page, key, Some(Search::Fast), params);
                 }
                 // Merged, or failed as mm/ksm.c gives up on a page.
                 _ => {}
             }
         }
-        // Keep the vectors' room for the next batch.
-        // SAFETY: the pages are dropped in place right after, and not
-        // reachable through the vector any more (as Vec::clear()).
-        unsafe {
-            pages.set_len(0);
-            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(pages.as_mut_ptr(), len));
-            // Plain pointers: nothing to drop.
-            items.set_len(0);
-            nodes.set_len(0);
+        MergeBatch::clear(&mut batch);
+        self.batch.pending = batch;
+    }
+
+    /// stable_tree_append() for each merged page of `batch` (the first of
+    /// which is mapped at `head_addr`, linear page index `head_index`),
+    /// node by node, each node's pages under one lock of its folio.  A page
+    /// whose node lost its folio since the search stays not `appended`.
+    fn append_batch(&mut self, batch: &mut [Pending], head_addr: usize, head_index: usize) {
+        for first in 0..batch.len() {
+            // Merged pages keep their anon_vma reference until appended (or
+            // given up).
+            if batch[first].anon_vma.is_none() {
+                continue;
+            }
+            let node = batch[first].node;
+            // A reference of its own, as the entries change under the lock.
+            let kpage = batch[first].merge.kpage.clone();
+            let locked = kpage.lock();
+            // The node may have lost the folio (stale) since the search.
+            // SAFETY: referenced, locked folio.
+            let live = unsafe { StableNode::of_folio(locked.folio()) } == Some(node);
+            for p in batch[first..].iter_mut().filter(|p| p.node == node) {
+                let Some(anon_vma) = p.anon_vma.take() else {
+                    continue;
+                };
+                if !live {
+                    continue;
+                }
+                let index = head_index + (p.merge.addr - head_addr) / PAGE_SIZE;
+                // SAFETY: INVARIANT (MergeBatch): a live item, ours under the
+                // scan lock; the KSM folio is locked.
+                let item = unsafe { &mut *p.item.as_ptr() };
+                // SAFETY: as above.
+                let appended = unsafe { self.trees.stable_append(item, node, anon_vma, index) };
+                p.appended = appended.is_ok();
+            }
         }
-        self.batch.pages = pages;
-        self.batch.items = items;
-        self.batch.nodes = nodes;
     }
 }

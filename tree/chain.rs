@@ -7,24 +7,34 @@
 use super::Trees;
 use crate::bindings;
 use crate::kmm::page::PageRef;
+use crate::kmm::rbtree::RbLink;
 use crate::rmap::StableNode;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
+/// A step to a neighbour in tree order: [`RbLink::prev`] or [`RbLink::next`].
+type Neighbour = unsafe fn(&RbLink) -> Option<NonNull<RbLink>>;
+
+/// Both ways along the tree.
+const NEIGHBOURS: [Neighbour; 2] = [RbLink::prev, RbLink::next];
+
 impl Trees {
     /// How many nodes (this one included) have this node's contents.
     pub(super) fn group_size(node: &StableNode) -> usize {
-        type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
-        let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
         let mut size = 1;
-        for next in steps {
-            // SAFETY: the node is linked in our tree (scan lock held).
-            let mut rb = unsafe { next(node.rb.get()) };
-            // SAFETY: as above, for each neighbour.
-            while !rb.is_null() && unsafe { Self::node_of(rb).as_ref() }.same_contents(node) {
+        for step in NEIGHBOURS {
+            // SAFETY: the node is linked in our tree (scan lock held), which
+            // does not change during the count.
+            let mut at = unsafe { step(&node.rb) };
+            while let Some(link) = at {
+                // SAFETY: nodes in the tree are alive.
+                let dup = unsafe { Self::node_of(link).as_ref() };
+                if !dup.same_contents(node) {
+                    break;
+                }
                 size += 1;
-                // SAFETY: as above.
-                rb = unsafe { next(rb) };
+                // SAFETY: linked, as above.
+                at = unsafe { step(&dup.rb) };
             }
         }
         size
@@ -48,15 +58,16 @@ impl Trees {
         n.pruned_at.store(now, Ordering::Relaxed);
         // The newest dup is the last of its chain.
         // SAFETY: `node` is in the tree.
-        let mut rb = unsafe { bindings::rb_prev(n.rb.get()) };
-        while !rb.is_null() {
-            let dup = Self::node_of(rb);
-            // SAFETY: `rb` and `node` are in the tree.
-            if unsafe { !dup.as_ref().same_contents(n) } {
+        let mut at = unsafe { n.rb.prev() };
+        while let Some(link) = at {
+            let dup = Self::node_of(link);
+            // SAFETY: nodes in the tree are alive.
+            let dup_ref = unsafe { dup.as_ref() };
+            if !dup_ref.same_contents(n) {
                 break;
             }
-            // SAFETY: as above; step on before a stale `dup` goes away.
-            rb = unsafe { bindings::rb_prev(rb) };
+            // SAFETY: linked; step on before a stale `dup` goes away.
+            at = unsafe { dup_ref.rb.prev() };
             // Removes `dup` if stale.
             drop(self.get_folio(dup));
         }
@@ -81,19 +92,20 @@ impl Trees {
             return Some((node, tree_page));
         }
         drop(tree_page);
-        type Step = unsafe extern "C" fn(*const bindings::rb_node) -> *mut bindings::rb_node;
-        let steps: [Step; 2] = [bindings::rb_prev, bindings::rb_next];
-        for next in steps {
+        // SAFETY: nodes in the tree are alive.
+        let n = unsafe { node.as_ref() };
+        for step in NEIGHBOURS {
             // SAFETY: `node` is in the tree.
-            let mut rb = unsafe { next(node.as_ref().rb.get()) };
-            while !rb.is_null() {
-                let dup = Self::node_of(rb);
-                // SAFETY: `rb` and `node` are in the tree.
-                if unsafe { !dup.as_ref().same_contents(node.as_ref()) } {
+            let mut at = unsafe { step(&n.rb) };
+            while let Some(link) = at {
+                let dup = Self::node_of(link);
+                // SAFETY: nodes in the tree are alive.
+                let dup_ref = unsafe { dup.as_ref() };
+                if !dup_ref.same_contents(n) {
                     break;
                 }
-                // SAFETY: as above; step on before a stale `dup` goes away.
-                rb = unsafe { next(rb) };
+                // SAFETY: linked; step on before a stale `dup` goes away.
+                at = unsafe { step(&dup_ref.rb) };
                 if Self::full(dup, max_sharing) {
                     continue;
                 }

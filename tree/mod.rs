@@ -3,20 +3,21 @@
 //! The content-ordered trees: unstable (rmap items whose pages did not change
 //! for a scan) and stable (KSM pages, one [`StableNode`] each).
 //!
-//! They are intrusive red-black trees over `rb_node`, because their order is
-//! page content, which is read (and for the unstable tree may even change)
-//! during the search: not a fixed `Ord` that `kernel::rbtree` could use.
+//! They are intrusive red-black trees ([`crate::kmm::rbtree`]), because their
+//! order is page content, which is read (and for the unstable tree may even
+//! change) during the search: not a fixed `Ord` that `kernel::rbtree` could
+//! use.
 
 mod chain;
 mod stable;
 mod unstable;
 
 use crate::bindings;
+use crate::kmm::rbtree::{RbLink, RbRoot};
 pub(crate) use crate::rmap::StableNode;
 use crate::rmap::{self, ItemState, RmapItem};
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 /// How [`Trees::stable_search`] tells a node's contents equal to a page's.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,22 +55,18 @@ pub(crate) struct Counters {
 pub(crate) struct Trees {
     /// The stable and unstable trees with `merge_across_nodes=1` (upstream's
     /// one_stable_tree / one_unstable_tree) ...
-    stable_one: bindings::rb_root,
-    unstable_one: bindings::rb_root,
+    stable_one: RbRoot,
+    unstable_one: RbRoot,
     /// ... and one of each per NUMA node with `merge_across_nodes=0`, when
     /// these are not empty.
-    stable_per_node: KVec<bindings::rb_root>,
-    unstable_per_node: KVec<bindings::rb_root>,
+    stable_per_node: KVec<RbRoot>,
+    unstable_per_node: KVec<RbRoot>,
     /// Scan number; unstable items of older scans are no longer linked.
     pub(crate) seqnr: u32,
     pub(crate) counters: Counters,
     /// Offset of the unstable link inside an `RmapItem`.
     unstable_link_offset: usize,
 }
-
-const EMPTY_ROOT: bindings::rb_root = bindings::rb_root {
-    rb_node: ptr::null_mut(),
-};
 
 // SAFETY: the trees are only reachable through the scan lock.
 unsafe impl Send for Trees {}
@@ -79,21 +76,32 @@ unsafe impl Send for Trees {}
 fn unstable_link_offset() -> usize {
     let mut item = RmapItem::new(NonNull::dangling(), 0);
     item.state = ItemState::Unstable {
-        link: Opaque::uninit(),
+        link: RbLink::new(),
         seqnr: 0,
         nid: 0,
     };
     match &item.state {
-        ItemState::Unstable { link, .. } => link.get() as usize - ptr::from_ref(&item) as usize,
+        ItemState::Unstable { link, .. } => {
+            ptr::from_ref(link) as usize - ptr::from_ref(&item) as usize
+        }
         _ => unreachable!(),
     }
+}
+
+/// `n` empty trees.
+fn empty_roots(n: usize) -> Result<KVec<RbRoot>> {
+    let mut roots = KVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        roots.push(RbRoot::EMPTY, GFP_KERNEL)?;
+    }
+    Ok(roots)
 }
 
 impl Trees {
     pub(crate) fn new() -> Self {
         Self {
-            stable_one: EMPTY_ROOT,
-            unstable_one: EMPTY_ROOT,
+            stable_one: RbRoot::EMPTY,
+            unstable_one: RbRoot::EMPTY,
             stable_per_node: KVec::new(),
             unstable_per_node: KVec::new(),
             seqnr: 0,
@@ -122,10 +130,7 @@ impl Trees {
         } else {
             // SAFETY: reads an exported variable, fixed after boot.
             let n = unsafe { bindings::rust_ksm_nr_node_ids() } as usize;
-            (
-                KVec::from_elem(EMPTY_ROOT, n, GFP_KERNEL)?,
-                KVec::from_elem(EMPTY_ROOT, n, GFP_KERNEL)?,
-            )
+            (empty_roots(n)?, empty_roots(n)?)
         };
         // The unstable items left are unlinked lazily, by their old seqnr.
         self.new_scan();
@@ -137,9 +142,9 @@ impl Trees {
     /// A full scan ended: forget the unstable tree (its items are unlinked
     /// lazily: their `seqnr` is now old).
     pub(crate) fn new_scan(&mut self) {
-        self.unstable_one = EMPTY_ROOT;
+        self.unstable_one.clear();
         for root in self.unstable_per_node.iter_mut() {
-            *root = EMPTY_ROOT;
+            root.clear();
         }
         self.seqnr = self.seqnr.wrapping_add(1);
     }
@@ -151,10 +156,8 @@ impl Trees {
             ItemState::Unstable { link, seqnr, nid } => {
                 // Items of an older scan are not linked any more.
                 if *seqnr == self.seqnr {
-                    // SAFETY: the link is in that unstable tree, in place.
-                    unsafe {
-                        bindings::rb_erase(link.get(), self.unstable_root(usize::from(*nid)))
-                    };
+                    // SAFETY: the link is in that unstable tree.
+                    unsafe { self.unstable_root(usize::from(*nid)).erase(link) };
                 }
                 self.counters.pages_unshared -= 1;
                 item.state = ItemState::Volatile;

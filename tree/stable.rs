@@ -7,9 +7,10 @@
 use super::{Search, SearchLimits, Trees};
 use crate::bindings;
 use crate::kmm::page::{self, PageRef};
+use crate::kmm::rbtree::{RbLink, RbRoot, Step};
 use crate::kmm::{AnonVmaRef, LockedPage};
 use crate::rmap::{ItemState, Mapping, RmapItem, StableNode};
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::ffi::c_void;
@@ -17,7 +18,7 @@ use kernel::prelude::*;
 
 impl Trees {
     /// The stable tree of `nid` (see [`Self::tree_nid`]).
-    pub(super) fn stable_root(&mut self, nid: usize) -> &mut bindings::rb_root {
+    pub(super) fn stable_root(&mut self, nid: usize) -> &mut RbRoot {
         if self.across_nodes() {
             &mut self.stable_one
         } else {
@@ -26,7 +27,7 @@ impl Trees {
     }
 
     /// Every stable tree.
-    pub(super) fn stable_roots(&self) -> impl Iterator<Item = &bindings::rb_root> {
+    pub(super) fn stable_roots(&self) -> impl Iterator<Item = &RbRoot> {
         Iterator::chain(
             core::iter::once(&self.stable_one),
             self.stable_per_node.iter(),
@@ -35,32 +36,22 @@ impl Trees {
 
     /// Removes every stale stable node; true if none is left.
     pub(super) fn drop_stale_nodes(&mut self) -> bool {
-        for nid in 0..self.stable_per_node.len().max(1) {
-            loop {
-                // SAFETY: walking our own tree.
-                let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
-                let mut removed = false;
-                while !rb.is_null() {
-                    let node = Self::node_of(rb);
-                    // SAFETY: `rb` is in the tree; step on before it may go.
-                    rb = unsafe { bindings::rb_next(rb) };
-                    if self.get_folio(node).is_none() {
-                        // Removed: the tree changed, walk it again.
-                        removed = true;
-                        break;
-                    }
-                }
-                if !removed {
-                    break;
-                }
-            }
-        }
-        self.stable_roots().all(|root| root.rb_node.is_null())
+        // get_folio() removes a stale node.
+        let _ = self.for_each_node(|trees, node| {
+            drop(trees.get_folio(node));
+            Ok(())
+        });
+        self.stable_roots().all(RbRoot::is_empty)
     }
 
     /// The trees a page belongs in: its NUMA node's, or the only ones.
     pub(super) fn tree_nid(&self, page: &PageRef) -> usize {
-        if self.across_nodes() {
+        Self::nid_of(self.across_nodes(), page)
+    }
+
+    /// [`Self::tree_nid`], for a descent, which cannot borrow the trees.
+    pub(super) fn nid_of(across_nodes: bool, page: &PageRef) -> usize {
+        if across_nodes {
             0
         } else {
             // SAFETY: referenced folio.
@@ -87,24 +78,12 @@ impl Trees {
     /// ksm_get_folio(): the node's folio, referenced, or None if the node is
     /// stale, in which case it is removed.
     pub(crate) fn get_folio(&mut self, node: NonNull<StableNode>) -> Option<PageRef> {
-        let expected = StableNode::mapping(node);
-        loop {
-            // SAFETY: nodes in the tree are alive.
-            let kpfn = unsafe { node.as_ref() }.pfn();
-            if let Some(page) = PageRef::get_if_mapping(kpfn, expected) {
-                return Some(page);
-            }
-            // Stale, unless migration moved the node meanwhile: the barrier
-            // pairs with the one in StableNode::folio_migrated().
-            // SAFETY: plain barrier.
-            unsafe { bindings::rust_ksm_smp_rmb() };
-            // SAFETY: nodes in the tree are alive.
-            if unsafe { node.as_ref() }.pfn() != kpfn {
-                continue;
-            }
+        // SAFETY: nodes in the tree are alive.
+        let page = unsafe { node.as_ref() }.folio();
+        if page.is_none() {
             self.remove_node(node);
-            return None;
         }
+        page
     }
 
     /// remove_node_from_stable_tree(): free a node whose folio no longer
@@ -132,9 +111,9 @@ impl Trees {
         self.counters.stable_nodes -= 1;
     }
 
-    pub(super) fn node_of(rb: *mut bindings::rb_node) -> NonNull<StableNode> {
-        // SAFETY: `rb` is the first field of a `#[repr(C)]` StableNode.
-        unsafe { NonNull::new_unchecked(rb.cast::<StableNode>()) }
+    /// The node whose link `link` is: its first field (`#[repr(C)]`).
+    pub(super) fn node_of(link: NonNull<RbLink>) -> NonNull<StableNode> {
+        link.cast::<StableNode>()
     }
 
     /// stable_tree_search(): a stable node with `page`'s contents (whose
@@ -173,48 +152,35 @@ impl Trees {
         }
         let nid = self.tree_nid(page);
         'restart: loop {
-            let mut rb = self.stable_root(nid).rb_node;
             // The last equal node met, and its page if we read it.
             let mut last: Option<(NonNull<StableNode>, Option<PageRef>)> = None;
-            while !rb.is_null() {
-                let node = Self::node_of(rb);
+            let stale = self.stable_root(nid).search(|link| {
+                let node = Self::node_of(link);
                 // SAFETY: nodes in the tree are alive.
-                let node_key = unsafe { node.as_ref() }.key;
-                let ret = if key != node_key {
-                    if key < node_key {
-                        -1
-                    } else {
-                        1
-                    }
-                } else {
-                    match search {
-                        Search::Fast => {
-                            last = Some((node, None));
-                            0
-                        }
-                        Search::Exact => {
-                            let Some(tree_page) = self.get_folio(node) else {
-                                // Stale node removed: the tree changed
-                                // under the walk.
-                                continue 'restart;
-                            };
-                            let ret = page::compare(page, &tree_page);
-                            if ret == 0 {
-                                last = Some((node, Some(tree_page)));
-                            }
-                            ret
+                let n = unsafe { node.as_ref() };
+                if key != n.key {
+                    return if key < n.key { Step::Left } else { Step::Right };
+                }
+                match search {
+                    Search::Fast => last = Some((node, None)),
+                    Search::Exact => {
+                        let Some(tree_page) = n.folio() else {
+                            // Stale: remove it, then search again.
+                            return Step::Stop(node);
+                        };
+                        match page::compare(page, &tree_page) {
+                            ret if ret < 0 => return Step::Left,
+                            0 => last = Some((node, Some(tree_page))),
+                            _ => return Step::Right,
                         }
                     }
-                };
+                }
                 // Equal: on to the right, where newer dups are.
-                // SAFETY: `rb` is in the tree.
-                rb = unsafe {
-                    if ret < 0 {
-                        (*rb).rb_left
-                    } else {
-                        (*rb).rb_right
-                    }
-                };
+                Step::Right
+            });
+            if let Some(stale) = stale {
+                self.remove_node(stale);
+                continue 'restart;
             }
             let (node, tree_page) = last?;
             let tree_page = match tree_page {
@@ -264,40 +230,32 @@ impl Trees {
     pub(super) unsafe fn link_node(&mut self, node: NonNull<StableNode>, kpage: &PageRef) {
         // SAFETY: alive, by the safety requirements.
         let (key, nid) = unsafe { (node.as_ref().key, node.as_ref().nid()) };
-        'restart: loop {
-            let mut parent = ptr::null_mut();
-            let mut link: *mut *mut bindings::rb_node = &mut self.stable_root(nid).rb_node;
-            // SAFETY: walking our own tree.
-            while !unsafe { *link }.is_null() {
-                // SAFETY: as above.
-                parent = unsafe { *link };
-                let tree_node = Self::node_of(parent);
-                // SAFETY: nodes in the tree are alive.
-                let node_key = unsafe { tree_node.as_ref() }.key;
-                let left = if key != node_key {
-                    key < node_key
-                } else {
-                    let Some(tree_page) = self.get_folio(tree_node) else {
-                        continue 'restart;
-                    };
-                    // Equal contents go right: duplicates (max_page_sharing)
-                    // stay next to each other in order.
-                    page::compare(kpage, &tree_page) < 0
-                };
-                // SAFETY: `parent` is in the tree.
-                link = unsafe {
-                    if left {
-                        &mut (*parent).rb_left
-                    } else {
-                        &mut (*parent).rb_right
-                    }
-                };
+        let step = |link| {
+            let tree_node = Self::node_of(link);
+            // SAFETY: nodes in the tree are alive.
+            let t = unsafe { tree_node.as_ref() };
+            if key != t.key {
+                return if key < t.key { Step::Left } else { Step::Right };
             }
-            // SAFETY: `link` and `parent` come from the descent; the node
-            // stays in place while linked.
-            unsafe {
-                bindings::rust_ksm_rb_link_node(node.as_ref().rb.get(), parent, link);
-                bindings::rb_insert_color(node.as_ref().rb.get(), self.stable_root(nid));
+            let Some(tree_page) = t.folio() else {
+                return Step::Stop(tree_node);
+            };
+            // Equal contents go right: duplicates (max_page_sharing) stay
+            // next to each other in order.
+            if page::compare(kpage, &tree_page) < 0 {
+                Step::Left
+            } else {
+                Step::Right
+            }
+        };
+        loop {
+            // SAFETY: alive and in no tree, by the safety requirements; a
+            // node stays in its box, in place, until freed after unlinking.
+            let stale = unsafe { self.stable_root(nid).insert(&node.as_ref().rb, step) };
+            if let Some(stale) = stale {
+                // Stale: remove it, then descend again.
+                self.remove_node(stale);
+                continue;
             }
             // SAFETY: just linked.
             match Self::group_size(unsafe { node.as_ref() }) {
@@ -338,7 +296,7 @@ impl Trees {
             }
         }
         // SAFETY: the node is linked in that tree.
-        unsafe { bindings::rb_erase(node.rb.get(), self.stable_root(node.nid())) };
+        unsafe { self.stable_root(node.nid()).erase(&node.rb) };
     }
 
     /// With `merge_across_nodes=0`, after a migration of one of our KSM
@@ -350,33 +308,25 @@ impl Trees {
         if self.across_nodes() || !StableNode::take_migrated() {
             return;
         }
-        for nid in 0..self.stable_per_node.len() {
-            'again: loop {
-                // SAFETY: walking our own tree.
-                let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
-                while !rb.is_null() {
-                    let node = Self::node_of(rb);
-                    // SAFETY: `rb` is in the tree; step on before it may go.
-                    rb = unsafe { bindings::rb_next(rb) };
-                    let Some(kpage) = self.get_folio(node) else {
-                        // Stale, removed: the tree changed.
-                        continue 'again;
-                    };
-                    let to = self.tree_nid(&kpage);
-                    if to != nid {
-                        // SAFETY: nodes in the tree are alive.
-                        self.unlink_node(unsafe { node.as_ref() });
-                        // SAFETY: as above; the node is in no tree now.
-                        unsafe {
-                            node.as_ref().nid.store(to as u16, Ordering::Relaxed);
-                            self.link_node(node, &kpage);
-                        }
-                        continue 'again;
-                    }
+        let _ = self.for_each_node(|trees, node| {
+            // A stale node is removed.
+            let Some(kpage) = trees.get_folio(node) else {
+                return Ok(());
+            };
+            let to = trees.tree_nid(&kpage);
+            // SAFETY: nodes in the tree are alive.
+            if to != unsafe { node.as_ref() }.nid() {
+                // SAFETY: as above.
+                trees.unlink_node(unsafe { node.as_ref() });
+                // SAFETY: as above; the node is in no tree now.  (A node
+                // moved to a later tree is met again there, and stays.)
+                unsafe {
+                    node.as_ref().nid.store(to as u16, Ordering::Relaxed);
+                    trees.link_node(node, &kpage);
                 }
-                break;
             }
-        }
+            Ok(())
+        });
     }
 
     /// stable_tree_append(): `item` now maps `node`'s page.
@@ -426,14 +376,12 @@ impl Trees {
             self.stable_per_node.len()
         };
         for nid in 0..trees {
-            // SAFETY: walking our own tree (scan lock held).
-            let mut rb = unsafe { bindings::rb_first(self.stable_root(nid)) };
-            while !rb.is_null() {
-                // SAFETY: `rb` is linked; its successor stays linked while
-                // `f` removes at most `rb`.
-                let next = unsafe { bindings::rb_next(rb) };
-                f(self, Self::node_of(rb))?;
-                rb = next;
+            let mut next = self.stable_root(nid).first();
+            while let Some(link) = next {
+                // SAFETY: `link` is linked (nodes in the tree are alive);
+                // its successor stays linked while `f` removes at most it.
+                next = unsafe { link.as_ref().next() };
+                f(self, Self::node_of(link))?;
             }
         }
         Ok(())

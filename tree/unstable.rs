@@ -5,16 +5,16 @@
 //! (unstable_tree_search_insert()).
 
 use super::Trees;
-use crate::bindings;
 use crate::kmm::page::{self, PageRef};
+use crate::kmm::rbtree::{RbLink, RbRoot, Step};
 use crate::rmap::{ItemState, RmapItem};
-use core::ptr::{self, NonNull};
+use core::cmp::Ordering::{Equal, Less};
+use core::ptr::NonNull;
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 impl Trees {
     /// The unstable tree of `nid`.
-    pub(super) fn unstable_root(&mut self, nid: usize) -> &mut bindings::rb_root {
+    pub(super) fn unstable_root(&mut self, nid: usize) -> &mut RbRoot {
         if self.across_nodes() {
             &mut self.unstable_one
         } else {
@@ -22,15 +22,11 @@ impl Trees {
         }
     }
 
-    pub(super) fn unstable_item(&self, rb: *mut bindings::rb_node) -> NonNull<RmapItem> {
-        // SAFETY: every node of the unstable tree is the link of an item.
-        unsafe {
-            NonNull::new_unchecked(
-                rb.cast::<u8>()
-                    .sub(self.unstable_link_offset)
-                    .cast::<RmapItem>(),
-            )
-        }
+    /// The item whose link `link` is.
+    fn unstable_item(link: NonNull<RbLink>, offset: usize) -> NonNull<RmapItem> {
+        // SAFETY: every link of the unstable tree is the one of an item's
+        // `ItemState::Unstable`, at `offset` (`Trees::unstable_link_offset`).
+        unsafe { NonNull::new_unchecked(link.as_ptr().cast::<u8>().sub(offset).cast::<RmapItem>()) }
     }
 
     /// The page of an unstable item, if it is still mapped and mergeable.
@@ -47,64 +43,72 @@ impl Trees {
     /// when inserted never changes while it is in the tree, so the search
     /// compares integers and reads another page (taking its mm's mmap lock)
     /// only on a checksum match.  Upstream orders by contents alone.
+    ///
+    /// `item` is out of every tree (`ItemState::Volatile`).
     pub(crate) fn unstable_search_insert(
         &mut self,
         item: &mut RmapItem,
         page: &PageRef,
     ) -> Option<(NonNull<RmapItem>, PageRef)> {
-        use core::cmp::Ordering::{Equal, Less};
         let nid = self.tree_nid(page);
-        let mut parent = ptr::null_mut();
-        let mut link: *mut *mut bindings::rb_node = &mut self.unstable_root(nid).rb_node;
-        // SAFETY: `link` points into the tree we own.
-        while !unsafe { *link }.is_null() {
-            // SAFETY: as above.
-            parent = unsafe { *link };
-            let tree_item = self.unstable_item(parent);
+        let (across, offset, checksum) = (
+            self.across_nodes(),
+            self.unstable_link_offset,
+            item.checksum,
+        );
+        item.state = ItemState::Unstable {
+            link: RbLink::new(),
+            seqnr: self.seqnr,
+            nid: nid as u16,
+        };
+        let ItemState::Unstable { link, .. } = &item.state else {
+            unreachable!()
+        };
+        let step = |tree_link| {
+            let tree_item = Self::unstable_item(tree_link, offset);
             // SAFETY: items in the tree are alive (scan-lock owned).
-            let tree_sum = unsafe { tree_item.as_ref() }.checksum;
-            let order = match item.checksum.cmp(&tree_sum) {
+            let tree_item_ref = unsafe { tree_item.as_ref() };
+            let order = match checksum.cmp(&tree_item_ref.checksum) {
                 Equal => {
-                    // SAFETY: as above.
-                    let tree_page = Self::item_page(unsafe { tree_item.as_ref() })?;
+                    let Some(tree_page) = Self::item_page(tree_item_ref) else {
+                        return Step::Stop(None);
+                    };
                     if tree_page.page() == page.page() {
                         // Don't merge a page with itself (a forked page).
-                        return None;
+                        return Step::Stop(None);
                     }
                     match page::compare(page, &tree_page).cmp(&0) {
                         // A page migrated to another node since it went in
                         // merges only across nodes (upstream: it moves to
                         // its node's tree next scan).
-                        Equal if nid != self.tree_nid(&tree_page) => return None,
-                        Equal => return Some((tree_item, tree_page)),
+                        Equal if nid != Self::nid_of(across, &tree_page) => {
+                            return Step::Stop(None)
+                        }
+                        Equal => return Step::Stop(Some((tree_item, tree_page))),
                         order => order,
                     }
                 }
                 order => order,
             };
-            // SAFETY: `parent` is a node of the tree.
-            link = unsafe {
-                match order {
-                    Less => &mut (*parent).rb_left,
-                    _ => &mut (*parent).rb_right,
-                }
-            };
-        }
-        item.state = ItemState::Unstable {
-            link: Opaque::uninit(),
-            seqnr: self.seqnr,
-            nid: nid as u16,
+            if order == Less {
+                Step::Left
+            } else {
+                Step::Right
+            }
         };
-        let ItemState::Unstable { link: node, .. } = &item.state else {
-            unreachable!()
-        };
-        // SAFETY: `node` is the item's link, in place for as long as the item
-        // lives in its mm's list; `link` and `parent` come from the search.
-        unsafe {
-            bindings::rust_ksm_rb_link_node(node.get(), parent, link);
-            bindings::rb_insert_color(node.get(), self.unstable_root(nid));
+        // SAFETY: the link is new; the item stays in its mm's list, in
+        // place, until remove_item() takes it out of the tree or the tree is
+        // cleared (new_scan()).
+        let found = unsafe { self.unstable_root(nid).insert(link, step) };
+        match found {
+            Some(found) => {
+                item.state = ItemState::Volatile;
+                found
+            }
+            None => {
+                self.counters.pages_unshared += 1;
+                None
+            }
         }
-        self.counters.pages_unshared += 1;
-        None
     }
 }
