@@ -332,8 +332,8 @@ fn free_all(trees: &mut Trees, items: &mut ItemList) {
     }
 }
 
-/// Pages collected by one walk.
-const WALK_BATCH: usize = 32;
+/// Pages collected by one walk; a merge batch is at most one walk's pages.
+const WALK_BATCH: usize = crate::merge::BATCH_MAX;
 
 /// The scanning walk's catch: the anonymous pages found, referenced, in
 /// address order.

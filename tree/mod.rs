@@ -10,6 +10,7 @@
 
 mod chain;
 mod stable;
+mod sweep;
 mod unstable;
 
 use crate::bindings;
