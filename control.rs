@@ -29,6 +29,27 @@ impl Run {
     }
 }
 
+/// An `advisor_mode` write: `scan-time` (true) or `none` (false), compared
+/// as upstream's sysfs_streq() compares (a trailing newline is allowed).
+pub(crate) fn parse_advisor_mode(buf: &[u8]) -> Result<bool> {
+    let word = buf.strip_suffix(b"\n").unwrap_or(buf);
+    match word {
+        b"scan-time" => Ok(true),
+        b"none" => Ok(false),
+        _ => Err(EINVAL),
+    }
+}
+
+/// A `merge_across_nodes` write: 0 or 1 (upstream parses an unsigned long
+/// and refuses anything else).
+pub(crate) fn across_nodes_from_knob(value: u64) -> Result<bool> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(EINVAL),
+    }
+}
+
 /// `pages_to_scan` at load, and again when the advisor is turned off.
 const DEFAULT_PAGES_TO_SCAN: u32 = 100;
 
@@ -84,6 +105,31 @@ impl Control {
             return Err(EINVAL);
         }
         self.pages_to_scan = pages;
+        Ok(())
+    }
+
+    /// A `max_page_sharing` write: at least 2 (a KSM page that cannot be
+    /// shared saves nothing); a change needs no page shared (`EBUSY`), as
+    /// the stable tree's chains are laid out for the old value.
+    pub(crate) fn set_max_page_sharing(&mut self, value: u32, pages_shared: usize) -> Result {
+        if value < 2 {
+            return Err(EINVAL);
+        }
+        if self.max_page_sharing != value {
+            if pages_shared != 0 {
+                return Err(EBUSY);
+            }
+            self.max_page_sharing = value;
+        }
+        Ok(())
+    }
+
+    /// An `advisor_target_scan_time` write, in seconds: at least 1.
+    pub(crate) fn set_advisor_target_scan_time(&mut self, seconds: u64) -> Result {
+        if seconds < 1 {
+            return Err(EINVAL);
+        }
+        self.advisor_target_scan_time = seconds;
         Ok(())
     }
 

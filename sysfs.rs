@@ -3,7 +3,7 @@
 //! /sys/kernel/mm/rust_ksm: the knobs and counters, named and behaving like
 //! those of /sys/kernel/mm/ksm (same values, same errors).
 
-use crate::control::Run;
+use crate::control::{self, Run};
 use crate::scan::Unmerge;
 use crate::{bindings, ksm, rmap, Ksm};
 use core::ptr::{self, NonNull};
@@ -57,22 +57,15 @@ unsafe fn parse_u64(buf: *const c_char) -> Result<u64> {
     Ok(value)
 }
 
-/// Parses an `advisor_mode` write: `scan-time` (true) or `none` (false),
-/// with an optional trailing newline, as upstream's sysfs_streq().
+/// Parses an `advisor_mode` write (see [`control::parse_advisor_mode`]).
 ///
 /// # Safety
 ///
 /// `buf` is a NUL-terminated string (sysfs guarantees it for stores).
 unsafe fn parse_advisor_mode(buf: *const c_char) -> Result<bool> {
-    // SAFETY: both strings are NUL-terminated.
-    let is = |s: &CStr| unsafe { bindings::sysfs_streq(buf, s.as_char_ptr()) };
-    if is(c_str!("scan-time")) {
-        Ok(true)
-    } else if is(c_str!("none")) {
-        Ok(false)
-    } else {
-        Err(EINVAL)
-    }
+    // SAFETY: `buf` is NUL-terminated by the safety requirements, and not
+    // changed during the store.
+    control::parse_advisor_mode(unsafe { CStr::from_char_ptr(buf) }.as_bytes())
 }
 
 /// A value a sysfs file shows, printed as upstream prints it.
@@ -266,18 +259,8 @@ sysfs_table! {
     max_page_sharing: rw {
         show(k) -> u64 { u64::from(k.control.lock().max_page_sharing) }
         store(k, v: u32 = parse_u32) {
-            if v < 2 {
-                return Err(EINVAL);
-            }
-            let stats = &k.stats;
-            let mut control = k.control.lock();
-            if control.max_page_sharing != v {
-                if stats.pages_shared.load(Ordering::Relaxed) != 0 {
-                    return Err(EBUSY);
-                }
-                control.max_page_sharing = v;
-            }
-            Ok(())
+            let shared = k.stats.pages_shared.load(Ordering::Relaxed);
+            k.control.lock().set_max_page_sharing(v, shared)
         }
     },
     pages_shared: counter(),
@@ -318,15 +301,13 @@ sysfs_table! {
     merge_across_nodes: rw {
         show(k) -> u64 { u64::from(k.control.lock().merge_across_nodes) }
         store(k, v: u64 = parse_u64) {
-            if v > 1 {
-                return Err(EINVAL);
-            }
+            let across = control::across_nodes_from_knob(v)?;
             // The trees change only with no stable node left (EBUSY
             // otherwise), under the scan lock, like upstream's under
             // ksm_thread_mutex.
             let mut scan = k.scan_lock();
-            scan.trees.set_across_nodes(v == 1)?;
-            k.update(|c| c.merge_across_nodes = v == 1);
+            scan.trees.set_across_nodes(across)?;
+            k.update(|c| c.merge_across_nodes = across);
             drop(scan);
             Ok(())
         }
@@ -350,11 +331,7 @@ sysfs_table! {
     advisor_target_scan_time: rw {
         show(k) -> u64 { k.control.lock().advisor_target_scan_time }
         store(k, v: u64 = parse_u64) {
-            if v < 1 {
-                return Err(EINVAL);
-            }
-            k.update(|c| c.advisor_target_scan_time = v);
-            Ok(())
+            k.update(|c| c.set_advisor_target_scan_time(v))
         }
     },
 }

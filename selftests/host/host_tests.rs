@@ -2,9 +2,10 @@
 
 //! Unit tests of the module's pure logic, compiled for the host with the
 //! standard test harness (scripts/host-tests, run by make check).  The files
-//! tested are the module's own, included by path: they use neither the
-//! `kernel` crate nor unsafe code (`#![deny(unsafe_code)]`), which is what
-//! lets them build here unchanged.
+//! tested are the module's own, included by path: they use no unsafe code
+//! (`#![deny(unsafe_code)]`) and of the `kernel` crate only its error
+//! codes, which [`prelude`] stands in for, which is what lets them build
+//! here unchanged.
 
 #[allow(dead_code)]
 #[path = "../../scan/smart.rs"]
@@ -13,6 +14,38 @@ mod smart;
 #[allow(dead_code)]
 #[path = "../../advisor.rs"]
 mod advisor;
+
+#[allow(dead_code)]
+#[path = "../../control.rs"]
+mod control;
+
+// `kernel::prelude::*` in the included files is this crate's `prelude`.
+extern crate self as kernel;
+
+/// What the included files take from the kernel crate's prelude.
+pub mod prelude {
+    /// A negative errno, as `kernel::error::Error`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Error(i32);
+
+    pub type Result<T = (), E = Error> = core::result::Result<T, E>;
+
+    pub const EBUSY: Error = Error(-16);
+    pub const EINVAL: Error = Error(-22);
+}
+
+/// `crate::scan::ScanParams`, which control.rs fills in (the module's is in
+/// a file that needs the kernel).
+mod scan {
+    #[allow(dead_code)]
+    pub(crate) struct ScanParams {
+        pub(crate) pages: u32,
+        pub(crate) max_page_sharing: usize,
+        pub(crate) use_zero_pages: bool,
+        pub(crate) smart_scan: bool,
+        pub(crate) chains_prune_millisecs: u32,
+    }
+}
 
 mod smart_scan {
     use super::smart::{should_skip, skip_age};
@@ -123,5 +156,91 @@ mod scan_time_advisor {
             ..slow
         };
         assert_eq!(scan(&mut a, &mut at, 100, 100, 1000, few), 300);
+    }
+}
+
+/// The knobs' rules: the values and errors of /sys/kernel/mm/ksm.
+mod knobs {
+    use super::control::{across_nodes_from_knob, parse_advisor_mode, Control, Run};
+    use super::prelude::{EBUSY, EINVAL};
+
+    #[test]
+    fn run_takes_0_1_2() {
+        assert!(Run::from_knob(0) == Ok(Run::Stop));
+        assert!(Run::from_knob(1) == Ok(Run::Merge));
+        assert!(Run::from_knob(2) == Ok(Run::Unmerge));
+        assert!(Run::from_knob(3).is_err());
+    }
+
+    #[test]
+    fn advisor_mode_words() {
+        assert_eq!(parse_advisor_mode(b"scan-time"), Ok(true));
+        assert_eq!(parse_advisor_mode(b"scan-time\n"), Ok(true));
+        assert_eq!(parse_advisor_mode(b"none\n"), Ok(false));
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"scan-time\n\n",
+            b"Scan-time",
+            b"none ",
+            b"[none]",
+        ] {
+            assert_eq!(parse_advisor_mode(bad), Err(EINVAL), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn merge_across_nodes_is_0_or_1() {
+        assert_eq!(across_nodes_from_knob(0), Ok(false));
+        assert_eq!(across_nodes_from_knob(1), Ok(true));
+        assert_eq!(across_nodes_from_knob(2), Err(EINVAL));
+        assert_eq!(across_nodes_from_knob(u64::MAX), Err(EINVAL));
+    }
+
+    #[test]
+    fn max_page_sharing_at_least_2_and_busy_while_shared() {
+        let mut c = Control::new();
+        assert_eq!(c.set_max_page_sharing(1, 0), Err(EINVAL));
+        assert_eq!(c.set_max_page_sharing(0, 0), Err(EINVAL));
+        assert_eq!(c.set_max_page_sharing(2, 0), Ok(()));
+        assert_eq!(c.max_page_sharing, 2);
+        // A change while pages are shared: EBUSY, nothing changes ...
+        assert_eq!(c.set_max_page_sharing(3, 5), Err(EBUSY));
+        assert_eq!(c.max_page_sharing, 2);
+        // ... but writing the same value is fine (upstream compares first).
+        assert_eq!(c.set_max_page_sharing(2, 5), Ok(()));
+    }
+
+    #[test]
+    fn advisor_owns_pages_to_scan() {
+        let mut c = Control::new();
+        assert_eq!(c.pages_to_scan, 100);
+        assert_eq!(c.set_pages_to_scan(1000), Ok(()));
+        c.set_advisor_mode(true);
+        // set_advisor_defaults(): the advisor starts at its minimum ...
+        assert_eq!(c.pages_to_scan, 500);
+        assert!(c.take_advisor_reset());
+        assert!(!c.take_advisor_reset());
+        // ... and a write of pages_to_scan is refused while it runs.
+        assert_eq!(c.set_pages_to_scan(7), Err(EINVAL));
+        assert_eq!(c.pages_to_scan, 500);
+        c.set_advised_pages_to_scan(4000);
+        assert_eq!(c.pages_to_scan, 4000);
+        // Turned off: back to the default, and writable.
+        c.set_advisor_mode(false);
+        assert_eq!(c.pages_to_scan, 100);
+        // An advice computed before the switch is dropped.
+        c.set_advised_pages_to_scan(4000);
+        assert_eq!(c.pages_to_scan, 100);
+        assert_eq!(c.set_pages_to_scan(7), Ok(()));
+    }
+
+    #[test]
+    fn advisor_target_scan_time_at_least_1() {
+        let mut c = Control::new();
+        assert_eq!(c.set_advisor_target_scan_time(0), Err(EINVAL));
+        assert_eq!(c.advisor_target_scan_time, 200);
+        assert_eq!(c.set_advisor_target_scan_time(1), Ok(()));
+        assert_eq!(c.advisor_target_scan_time, 1);
     }
 }
