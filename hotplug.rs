@@ -2,6 +2,16 @@
 
 //! Memory hotplug: no stable node may be looked at while the memory of its
 //! pfn goes offline (see [`Ksm::scan_lock`]).
+//!
+//! A stale node (its page freed) keeps its pfn until a search looks at it,
+//! and `pfn_folio()` of an offlined block reads a poisoned (DEBUG_VM) or
+//! removed memmap.  So, as upstream's `ksm_memory_callback()`: from
+//! `MEM_GOING_OFFLINE` nobody takes the scan lock (`Ksm::scan_lock()` waits
+//! while `offlining` is set; the current holder is waited for), and at
+//! `MEM_OFFLINE` the nodes whose pfn lies in the range are removed by pfn
+//! alone (a live KSM page there was migrated first, moving its node's pfn).
+//! `MEM_CANCEL_OFFLINE` just lets everyone back.  `rust_ksm_faults` 6
+//! tests it (see scripts/check for the memory layout it needs).
 
 use crate::{bindings, ksm, Ksm};
 use core::ptr;

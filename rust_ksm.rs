@@ -40,8 +40,9 @@ use control::Control;
 use debugfs::Debugfs;
 use engine::EngineRegistration;
 use hotplug::MemoryNotifier;
+use kmm::MmGrab;
 use ksmd::Ksmd;
-use scan::{MmGrab, MmRegistry, ScanState, Stats, Unmerge};
+use scan::{MmRegistry, ScanState, Stats, Unmerge};
 use sysfs::Sysfs;
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.

@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A referenced `anon_vma`.
+//! A referenced `anon_vma`, its read lock, and the VMAs its interval tree
+//! holds at a page index ([`RmapVma`]).
 
+use super::mm::MmGrab;
+use super::page::LockedPage;
 use crate::bindings;
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
+use kernel::page::PAGE_SHIFT;
 
 /// A reference on an `anon_vma` (`get_anon_vma()`), put on drop.
 ///
@@ -119,17 +125,88 @@ pub(crate) struct VmasAt<'g> {
     _guard: core::marker::PhantomData<&'g AnonVmaReadGuard<'g>>,
 }
 
-impl Iterator for VmasAt<'_> {
-    type Item = NonNull<bindings::vm_area_struct>;
+impl<'g> Iterator for VmasAt<'g> {
+    type Item = RmapVma<'g>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let avc = NonNull::new(self.next)?;
         // SAFETY: a chain entry of the locked tree (type invariant).
-        unsafe {
+        let vma = unsafe {
             // INVARIANT: the next entry of the same locked tree, or NULL.
             self.next =
                 bindings::anon_vma_interval_tree_iter_next(avc.as_ptr(), self.index, self.index);
-            NonNull::new((*avc.as_ptr()).vma)
+            (*avc.as_ptr()).vma
+        };
+        // INVARIANT: a VMA of the tree locked for 'g.
+        NonNull::new(vma).map(|vma| RmapVma {
+            vma,
+            _lock: PhantomData,
+        })
+    }
+}
+
+/// A VMA found in an anon_vma's interval tree, whose lock (held for `'g`)
+/// keeps the VMA, and so its mm, from going away: what the rmap walk sees.
+/// Not the mmap lock: the page tables may change, the VMA's range may not.
+///
+/// # Invariants
+///
+/// `vma` is in the interval tree of an anon_vma read-locked for `'g`.
+#[derive(Clone, Copy)]
+pub(crate) struct RmapVma<'g> {
+    vma: NonNull<bindings::vm_area_struct>,
+    _lock: PhantomData<&'g ()>,
+}
+
+impl RmapVma<'_> {
+    pub(crate) fn as_ptr(&self) -> *mut bindings::vm_area_struct {
+        self.vma.as_ptr()
+    }
+
+    /// The VMA's mm.
+    pub(crate) fn mm(&self) -> *mut bindings::mm_struct {
+        // SAFETY: a stable VMA (type invariant).
+        unsafe { (*self.as_ptr()).vm_mm }
+    }
+
+    /// A reference that keeps the mm allocated after the lock is dropped.
+    pub(crate) fn grab_mm(&self) -> MmGrab {
+        // SAFETY: a stable VMA's mm is valid (type invariant); a VMA always
+        // has one.
+        unsafe { MmGrab::new(NonNull::new_unchecked(self.mm())) }
+    }
+
+    /// The address of page `index` in the VMA, if the VMA covers it
+    /// (vma_address(): anon pages keep the index of the address they were
+    /// first mapped at, which mremap does not change).
+    pub(crate) fn address_of(&self, index: usize) -> Option<usize> {
+        // SAFETY: a stable VMA (type invariant).
+        let (start, end, pgoff) = unsafe {
+            (
+                bindings::rust_ksm_vma_start(self.as_ptr()) as usize,
+                bindings::rust_ksm_vma_end(self.as_ptr()) as usize,
+                (*self.as_ptr()).vm_pgoff,
+            )
+        };
+        let addr = start.checked_add(index.checked_sub(pgoff)? << PAGE_SHIFT)?;
+        (addr < end).then_some(addr)
+    }
+
+    /// Whether the VMA really maps `page` at `addr`
+    /// (`page_vma_mapped_walk()`): a VMA covering the index may map another
+    /// page there (COW broken, unmapped).
+    pub(crate) fn maps(&self, page: &LockedPage, addr: usize) -> bool {
+        let mut pvmw = MaybeUninit::<bindings::page_vma_mapped_walk>::zeroed();
+        // SAFETY: a stable VMA (type invariant), a locked and referenced
+        // folio; `pvmw` is ours and finished (its lock dropped) before we
+        // return.
+        unsafe {
+            bindings::rust_ksm_pvmw_init(pvmw.as_mut_ptr(), page.folio(), self.as_ptr(), addr);
+            let mapped = bindings::page_vma_mapped_walk(pvmw.as_mut_ptr());
+            if mapped {
+                bindings::rust_ksm_pvmw_done(pvmw.as_mut_ptr());
+            }
+            mapped
         }
     }
 }

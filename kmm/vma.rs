@@ -92,9 +92,14 @@ impl<'a> VmaRef<'a> {
         self.anon_vma().map(|av| unsafe { AnonVmaRef::get(av) })
     }
 
+    /// Whether the VMA has `VM_MERGEABLE` (it may have no page yet).
+    pub(crate) fn vm_mergeable(&self) -> bool {
+        self.flags() & bindings::VM_MERGEABLE as c_ulong != 0
+    }
+
     /// find_mergeable_vma()'s test: `VM_MERGEABLE` with an anon_vma.
     pub(crate) fn is_mergeable(&self) -> bool {
-        self.flags() & bindings::VM_MERGEABLE as c_ulong != 0 && self.anon_vma().is_some()
+        self.vm_mergeable() && self.anon_vma().is_some()
     }
 
     /// The linear page index of `addr` in the VMA

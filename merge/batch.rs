@@ -3,6 +3,21 @@
 //! Merging a batch of pages, each into its KSM page, with one page-table
 //! lock and one mmu-notifier range per step where mm/ksm.c takes them per
 //! page ([`merge_batch`]).
+//!
+//! The scanner ([`crate::scan`]'s `MergeBatch`) hands over pages of one
+//! walk batch (up to [`BATCH_MAX`], one mm) that the stable tree sends to
+//! stable nodes and that lie in one PMD, each with its own node's page: one
+//! mmap lock and VMA lookup, one mmu notifier range, and per step
+//! (write-protect, replace) one page table lock for the run, where upstream
+//! takes each, and walks the page table, per page.  Each PTE still gets
+//! upstream's own treatment (clear-and-flush, refcount check, full compare
+//! after write-protection, `pte_same` before replacing): x86 keeps TLB
+//! flushing from modules (`flush_tlb_range()` is `#ifndef MODULE` there).
+//! A page the batch cannot merge goes on as upstream's would: contents
+//! differing from the node's (the sampled key lied, `ENOENT`) searches
+//! again comparing, a page past the batch's VMA starts over alone, any
+//! other failure waits for the next scan.  KSM pages, huge pages and
+//! all-zero candidates (`use_zero_pages`) take the one-page path.
 
 use super::{replace_pte, write_protect_pte, Target};
 use crate::bindings;

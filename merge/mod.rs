@@ -7,6 +7,23 @@
 //! Everything here runs under the mmap lock of the VMA's mm, which a
 //! [`VmaRef`] stands for; the folio locks, page-table locks and mmu-notifier
 //! ranges are the guards of [`crate::kmm`].
+//!
+//! After mm/ksm.c (6.12): write-protect under mmu notifiers with
+//! clear-and-flush before the refcount check (no GUP pin or O_DIRECT may
+//! hold the page), share anon-exclusive pages first, replace the PTE after
+//! `pte_same` and let the replaced page's swap slot go once it is unmapped
+//! (`folio_free_swap()`, exported by patch 0001).  Huge pages are split
+//! (retrying with one reference dropped when both candidates are subpages
+//! of one THP).  mlocked memory merges as upstream's does: the rmap calls
+//! of replace_page() mlock the KSM folio for a `VM_LOCKED` VMA and munlock
+//! the page it replaces (6.12 needs no special case in KSM any more).
+//!
+//! Zero pages (`use_zero_pages=1`, off by default as upstream): an
+//! all-zero page whose checksum held for a scan is replaced by the zero
+//! page itself, mapped by a special dirty PTE as 6.12 does; the core counts
+//! those in `ksm_zero_pages` (global and per mm) and uncounts them when the
+//! PTE goes.  Unmerging breaks them too: with any left, no engine could
+//! register again.
 
 mod batch;
 pub(crate) mod unmerge;

@@ -3,6 +3,20 @@
 //! Unmerging a range of a VMA (MADV_UNMERGEABLE, prctl, mremap, `run=2`,
 //! unload): every KSM page (and KSM zero page) in it gets its private copy
 //! back through an unsharing fault.
+//!
+//! Where upstream's break_ksm() looks at each PTE, faults, and looks again
+//! (each look a walk from the top of the page table), one walk finds up to
+//! 32 KSM pages, each gets one unsharing fault, and one walk over that
+//! batch's range looks again; a page still KSM there (the fault raced with
+//! migration, say) gets the full look-fault loop.  Nothing can merge
+//! meanwhile (`run=2` holds the scan lock, madvise and mremap the mmap lock
+//! for write), so the second look sees every page that needs another fault.
+//! The walk records KSM pages behind a migration entry too: `break_ksm()`
+//! waits for the migration and unshares the page it left, so
+//! MADV_UNMERGEABLE, mremap and prctl cannot leave a KSM page in a VMA that
+//! is losing `VM_MERGEABLE`.
+
+#![deny(unsafe_code)]
 
 use super::{break_ksm, unshare};
 use crate::kmm::walk::{self, Entry, Step, Visitor};

@@ -7,6 +7,19 @@
 //! cursor in it and steps on in O(1) per page.  Items are boxed and never
 //! move, so the trees can link to them by pointer.  Only `rust_ksmd` (or
 //! `run=2`, under the same scan lock) creates, changes or frees items.
+//!
+//! What the rmap walk needs of a stable item (its mm, anon_vma and the
+//! linear page index at merge time) is not in the item but in its
+//! [`Mapping`], an entry in the stable node's list: the walk runs in other
+//! tasks under the folio lock only, while `rust_ksmd` holds `&mut RmapItem`,
+//! and a walk that read items would alias those.  Entries are written only
+//! with the scan lock and the folio lock held; the walk never dereferences an
+//! item.  The index exists only while the item is stable ([`ItemState`]), so
+//! it cannot outlive the item's time in the stable tree (the lifetime the
+//! upstream review of the rmap-walk series worried about).  An item is one
+//! 64-byte allocation (upstream's size, asserted below), which
+//! `general_profit` and `ksm_stat` charge; a mapping entry costs 32 bytes
+//! more per merged page, in the node's vector.
 
 mod node;
 pub(crate) mod walk;

@@ -3,6 +3,14 @@
 //! Stable nodes: one per KSM page, the data the rmap walk and the stable
 //! tree share (as mm/ksm.c keeps `ksm_stable_node` beside `ksm_rmap_item`).
 //! The tree's algorithms are in `crate::tree`.
+//!
+//! A node is freed only when its folio no longer points at it (stale:
+//! freed or migrated, with the `smp_rmb`/`smp_wmb` pairing of upstream's
+//! migration check: [`StableNode::folio`], [`StableNode::folio_migrated`])
+//! or after its folio's mapping was cleared under the folio lock (`run=2`,
+//! unload).  Its mapping list changes only with both the scan lock and the
+//! KSM folio lock held, so the rmap walk, which holds the folio lock, reads
+//! it safely.
 
 use super::Mapping;
 use crate::bindings;

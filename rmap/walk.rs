@@ -12,107 +12,114 @@
 //! pages keep the index of the address they were first mapped at.
 
 use crate::bindings;
-use crate::kmm::{self, anon_vma::AnonVmaReadGuard};
+use crate::kmm::anon_vma::{AnonVmaReadGuard, RmapVma};
+use crate::kmm::{self, LockedPage};
 use crate::rmap::StableNode;
-use kernel::page::PAGE_SHIFT;
 
-/// The address of page `index` in `vma`, if the VMA covers it.
-///
-/// # Safety
-///
-/// `vma` is valid (the anon_vma lock held keeps it so).
-unsafe fn address_in(vma: *mut bindings::vm_area_struct, index: usize) -> Option<usize> {
-    // SAFETY: by the function's safety requirements.
-    let (start, end, pgoff) = unsafe {
-        (
-            bindings::rust_ksm_vma_start(vma),
-            bindings::rust_ksm_vma_end(vma),
-            (*vma).vm_pgoff,
-        )
-    };
-    let addr = start.checked_add(index.checked_sub(pgoff)? << PAGE_SHIFT)?;
-    (addr < end).then_some(addr)
+/// How a walk ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// Every mapping was visited.
+    Done,
+    /// The visitor asked to stop.
+    Stopped,
+    /// An anon_vma lock was contended, with `try_lock`.
+    Contended,
 }
 
-/// rmap_walk() of a rust_ksm folio.
+/// The walk of a locked KSM folio: `visit(vma, addr)` for each VMA that
+/// covers its page, at `addr` (mappings' own mms first, then their forked
+/// children), until `visit` returns true.  With `try_lock`, a contended
+/// anon_vma lock ends the walk instead of waiting.
 ///
 /// # Safety
 ///
-/// `folio` is a locked KSM folio, `rwc` a valid walk control: the folio lock
-/// keeps the stable node and its mapping list stable.
-pub(crate) unsafe fn rmap_walk(folio: *mut bindings::folio, rwc: *mut bindings::rmap_walk_control) {
+/// `folio` is a locked folio: the folio lock keeps the stable node and its
+/// mapping list stable.
+pub(crate) unsafe fn walk(
+    folio: *mut bindings::folio,
+    try_lock: bool,
+    mut visit: impl FnMut(RmapVma<'_>, usize) -> bool,
+) -> Walk {
     // SAFETY: by the function's safety requirements.
     let Some(node) = (unsafe { StableNode::of_folio(folio) }) else {
-        return;
+        return Walk::Done;
     };
     // SAFETY: the folio lock keeps the list unchanged (see StableNode).
     let mappings = unsafe { node.as_ref().mappings() };
-    // SAFETY: `rwc` is valid.
-    let rwc = unsafe { &mut *rwc };
-    // First the mapping each item was merged from, then forked children.
     for forks in [false, true] {
         for m in mappings.iter() {
             let guard = match m.anon_vma.try_read() {
                 Some(guard) => guard,
-                None if rwc.try_lock => {
-                    rwc.contended = true;
-                    return;
-                }
+                None if try_lock => return Walk::Contended,
                 None => m.anon_vma.read(),
             };
-            // SAFETY: the anon_vma lock is held for read: the VMAs in its
-            // tree are stable; `folio` and `rwc` as required.
-            if unsafe { walk_anon_vma(folio, rwc, &guard, m.index, m.mm.as_ptr(), forks) } {
-                return;
+            if walk_anon_vma(&guard, m.index, m.mm.as_ptr(), forks, &mut visit) {
+                return Walk::Stopped;
             }
         }
+    }
+    Walk::Done
+}
+
+/// [`walk`] of a folio the caller locked.
+pub(crate) fn walk_locked(
+    page: &LockedPage,
+    visit: impl FnMut(RmapVma<'_>, usize) -> bool,
+) -> Walk {
+    // SAFETY: locked (type invariant of `LockedPage`).
+    unsafe { walk(page.folio(), false, visit) }
+}
+
+/// rmap_walk() of a rust_ksm folio (the engine hook): [`walk`], calling
+/// `rwc`'s callbacks as rmap_walk_anon() would.
+///
+/// # Safety
+///
+/// `folio` is a locked KSM folio, `rwc` a valid walk control.
+pub(crate) unsafe fn rmap_walk(folio: *mut bindings::folio, rwc: *mut bindings::rmap_walk_control) {
+    // SAFETY: `rwc` is valid.
+    let rwc = unsafe { &mut *rwc };
+    let (arg, invalid_vma, rmap_one, done) = (rwc.arg, rwc.invalid_vma, rwc.rmap_one, rwc.done);
+    let visit = |vma: RmapVma<'_>, addr: usize| {
+        // SAFETY: the caller's callbacks, called as rmap_walk_anon() calls
+        // them: the folio locked, the VMA stable under its anon_vma lock.
+        unsafe {
+            if invalid_vma.is_some_and(|invalid| invalid(vma.as_ptr(), arg)) {
+                return false;
+            }
+            if rmap_one.is_some_and(|one| !one(folio, vma.as_ptr(), addr, arg)) {
+                return true;
+            }
+            done.is_some_and(|done| done(folio) != 0)
+        }
+    };
+    // SAFETY: by the function's safety requirements.
+    if unsafe { walk(folio, rwc.try_lock, visit) } == Walk::Contended {
+        rwc.contended = true;
     }
 }
 
 /// Visits the VMAs of the locked anon_vma that map page `index`; true to
 /// stop.
-///
-/// # Safety
-///
-/// `folio` and `rwc` as for [`rmap_walk`].
-unsafe fn walk_anon_vma(
-    folio: *mut bindings::folio,
-    rwc: &mut bindings::rmap_walk_control,
+fn walk_anon_vma(
     anon_vma: &AnonVmaReadGuard<'_>,
     index: usize,
     mm: *mut bindings::mm_struct,
     forks: bool,
+    visit: &mut impl FnMut(RmapVma<'_>, usize) -> bool,
 ) -> bool {
     for vma in anon_vma.vmas_at(index) {
-        let vma = vma.as_ptr();
         // The anon_vma lock is a rwsem: no spinlock is held.
         kmm::cond_resched();
-        // SAFETY: the VMA is stable under the anon_vma lock.
-        if (unsafe { (*vma).vm_mm } == mm) == forks {
+        if (vma.mm() == mm) == forks {
             continue;
         }
-        // SAFETY: as above.
-        let Some(addr) = (unsafe { address_in(vma, index) }) else {
+        let Some(addr) = vma.address_of(index) else {
             continue;
         };
-        // SAFETY: the callbacks are the caller's, called as rmap_walk_anon()
-        // would.
-        unsafe {
-            if let Some(invalid) = rwc.invalid_vma {
-                if invalid(vma, rwc.arg) {
-                    continue;
-                }
-            }
-            if let Some(rmap_one) = rwc.rmap_one {
-                if !rmap_one(folio, vma, addr, rwc.arg) {
-                    return true;
-                }
-            }
-            if let Some(done) = rwc.done {
-                if done(folio) != 0 {
-                    return true;
-                }
-            }
+        if visit(vma, addr) {
+            return true;
         }
     }
     false

@@ -18,11 +18,9 @@ use batch::MergeBatch;
 pub(crate) use registry::{MmRegistry, MmSlotReservation, REGISTERED_MMS};
 pub(crate) use unmerge::Unmerge;
 
-pub(crate) use crate::kmm::MmGrab;
-
 use crate::bindings;
 use crate::kmm::walk::{self, Entry, Step, Visitor};
-use crate::kmm::{mm::MmapReadGuard, page, PageRef, VmaRef};
+use crate::kmm::{mm::MmapReadGuard, page, MmGrab, PageRef, VmaRef};
 use crate::rmap::{ItemCursor, ItemList, RmapItem};
 use crate::tree::Trees;
 use core::ptr::NonNull;

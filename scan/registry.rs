@@ -3,6 +3,8 @@
 //! The registry of mergeable mms (`__ksm_enter()`), in address order: the
 //! scanner's round robin.
 
+#![deny(unsafe_code)]
+
 use crate::bindings;
 use crate::kmm::MmGrab;
 use core::sync::atomic::{AtomicUsize, Ordering};

@@ -4,6 +4,13 @@
 //! skip_age()): a page scanned a few times without merging is looked at
 //! less and less often.  Pure arithmetic on the item's two counters, unit
 //! tested on the host (selftests/host).
+//!
+//! Each item counts its scans (`age`) and the scans it may still be skipped
+//! for (`remaining_skips`), two bytes in the item's padding; a page that is
+//! not a KSM page is skipped from its fourth scan on, every other scan at
+//! first, one in nine in the end, exactly as should_skip_rmap_item(), and
+//! leaves the trees when skipped.  `rust_ksm_merge` 21 checks the count
+//! against a model of that rule, which the built-in KSM matches too.
 
 #![deny(unsafe_code)]
 

@@ -2,14 +2,37 @@
 
 //! Unmerging everything (`run=2`, unload): every registered mm's
 //! mergeable VMAs, then what the rmap walk still finds of each stable node.
+//!
+//! Two passes, and only then the nodes go:
+//!
+//! 1. every registered mm's mergeable VMAs (`merge::unmerge`, the batched
+//!    range walk);
+//! 2. every stable node's remaining mappings, one at a time: the rmap walk
+//!    (folio locked) finds a VMA that really maps the page
+//!    (`page_vma_mapped_walk()`), then the folio is unlocked and that
+//!    address unshared under the mmap lock.  This finds mms that never
+//!    registered (`ksm_fork()` is best effort: a child whose registration
+//!    failed maps the parent's KSM pages) and mms registered behind the
+//!    cursor.
+//!
+//! Nothing on this path allocates.  Nodes whose page is no longer mapped
+//! are then removed (their folios keep `PAGE_MAPPING_KSM` alone: a swap-in
+//! copies them); a node whose page is still mapped stays, with its items,
+//! so the page stays tracked (counted, reclaimable, migratable).  `run=2`
+//! stops at a signal with `-ERESTARTSYS` (or `-EBUSY` if a page could not
+//! be unmerged), keeping every such node, and a later `run=2` finishes.
+//! Unload ignores signals and retries a failing unmerge for five seconds;
+//! only then does it clear the node of a page still mapped, with an
+//! `INVARIANT:` error in the log (which fails any test run).
+
+#![deny(unsafe_code)]
 
 use super::{free_all, MmRegistry, ScanState, Stats};
-use crate::bindings;
-use crate::kmm::{self, MmGrab};
+use crate::kmm;
 use crate::merge::{self, unmerge};
+use crate::rmap::walk;
 use crate::tree::{StableNode, Trees};
 use core::ptr::{self, NonNull};
-use kernel::ffi::{c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::sync::Mutex;
 
@@ -22,49 +45,6 @@ pub(crate) enum Unmerge {
     Uninterruptible,
     /// Unload, last round: nodes whose pages are still mapped go too.
     Orphan,
-}
-
-/// One place a folio is mapped, found by [`find_mapping_one`].
-pub(super) struct Mapping {
-    mm: Option<MmGrab>,
-    addr: usize,
-}
-
-/// rmap_one callback of [`unmerge_node`]: stop at the first VMA that
-/// really maps the folio (the walk visits every VMA covering its index).
-///
-/// # Safety
-///
-/// Called by the rmap walk with the folio locked, `vma` stable (anon_vma
-/// lock held) and `arg` a [`Mapping`].
-pub(super) unsafe extern "C" fn find_mapping_one(
-    folio: *mut bindings::folio,
-    vma: *mut bindings::vm_area_struct,
-    addr: c_ulong,
-    arg: *mut c_void,
-) -> bool {
-    let mut pvmw = core::mem::MaybeUninit::<bindings::page_vma_mapped_walk>::zeroed();
-    // SAFETY: as the rmap walk guarantees; `pvmw` is ours and finished
-    // before we return.
-    let mapped = unsafe {
-        bindings::rust_ksm_pvmw_init(pvmw.as_mut_ptr(), folio, vma, addr);
-        let mapped = bindings::page_vma_mapped_walk(pvmw.as_mut_ptr());
-        if mapped {
-            bindings::rust_ksm_pvmw_done(pvmw.as_mut_ptr());
-        }
-        mapped
-    };
-    if !mapped {
-        return true;
-    }
-    // SAFETY: `arg` is the caller's `Mapping`; the VMA (so its mm) is
-    // stable, and the mm is grabbed before the anon_vma lock is dropped.
-    unsafe {
-        let found = &mut *arg.cast::<Mapping>();
-        found.mm = Some(MmGrab::new(NonNull::new_unchecked((*vma).vm_mm)));
-        found.addr = addr;
-    }
-    false
 }
 
 /// Breaks the mappings of `node`'s page one at a time: each is found by
@@ -81,22 +61,26 @@ pub(super) fn unmerge_node(
         let Some(kpage) = trees.get_folio_locked(node) else {
             return Ok(());
         };
-        let mut found = Mapping { mm: None, addr: 0 };
-        // SAFETY: all-zero is a valid (empty) walk control.
-        let mut rwc: bindings::rmap_walk_control = unsafe { core::mem::zeroed() };
-        rwc.arg = ptr::from_mut(&mut found).cast::<c_void>();
-        rwc.rmap_one = Some(find_mapping_one);
-        // SAFETY: our KSM folio, locked; `rwc` and `found` outlive the walk.
-        unsafe { crate::rmap::walk::rmap_walk(kpage.folio(), &mut rwc) };
+        // The first VMA that really maps the page (the walk visits every
+        // VMA covering its index); its mm grabbed before the anon_vma lock
+        // is dropped.
+        let mut found = None;
+        walk::walk_locked(&kpage, |vma, addr| {
+            if !vma.maps(&kpage, addr) {
+                return false;
+            }
+            found = Some((vma.grab_mm(), addr));
+            true
+        });
         drop(kpage);
-        let Some(mm) = found.mm else {
+        let Some((mm, addr)) = found else {
             return Ok(());
         };
         if interruptible && kmm::signal_pending() {
             return Err(ERESTARTSYS);
         }
         kmm::cond_resched();
-        let here = (mm.as_ptr(), found.addr);
+        let here = (mm.as_ptr(), addr);
         let Some(users) = mm.users() else {
             // Exiting: exit_mmap() is about to unmap it.
             continue;
@@ -104,11 +88,11 @@ pub(super) fn unmerge_node(
         let lock = users.read_lock();
         // Any VMA: a KSM page can outlive VM_MERGEABLE only through a bug,
         // but even then it must not outlive the module.
-        let Some(vma) = lock.vma(found.addr) else {
+        let Some(vma) = lock.vma(addr) else {
             // Unmapped meanwhile: look again.
             continue;
         };
-        merge::break_ksm(vma, found.addr)?;
+        merge::break_ksm(vma, addr)?;
         if here == last {
             // The same mapping twice: the fault cannot unshare it.
             return Err(EBUSY);
@@ -181,7 +165,7 @@ impl ScanState {
             let lock = users.read_lock();
             let mut addr = 0;
             while let Some(vma) = lock.find_vma(addr) {
-                if vma.flags() & bindings::VM_MERGEABLE as c_ulong != 0 {
+                if vma.vm_mergeable() {
                     let r = unmerge::unmerge_range(vma, vma.start(), vma.end(), interruptible);
                     if interruptible {
                         r?;

@@ -3,6 +3,13 @@
 //! Chains of dups: nodes with the same contents, one per `max_page_sharing`
 //! mappings, side by side in the stable tree; pruning their stale members
 //! (`stable_node_chains_prune_millisecs`).
+//!
+//! Searches land on the newest dup of a chain (see the module head of
+//! `tree`), so an older dup whose page went away unnoticed (its last
+//! mapping one the scanner had no item for, a forked child's) would
+//! linger; a search that lands on a chain not pruned for
+//! `stable_node_chains_prune_millisecs` looks at all its dups and drops the
+//! stale ones.
 
 use super::Trees;
 use crate::bindings;

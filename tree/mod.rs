@@ -7,6 +7,38 @@
 //! order is page content, which is read (and for the unstable tree may even
 //! change) during the search: not a fixed `Ord` that `kernel::rbtree` could
 //! use.
+//!
+//! The unstable tree is ordered by (checksum, contents): the checksum an
+//! item had when inserted does not change while it is there, so a descent
+//! reads another process's page only on a checksum match.  The stable tree
+//! is ordered by (key, contents), where the key is xxhash of 256 bytes
+//! sampled across the page (eight 32-byte runs, first and last included,
+//! `kmm::page::key`).  The search trusts the key: the last node with the
+//! page's key is the candidate, and the merge, which compares the pages in
+//! full after write-protecting, decides; only if the contents differ does a
+//! second, comparing descent run.  So a page that merges into the stable
+//! tree costs a 256-byte hash and one page compare, where upstream pays a
+//! compare per node on the descent plus the compare in the merge; the
+//! full-page xxhash (the unstable-tree gate) is computed only for pages
+//! that do not merge into the stable tree.
+//!
+//! Nodes also keep their full hash: equal nodes (one per `max_page_sharing`
+//! mappings) are inserted next to each other, so a run of equal (key, hash)
+//! is a chain of dups (`chain.rs`), and a full node's neighbours are tried
+//! by it.  New dups go right of their equals and the descent goes on right
+//! past an equal node, so it lands on the newest dup, the one with room: a
+//! search stays O(log n) however long a chain grows (a first version
+//! stopped at the first equal node and walked the chain from there, O(dups)
+//! per page: 400 MiB of one pattern is 400 dups).
+//!
+//! With `merge_across_nodes=0` each NUMA node has its own stable and
+//! unstable tree (`stable_per_node`, `unstable_per_node`; one pair for all
+//! otherwise), and nodes and unstable items remember their tree.  A page
+//! that migrated to another node is not merged with in its old tree; the
+//! migration hook raises a flag, and as the next pass begins the scanner
+//! moves every stable node whose page changed node into that node's tree
+//! (`Trees::rehome_migrated`; upstream reaches the same through its
+//! migrate_nodes list).
 
 mod chain;
 mod stable;

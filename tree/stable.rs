@@ -4,6 +4,21 @@
 //! contents); getting a node's folio (stale nodes go), search, insert,
 //! append, and the per-NUMA-node trees of `merge_across_nodes=0`.  Walks
 //! over all nodes are in `sweep.rs`.
+//!
+//! No lock/unlock handshake with migration.  Upstream's
+//! stable_tree_search() takes and drops the lock of the node's page after
+//! raising its count "so that page migration is sure to notice its raised
+//! count": without it, the search can return the old folio of a migration
+//! that has passed its refcount check, and the merge would map that old
+//! folio, which is no longer the node's.  Here the search takes the page
+//! without the lock ([`Trees::get_folio`], not `get_folio_locked`) and the
+//! caller checks afterwards instead: the append of a merged page
+//! (`ScanState::append`, and the batch flush) locks the KSM folio and
+//! verifies that its `mapping` still points to the node; if not (migration
+//! moved the node meanwhile), the new mapping is broken again
+//! (`break_cow`).  Between the two a mapping of the old folio exists that
+//! the rmap walk does not find (its mapping has no node), which only makes
+//! reclaim or migration of that folio fail for a moment.
 
 use super::{Search, SearchLimits, Trees};
 use crate::bindings;
