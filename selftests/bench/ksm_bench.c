@@ -22,9 +22,9 @@
  *                       time from run=1 until pages_shared + pages_sharing
  *                       == pages; MiB/s = 100 / time
  *   unmerge_ms_100m     then the duration of the write of run=2
- *   ksmd_cpu_ms_per_1k_pages  utime+stime of the KSM thread
- *                       (/proc/PID/stat) during merge_mibps_100m, per 1000
- *                       pages merged
+ *   ksmd_cpu_ms_per_1k_pages  CPU time of the KSM thread
+ *                       (/proc/PID/schedstat) during merge_mibps_100m, per
+ *                       1000 pages merged
  *   rmap_item_bytes     from the 100 MiB merge, scanner stopped:
  *                       (pages_sharing * 4096 - general_profit) / rmap
  *                       items, the rmap items being one per page of the
@@ -64,79 +64,6 @@
 
 static const char *dir;
 static unsigned int stall_s = 30, limit_s = 600, mib_big = 400, reps = 3;
-
-/* Ticks of utime+stime of the KSM thread, or -1. */
-static long long kthread_ticks(void)
-{
-	unsigned long long t;
-	pid_t pid = find_task(KTHREAD_NAME, NULL);
-	char st;
-
-	if (!pid || proc_stat(pid, &st, NULL, &t))
-		return -1;
-	return (long long)t;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static double ms_since(uint64_t t0_ns)
-{
-	return (double)(now_ns() - t0_ns) / 1e6;
-}
-
-/*
- * Wait (scanner running) until pages_shared + pages_sharing == want.
- * Returns the ms since T0, or -1 on a stall/limit/read error.
- */
-static double wait_merged(unsigned long long want, uint64_t t0)
-{
-	unsigned long long a, b, best = 0;
-	uint64_t last_progress = now_ns();
-
-	for (;;) {
-		if (knob_read(dir, "pages_shared", &a) ||
-		    knob_read(dir, "pages_sharing", &b)) {
-			tap_diag("%s: cannot read pages_shared/pages_sharing",
-				 engine);
-			return -1;
-		}
-		if (a + b == want)
-			return ms_since(t0);
-		if (a + b > best) {
-			best = a + b;
-			last_progress = now_ns();
-		}
-		if (now_ns() - last_progress > stall_s * 1000000000ULL ||
-		    ms_since(t0) > limit_s * 1000.0) {
-			tap_diag("%s: merged %llu + %llu of %llu pages after %.0f ms: giving up",
-				 engine, a, b, want, ms_since(t0));
-			return -1;
-		}
-		msleep(5);
-	}
-}
-
-/* The kernel's slab memory (/proc/meminfo "Slab:"), in bytes, or -1. */
-static long long slab_bytes(void)
-{
-	char line[128];
-	long long kb = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Slab: %lld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb < 0 ? -1 : kb * 1024;
-}
 
 /* The knobs the workloads run with, on one "#" line. */
 static void print_knobs(void)
@@ -178,7 +105,7 @@ static void run_one_pattern(size_t mib, int extras, struct figs *f)
 {
 	size_t pages = mib * MiB / page_size;
 	double ms = -1, unmerge_ms = -1, item = -1, cpu = -1, slab = -1;
-	long long tk0, tk1, hz = sysconf(_SC_CLK_TCK), slab0 = -1, slab1;
+	long long c0, c1, slab0 = -1, slab1;
 	uint64_t t0;
 	char *p;
 
@@ -195,19 +122,18 @@ static void run_one_pattern(size_t mib, int extras, struct figs *f)
 		goto unmap;
 	}
 	slab0 = slab_bytes();
-	tk0 = kthread_ticks();
+	c0 = kthread_cpu_ns();
 	t0 = now_ns();
 	if (ksm_set(dir, "run", 1))
 		goto unmap;
-	ms = wait_merged(pages, t0);
-	tk1 = kthread_ticks();
+	ms = wait_merged(dir, pages, t0, stall_s, limit_s);
+	c1 = kthread_cpu_ns();
 	if (ms < 0)
 		goto unmap;
-	tap_diag("%s: %zu pages of one pattern merged in %.0f ms, %s +%lld ticks (HZ %lld)",
-		 engine, pages, ms, KTHREAD_NAME, tk1 - tk0, hz);
-	if (tk0 >= 0 && tk1 >= tk0 && hz > 0)
-		cpu = (double)(tk1 - tk0) * 1000.0 / (double)hz /
-		      ((double)pages / 1000.0);
+	tap_diag("%s: %zu pages of one pattern merged in %.0f ms, %s %.1f ms CPU",
+		 engine, pages, ms, KTHREAD_NAME, (c1 - c0) / 1e6);
+	if (c0 >= 0 && c1 >= c0)
+		cpu = (double)(c1 - c0) / 1e6 / ((double)pages / 1000.0);
 	if (extras) {
 		struct ksm_counters c;
 		struct ksm_stat st;
@@ -265,7 +191,7 @@ static double run_mixed(void)
 	if (!madvise(p, pages * page_size, MADV_MERGEABLE)) {
 		t0 = now_ns();
 		if (!ksm_set(dir, "run", 1))
-			ms = wait_merged(shared, t0);
+			ms = wait_merged(dir, shared, t0, stall_s, limit_s);
 	}
 	if (ms > 0)
 		tap_diag("%s: %zu pages (%zu in %zu patterns, %zu unique) merged in %.0f ms",
@@ -274,25 +200,6 @@ static double run_mixed(void)
 out:
 	ksm_unmerge_stop(dir);
 	return ms > 0 ? (double)mib / (ms / 1000.0) : -1;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Median of N values, -1 if any is -1 (a failed repetition). */
-static double median(double *v, unsigned int n)
-{
-	unsigned int i;
-
-	for (i = 0; i < n; i++)
-		if (v[i] < 0)
-			return -1;
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 #define MAX_REPS 15
@@ -375,7 +282,7 @@ static void bench_mixed(void)
 static void run_unique(size_t mib, double *slab, double *cpu_us)
 {
 	size_t pages = mib * MiB / page_size;
-	long long hz = sysconf(_SC_CLK_TCK), slab0, slab1, tk0, tk1;
+	long long slab0, slab1, c0, c1;
 	char *p;
 
 	*slab = *cpu_us = -1;
@@ -393,14 +300,14 @@ static void run_unique(size_t mib, double *slab, double *cpu_us)
 	slab1 = slab_bytes();
 	if (slab0 >= 0 && slab1 >= 0)
 		*slab = (double)(slab1 - slab0) / (double)pages;
-	tk0 = kthread_ticks();
+	c0 = kthread_cpu_ns();
 	if (ksm_run_scans(dir, 2, limit_s * 1000))
 		goto unmap;
-	tk1 = kthread_ticks();
-	if (tk0 >= 0 && tk1 >= tk0 && hz > 0)
-		*cpu_us = (double)(tk1 - tk0) * 1e6 / (double)hz / (2.0 * (double)pages);
-	tap_diag("%s: %zu unique pages: slab %+.1f B/page, %.2f us CPU/page scanned (+%lld ticks)",
-		 engine, pages, *slab, *cpu_us, tk1 - tk0);
+	c1 = kthread_cpu_ns();
+	if (c0 >= 0 && c1 >= c0)
+		*cpu_us = (double)(c1 - c0) / 1e3 / (2.0 * (double)pages);
+	tap_diag("%s: %zu unique pages: slab %+.1f B/page, %.3f us CPU/page scanned",
+		 engine, pages, *slab, *cpu_us);
 unmap:
 	munmap(p, pages * page_size);
 	ksm_unmerge_stop(dir);
@@ -416,7 +323,7 @@ static void bench_unique(void)
 	v = median(s, reps);
 	result("slab_bytes_per_scanned_page", v, v >= 0, "%.1f", "bytes");
 	v = median(c, reps);
-	result("scan_cpu_us_per_page_unique", v, v >= 0, "%.2f", "us_cpu/page");
+	result("scan_cpu_us_per_page_unique", v, v >= 0, "%.3f", "us_cpu/page");
 }
 
 int main(int argc, char **argv)
