@@ -253,7 +253,12 @@ static void bench_64procs(void)
 	for (i = 0; i < NPROCS; i++) {
 		pids[i] = fork();
 		if (pids[i] == 0) {
-			char *p = one_pattern(pages);
+			char *p;
+
+			/* Only the parent's end may keep the pipes open. */
+			close(go[1]);
+			close(ready[0]);
+			p = one_pattern(pages);
 
 			c = p ? 'y' : 'n';
 			if (write(ready[1], &c, 1) != 1)
