@@ -42,6 +42,17 @@ pub(crate) struct Advisor {
     cpu_ns: u64,
 }
 
+/// What the advisor decided at the end of a full scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Advice {
+    /// The next `pages_to_scan`.
+    pub(crate) pages: u64,
+    /// The scan's length in whole seconds (at least 1), and the CPU percent
+    /// it used: what upstream's `ksm_advisor` tracepoint reports with it.
+    pub(crate) scan_time: u64,
+    pub(crate) cpu_percent: u64,
+}
+
 impl Advisor {
     /// A full scan begins at `now_ns`.
     pub(crate) fn start_scan(&mut self, now_ns: i64) {
@@ -50,8 +61,8 @@ impl Advisor {
 
     /// A full scan ended at `now_ns`, the scanning thread having run for
     /// `cpu_ns` in all; `pages` is the current `pages_to_scan`.  Returns the
-    /// next `pages_to_scan`.
-    pub(crate) fn end_scan(&mut self, now_ns: i64, cpu_ns: u64, pages: u64, l: Limits) -> u64 {
+    /// next `pages_to_scan`, with what it was computed from.
+    pub(crate) fn end_scan(&mut self, now_ns: i64, cpu_ns: u64, pages: u64, l: Limits) -> Advice {
         // Whole seconds, at least one.
         let scan_time = (now_ns.saturating_sub(self.start_ns).max(0) as u64 / 1_000_000_000).max(1);
         let cpu_ms = cpu_ns.saturating_sub(self.cpu_ns) / 1_000_000;
@@ -78,6 +89,10 @@ impl Advisor {
         self.change = change;
         self.scan_time = scan_time;
         self.cpu_ns = cpu_ns;
-        next
+        Advice {
+            pages: next,
+            scan_time,
+            cpu_percent,
+        }
     }
 }

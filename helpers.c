@@ -4,9 +4,10 @@
  * Nothing but one-line wrappers belongs here: all logic lives in Rust.
  */
 #include <linux/module.h>
+#include <trace/events/ksm.h>
 #include "rust_ksm_bindings.h"
 
-MODULE_IMPORT_NS(KSM_ENGINE);
+MODULE_IMPORT_NS(KSM_ENGINE_NS);
 
 void rust_ksm_mmgrab(struct mm_struct *mm)
 {
@@ -173,6 +174,11 @@ int rust_ksm_folio_ref_count(struct folio *folio)
 unsigned long rust_ksm_folio_pfn(struct folio *folio)
 {
 	return folio_pfn(folio);
+}
+
+unsigned long rust_ksm_page_to_pfn(struct page *page)
+{
+	return page_to_pfn(page);
 }
 
 struct folio *rust_ksm_pfn_folio(unsigned long pfn)
@@ -455,4 +461,47 @@ struct folio *rust_ksm_migration_pte_folio(pte_t pte)
 void rust_ksm_warn_once(const char *msg)
 {
 	WARN_ONCE(1, "rust_ksm: %s\n", msg);
+}
+
+/*
+ * The ksm:* tracepoints of include/trace/events/ksm.h, fired by rust_ksm at
+ * the points mm/ksm.c fires them (the enabling patch exports them).
+ */
+void rust_ksm_trace_start_scan(int seq, u32 rmap_entries)
+{
+	trace_ksm_start_scan(seq, rmap_entries);
+}
+
+void rust_ksm_trace_stop_scan(int seq, u32 rmap_entries)
+{
+	trace_ksm_stop_scan(seq, rmap_entries);
+}
+
+void rust_ksm_trace_merge_one_page(unsigned long pfn, void *rmap_item,
+				   void *mm, int err)
+{
+	trace_ksm_merge_one_page(pfn, rmap_item, mm, err);
+}
+
+void rust_ksm_trace_merge_with_ksm_page(void *ksm_page, unsigned long pfn,
+					void *rmap_item, void *mm, int err)
+{
+	trace_ksm_merge_with_ksm_page(ksm_page, pfn, rmap_item, mm, err);
+}
+
+void rust_ksm_trace_remove_ksm_page(unsigned long pfn)
+{
+	trace_ksm_remove_ksm_page(pfn);
+}
+
+void rust_ksm_trace_remove_rmap_item(unsigned long pfn, void *rmap_item,
+				     void *mm)
+{
+	trace_ksm_remove_rmap_item(pfn, rmap_item, mm);
+}
+
+void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
+			    unsigned int cpu_percent)
+{
+	trace_ksm_advisor(scan_time, pages_to_scan, cpu_percent);
 }

@@ -5,6 +5,7 @@
 
 use crate::advisor::{self, Advisor};
 use crate::control::Run;
+use crate::kmm::trace;
 use crate::{bindings, scan, Ksm};
 use core::ptr::{self, NonNull};
 use kernel::c_str;
@@ -113,8 +114,9 @@ impl Ksm {
                 (*bindings::get_current()).se.sum_exec_runtime,
             )
         };
-        let next = advisor.end_scan(now, cpu_ns, u64::from(pages), limits);
-        self.control.lock().set_advised_pages_to_scan(next);
+        let advice = advisor.end_scan(now, cpu_ns, u64::from(pages), limits);
+        trace::advisor(advice.scan_time, advice.pages, advice.cpu_percent);
+        self.control.lock().set_advised_pages_to_scan(advice.pages);
     }
 
     /// The body of `rust_ksmd`.

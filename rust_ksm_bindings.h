@@ -60,6 +60,7 @@ bool rust_ksm_folio_mapped(struct folio *folio);
 int rust_ksm_folio_mapcount(struct folio *folio);
 int rust_ksm_folio_ref_count(struct folio *folio);
 unsigned long rust_ksm_folio_pfn(struct folio *folio);
+unsigned long rust_ksm_page_to_pfn(struct page *page);
 struct folio *rust_ksm_pfn_folio(unsigned long pfn);
 struct page *rust_ksm_folio_page(struct folio *folio);
 void *rust_ksm_folio_mapping(struct folio *folio);
@@ -124,3 +125,16 @@ void rust_ksm_anon_vma_unlock_read(struct anon_vma *anon_vma);
 void rust_ksm_vma_start_write(struct vm_area_struct *vma);
 unsigned long rust_ksm_vma_start(const struct vm_area_struct *vma);
 unsigned long rust_ksm_vma_end(const struct vm_area_struct *vma);
+
+/* helpers.c: the ksm:* tracepoints. */
+void rust_ksm_trace_start_scan(int seq, u32 rmap_entries);
+void rust_ksm_trace_stop_scan(int seq, u32 rmap_entries);
+void rust_ksm_trace_merge_one_page(unsigned long pfn, void *rmap_item,
+				   void *mm, int err);
+void rust_ksm_trace_merge_with_ksm_page(void *ksm_page, unsigned long pfn,
+					void *rmap_item, void *mm, int err);
+void rust_ksm_trace_remove_ksm_page(unsigned long pfn);
+void rust_ksm_trace_remove_rmap_item(unsigned long pfn, void *rmap_item,
+				     void *mm);
+void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
+			    unsigned int cpu_percent);

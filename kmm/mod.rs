@@ -21,7 +21,8 @@
 //!   and the VMAs its interval tree holds at an index;
 //! - [`walk`]: `walk_page_range()` behind a [`walk::Visitor`];
 //! - [`rbtree`]: intrusive red-black trees ordered during the descent
-//!   ([`rbtree::RbRoot`], [`rbtree::RbLink`]).
+//!   ([`rbtree::RbRoot`], [`rbtree::RbLink`]);
+//! - [`trace`]: the `ksm:*` tracepoints.
 //!
 //! Names follow upstream's `kernel::mm` (6.13+) where one exists, so that
 //! the layer can give way to it on newer kernels.
@@ -31,6 +32,7 @@ pub(crate) mod mm;
 pub(crate) mod page;
 pub(crate) mod pgtable;
 pub(crate) mod rbtree;
+pub(crate) mod trace;
 pub(crate) mod vma;
 pub(crate) mod walk;
 

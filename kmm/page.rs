@@ -75,6 +75,12 @@ impl PageRef {
         self.page.as_ptr()
     }
 
+    /// The page's pfn.
+    pub(crate) fn pfn(&self) -> usize {
+        // SAFETY: a referenced page (type invariant).
+        unsafe { bindings::rust_ksm_page_to_pfn(self.page()) }
+    }
+
     /// The page's current folio (it changes when a large folio is split).
     pub(crate) fn folio(&self) -> *mut bindings::folio {
         // SAFETY: the reference keeps the page's folio association stable
@@ -248,6 +254,11 @@ impl ZeroPage {
         // SAFETY: the zero page is always there.
         Self(unsafe { bindings::rust_ksm_zero_page(addr) })
     }
+
+    pub(crate) fn pfn(&self) -> usize {
+        // SAFETY: the zero page is always there.
+        unsafe { bindings::rust_ksm_page_to_pfn(self.0) }
+    }
 }
 
 impl Contents for ZeroPage {
@@ -256,8 +267,8 @@ impl Contents for ZeroPage {
     }
 }
 
-/// xxhash of a page's contents: the stable tree's key, and truncated to 32
-/// bits the unstable-tree gate and key (upstream's calc_checksum()).
+/// xxhash of a page's whole contents (upstream's calc_checksum()): a stable
+/// node's identity among equal keys, and the test for an all-zero page.
 pub(crate) fn hash(page: &PageRef) -> u64 {
     hash_of(page)
 }

@@ -30,6 +30,7 @@ use crate::bindings;
 use crate::kmm::rbtree::RbLink;
 use crate::kmm::{AnonVmaRef, MmGrab, VmaRef};
 use core::ptr::{self, NonNull};
+use kernel::ffi::c_void;
 use kernel::prelude::*;
 
 /// Where an item stands.
@@ -71,6 +72,12 @@ pub(crate) const RMAP_ITEM_BYTES: usize = core::mem::size_of::<RmapItem>();
 unsafe impl Send for RmapItem {}
 
 impl RmapItem {
+    /// The item as the `ksm:*` tracepoints show it (`rmap_item`): its
+    /// address, a value only.
+    pub(crate) fn trace_id(&self) -> *const c_void {
+        ptr::from_ref(self).cast()
+    }
+
     pub(crate) fn new(mm: NonNull<bindings::mm_struct>, address: usize) -> Self {
         Self {
             next: None,

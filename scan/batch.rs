@@ -6,7 +6,7 @@
 use super::cmp_and_merge::break_cow;
 use super::{ScanParams, ScanState, WALK_BATCH};
 use crate::bindings;
-use crate::kmm::{page, AnonVmaRef, PageRef};
+use crate::kmm::{page, trace, AnonVmaRef, PageRef};
 use crate::merge::{self, BatchPage, BatchState};
 use crate::rmap::RmapItem;
 use crate::tree::{Search, StableNode};
@@ -183,6 +183,24 @@ impl ScanState {
             // SAFETY: INVARIANT (MergeBatch): a live item, ours under the
             // scan lock.
             let item = unsafe { &mut *p.item.as_ptr() };
+            // try_to_merge_with_ksm_page()'s event, for a merge done (even
+            // if its append failed: it is broken again below) or given up.
+            // A key that lied is not an outcome: the search goes on.
+            let outcome = match p.merge.state {
+                BatchState::Merged => Some(Ok(())),
+                BatchState::Failed(e) if e != ENOENT => Some(Err(e)),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                let (kpage, page) = (&p.merge.kpage, &p.merge.page);
+                trace::merge_with_ksm_page(
+                    Some(kpage),
+                    page,
+                    item.trace_id(),
+                    item.mm.as_ptr(),
+                    &outcome,
+                );
+            }
             match p.merge.state {
                 // Leave no KSM page mapped outside the stable tree.
                 BatchState::Merged if !p.appended => break_cow(item),

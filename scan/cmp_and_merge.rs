@@ -4,7 +4,7 @@
 //! zero page, unstable tree), and the merges it asks of `crate::merge`.
 
 use super::{ScanParams, ScanState};
-use crate::kmm::{page, AnonVmaRef, PageRef};
+use crate::kmm::{page, trace, AnonVmaRef, PageRef};
 use crate::merge::{self, Target};
 use crate::rmap::{ItemState, RmapItem};
 use crate::tree::{Search, StableNode};
@@ -19,7 +19,7 @@ pub(super) fn merge_with(
     page: &PageRef,
     target: Option<Target<'_>>,
 ) -> Result<(AnonVmaRef, usize)> {
-    item.with_vma(|vma| {
+    let merged = item.with_vma(|vma| {
         // VM_LOCKED needs nothing special (as in 6.12's mm/ksm.c):
         // replace_page() maps the KSM folio with folio_add_anon_rmap_pte(),
         // which mlocks it for a locked VMA, and folio_remove_rmap_pte()
@@ -28,14 +28,23 @@ pub(super) fn merge_with(
         // A mergeable VMA has an anon_vma.
         let anon_vma = vma.get_anon_vma().ok_or(EFAULT)?;
         Ok((anon_vma, vma.linear_page_index(item.address)))
-    })
+    });
+    let kpage = match target {
+        Some(Target::Ksm(kpage)) => Some(kpage),
+        _ => None,
+    };
+    trace::merge_with_ksm_page(kpage, page, item.trace_id(), item.mm.as_ptr(), &merged);
+    merged
 }
 
 /// try_to_merge_with_zero_page(): map the zero page instead of `item`'s
 /// (all-zero) page.  The item stays out of the trees: the next scan finds
 /// no page there and frees it, as upstream.
 pub(super) fn merge_with_zero(item: &RmapItem, page: &PageRef) -> Result {
-    item.with_vma(|vma| merge::merge_one_page(vma, page, Some(Target::Zero), item.address))
+    let merged =
+        item.with_vma(|vma| merge::merge_one_page(vma, page, Some(Target::Zero), item.address));
+    trace::merge_one_page(item.address, item.trace_id(), item.mm.as_ptr(), &merged);
+    merged
 }
 
 /// Splits the huge page `page` is part of, if its folio lock is free.

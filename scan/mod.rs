@@ -20,7 +20,7 @@ pub(crate) use unmerge::Unmerge;
 
 use crate::bindings;
 use crate::kmm::walk::{self, Entry, Step, Visitor};
-use crate::kmm::{mm::MmapReadGuard, page, MmGrab, PageRef, VmaRef};
+use crate::kmm::{mm::MmapReadGuard, page, trace, MmGrab, PageRef, VmaRef};
 use crate::rmap::{ItemCursor, ItemList, RmapItem};
 use crate::tree::Trees;
 use core::ptr::NonNull;
@@ -201,6 +201,7 @@ impl ScanState {
             if self.mm_key != 0 && !reg.is_empty() {
                 stats.full_scans.fetch_add(1, Ordering::Relaxed);
                 marks.ended = true;
+                trace::stop_scan(self.trees.seqnr, self.trees.counters.rmap_items);
             }
             drop(reg);
             self.mm_key = 0;
@@ -212,6 +213,7 @@ impl ScanState {
         drop(reg);
         if self.mm_key == 0 {
             marks.began = true;
+            trace::start_scan(self.trees.seqnr, self.trees.counters.rmap_items);
             self.trees.rehome_migrated();
             // A pass begins.  Freshly faulted pages sit in per-CPU LRU
             // batches, whose references make write_protect_page() refuse

@@ -24,6 +24,7 @@ use super::{Search, SearchLimits, Trees};
 use crate::bindings;
 use crate::kmm::page::{self, PageRef};
 use crate::kmm::rbtree::{RbLink, RbRoot, Step};
+use crate::kmm::trace;
 use crate::kmm::{AnonVmaRef, LockedPage};
 use crate::rmap::{ItemState, Mapping, RmapItem, StableNode};
 use core::ptr::NonNull;
@@ -97,10 +98,16 @@ impl Trees {
         let node = unsafe { KBox::from_raw(node.as_ptr()) };
         // SAFETY: scan lock held; no folio points to the node any more.
         let mappings = unsafe { &mut *node.mappings.get() };
+        let pfn = node.pfn();
         for (i, m) in mappings.iter().enumerate() {
             // SAFETY: stable items are alive while in a node; no walker can
             // reach the node any more.
             let item = unsafe { &mut *m.item.as_ptr() };
+            if i != 0 {
+                // Upstream reports every item of the node but the last one
+                // in its list, i.e. the sharing ones.
+                trace::remove_rmap_item(pfn, item.trace_id(), m.mm.as_ptr());
+            }
             item.state = ItemState::Volatile;
             // SAFETY: the item's mm is allocated.  (The anon_vma reference
             // is put when the node, and its list, drop below.)
@@ -111,6 +118,7 @@ impl Trees {
                 self.counters.pages_sharing -= 1;
             }
         }
+        trace::remove_ksm_page(pfn);
         self.unlink_node(&node);
         self.counters.stable_nodes -= 1;
     }

@@ -105,7 +105,7 @@ mod scan_time_advisor {
         a.start_scan(at.0);
         at.0 += secs * S;
         at.1 += cpu_secs * S as u64;
-        a.end_scan(at.0, at.1, pages, l)
+        a.end_scan(at.0, at.1, pages, l).pages
     }
 
     const LIMITS: Limits = Limits {
@@ -113,6 +113,15 @@ mod scan_time_advisor {
         max_pages: 30_000,
         target_scan_time: 200,
     };
+
+    #[test]
+    fn reports_scan_time_and_cpu() {
+        // What the ksm_advisor tracepoint shows: 10 s, 10% CPU.
+        let mut a = Advisor::default();
+        a.start_scan(0);
+        let advice = a.end_scan(10 * S, S as u64, 100, LIMITS);
+        assert_eq!((advice.scan_time, advice.cpu_percent), (10, 10));
+    }
 
     #[test]
     fn first_scan_keeps_the_cpu_floor() {

@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * rust_ksm_trace: the ksm:* tracepoints fire, with the right fields, for
+ * any KSM engine.
+ *
+ *   rust_ksm_trace [--ksm-dir DIR] [--kthread NAME] [TEST_NUMBER...]
+ *
+ * Like rust_ksm_merge, this runs against rust_ksm and (booted without the
+ * module, --ksm-dir /sys/kernel/mm/ksm) against the built-in KSM, which it
+ * must pass too: perf, bpftrace and monitoring scripts read these events
+ * (include/trace/events/ksm.h) whichever engine runs.  Each test enables
+ * its events in tracefs, empties the buffer, drives a workload that must
+ * produce them and checks the fields against what it set up: pfns from
+ * pagemap, the mm from this process's own ksm:ksm_enter event (pointers
+ * are hashed alike within a boot), counts from the counters.
+ *
+ *  1. ksm_start_scan / ksm_stop_scan bracket every full scan: same seq,
+ *     seq going up by one, and "rmap size" at the stop = the pages tracked
+ *     (the test's 64 unique pages are all the mergeable memory).
+ *  2. ksm_merge_with_ksm_page: 32 pages of one pattern merge; at least 31
+ *     events "ksm pfn K ... error 0" with K the KSM page's pfn, all with
+ *     this process's mm.
+ *  3. ksm_remove_ksm_page / ksm_remove_rmap_item: 8 merged pages are
+ *     unmapped while their KSM page is in the stable tree; when the engine
+ *     finds the node stale it reports the page (its pfn) and between 1 and
+ *     7 of its sharing items (upstream: the items still on the node, the
+ *     first excepted).
+ *  4. ksm_merge_one_page with use_zero_pages=1: 16 zero-filled pages get
+ *     the zero page: events "ksm pfn Z ... error 0", Z the zero page's pfn,
+ *     this process's mm, one per page.
+ *  5. ksm_advisor with advisor_mode=scan-time: an event at the end of a
+ *     full scan, whose pages_to_scan is what the knob then reads.
+ *
+ * Seen failing: with kmm/trace.rs's wrappers made to return before firing
+ * (rust_ksm as it was, when only the core's ksm_enter/ksm_exit appeared),
+ * all five fail against rust_ksm ("no ksm_start_scan event", "no
+ * ksm_merge_with_ksm_page event", 0 remove events, 0 of 16 zero-page
+ * merges, "no ksm_advisor event"); the built-in KSM passes all five.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ksm_merge_util.h"
+#include "ksm_util.h"
+#include "tap.h"
+
+#define TRACEFS "/sys/kernel/tracing"
+#define MAX_EVENTS 4096
+
+/* One event line: its name and the text after "name: ". */
+struct event {
+	char name[32];
+	char text[160];
+};
+
+static struct event events[MAX_EVENTS];
+static int nevents;
+
+/* Empty the trace buffer (an O_TRUNC open of "trace" does). */
+static int trace_clear(void)
+{
+	int fd = open(TRACEFS "/trace", O_WRONLY | O_TRUNC | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+/* Enable exactly the ksm events named (NULL-terminated), empty the buffer. */
+static int trace_on(const char *const *names)
+{
+	char path[128];
+
+	if (knob_write_str(TRACEFS, "events/ksm/enable", "0") || trace_clear())
+		return -1;
+	for (; *names; names++) {
+		snprintf(path, sizeof(path), "events/ksm/%s/enable", *names);
+		if (knob_write_str(TRACEFS, path, "1"))
+			return -1;
+	}
+	return knob_write_str(TRACEFS, "tracing_on", "1");
+}
+
+/* Stop the ksm events and read the buffer into events[]. */
+static int trace_read(void)
+{
+	char line[512];
+	FILE *f;
+
+	knob_write_str(TRACEFS, "events/ksm/enable", "0");
+	f = fopen(TRACEFS "/trace", "r");
+	if (!f)
+		return -1;
+	nevents = 0;
+	while (fgets(line, sizeof(line), f) && nevents < MAX_EVENTS) {
+		char *name, *colon;
+
+		if (line[0] == '#')
+			continue;
+		/* "  task-pid  [cpu] flags  ts: name: text" */
+		name = strstr(line, ": ksm_");
+		if (!name)
+			continue;
+		name += 2;
+		colon = strchr(name, ':');
+		if (!colon)
+			continue;
+		*colon = '\0';
+		snprintf(events[nevents].name, sizeof(events[0].name), "%s", name);
+		snprintf(events[nevents].text, sizeof(events[0].text), "%s",
+			 colon + 2);
+		events[nevents].text[strcspn(events[nevents].text, "\n")] = '\0';
+		nevents++;
+	}
+	fclose(f);
+	return 0;
+}
+
+static int count(const char *name)
+{
+	int i, n = 0;
+
+	for (i = 0; i < nevents; i++)
+		n += !strcmp(events[i].name, name);
+	return n;
+}
+
+/*
+ * The hashed mm of this process: MADV_MERGEABLE on a new area fires
+ * ksm_enter for a process not yet mergeable (the caller's first area).
+ */
+static int my_mm(char *mm)
+{
+	int i;
+
+	for (i = 0; i < nevents; i++)
+		if (!strcmp(events[i].name, "ksm_enter") &&
+		    sscanf(events[i].text, "mm %63s", mm) == 1)
+			return 0;
+	return -1;
+}
+
+/* The "mm" field of an event's text into MM (64 bytes): 0, or -1. */
+static int event_mm(const char *text, char *mm)
+{
+	const char *f = strstr(text, " mm ");
+
+	return f && sscanf(f, " mm %63s", mm) == 1 ? 0 : -1;
+}
+
+/*
+ * Each test runs in a child of a process that never becomes mergeable, so
+ * that the child's mm is new to KSM when it calls MADV_MERGEABLE
+ * (ksm_enter fires then, not at fork) and leaves KSM when it exits.
+ */
+static int in_child(int (*fn)(const char *dir), const char *dir)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid == 0)
+		_exit(fn(dir));
+	if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+		return TAP_FAIL;
+	return WEXITSTATUS(status);
+}
+
+static int scan_child(const char *dir)
+{
+	static const char *const names[] = { "ksm_start_scan", "ksm_stop_scan", NULL };
+	const size_t pages = 64;
+	int ret = TAP_PASS, i, starts = 0, stops = 0, last_start = -1, prev = -1;
+	char *p = map_anon(pages);
+
+	if (!p)
+		return TAP_FAIL;
+	for (size_t j = 0; j < pages; j++)
+		fill_pattern(p + j * page_size, 3000000 + j);
+	CHECK(!madvise(p, pages * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_run_scans(dir, 2, 60000), "2 scans");
+	CHECK(!trace_on(names), "tracefs");
+	CHECK(!ksm_run_scans(dir, 3, 60000), "3 more scans");
+	ksm_set(dir, "run", 0);
+	CHECK(!trace_read(), "reading the trace");
+	for (i = 0; i < nevents; i++) {
+		int seq, size;
+
+		if (sscanf(events[i].text, "seq %d rmap size %d", &seq, &size) != 2)
+			continue;
+		if (!strcmp(events[i].name, "ksm_start_scan")) {
+			starts++;
+			CHECK(prev < 0 || seq == prev + 1,
+			      "start seq %d after seq %d", seq, prev);
+			last_start = prev = seq;
+		} else {
+			stops++;
+			CHECK(last_start < 0 || seq == last_start,
+			      "stop seq %d, start seq %d", seq, last_start);
+			CHECK(size == (int)pages, "rmap size %d at the stop, %zu pages",
+			      size, pages);
+		}
+	}
+	tap_diag("%d starts, %d stops", starts, stops);
+	CHECK(starts >= 2, "no ksm_start_scan event (or one only)");
+	CHECK(stops >= 2, "no ksm_stop_scan event (or one only)");
+	munmap(p, pages * page_size);
+	return ret;
+}
+
+static int merge_child(const char *dir)
+{
+	static const char *const names[] = { "ksm_enter", "ksm_merge_with_ksm_page", NULL };
+	const size_t pages = 32;
+	int ret = TAP_PASS, i, good = 0, other_mm = 0;
+	long long kpfn;
+	char mm[64];
+	char *p = map_anon(pages);
+
+	if (!p || trace_on(names))
+		return TAP_FAIL;
+	memset(p, 0x5c, pages * page_size);
+	CHECK(!madvise(p, pages * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, pages, 60000, NULL) >= 0, "merge");
+	ksm_set(dir, "run", 0);
+	kpfn = pagemap_pfn(0, p);
+	CHECK(!trace_read(), "reading the trace");
+	CHECK(!my_mm(mm), "no ksm_enter event for this process");
+	for (i = 0; i < nevents; i++) {
+		unsigned long pfn;
+		char emm[64];
+		int err;
+
+		if (strcmp(events[i].name, "ksm_merge_with_ksm_page"))
+			continue;
+		if (sscanf(events[i].text, "ksm pfn %lu rmap_item %*s mm %63s error %d",
+			   &pfn, emm, &err) == 3 && err == 0 && (long long)pfn == kpfn)
+			good++;
+		if (!event_mm(events[i].text, emm) && strcmp(emm, mm))
+			other_mm++;
+	}
+	tap_diag("%d ksm_merge_with_ksm_page events, %d into pfn %lld, %d of another mm",
+		 count("ksm_merge_with_ksm_page"), good, kpfn, other_mm);
+	CHECK(count("ksm_merge_with_ksm_page"), "no ksm_merge_with_ksm_page event");
+	CHECK(good >= (int)pages - 1, "%d merges into the KSM page reported, want >= %zu",
+	      good, pages - 1);
+	CHECK(!other_mm, "events of another mm");
+	munmap(p, pages * page_size);
+	return ret;
+}
+
+static int remove_child(const char *dir)
+{
+	static const char *const names[] = { "ksm_remove_ksm_page", "ksm_remove_rmap_item",
+					     NULL };
+	const size_t pages = 8;
+	int ret = TAP_PASS, i, removed = 0, items = 0;
+	long long kpfn;
+	char *a = map_anon(pages), *b = map_anon(pages);
+
+	if (!a || !b)
+		return TAP_FAIL;
+	memset(a, 0x6d, pages * page_size);
+	CHECK(!madvise(a, pages * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, pages, 60000, NULL) >= 0, "merge");
+	ksm_set(dir, "run", 0);
+	kpfn = pagemap_pfn(0, a);
+	CHECK(!trace_on(names), "tracefs");
+	/* The KSM page goes; its node and items stay until looked at ... */
+	munmap(a, pages * page_size);
+	/* ... which pages of the same contents make the scanner do. */
+	memset(b, 0x6d, pages * page_size);
+	CHECK(!madvise(b, pages * page_size, MADV_MERGEABLE), "madvise b");
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, pages, 60000, NULL) >= 0, "b merges");
+	ksm_set(dir, "run", 0);
+	CHECK(!trace_read(), "reading the trace");
+	for (i = 0; i < nevents; i++) {
+		unsigned long pfn;
+
+		if (!strcmp(events[i].name, "ksm_remove_ksm_page") &&
+		    sscanf(events[i].text, "pfn %lu", &pfn) == 1 && (long long)pfn == kpfn)
+			removed++;
+		if (!strcmp(events[i].name, "ksm_remove_rmap_item") &&
+		    sscanf(events[i].text, "pfn %lu", &pfn) == 1 && (long long)pfn == kpfn)
+			items++;
+	}
+	tap_diag("old KSM pfn %lld: %d ksm_remove_ksm_page, %d ksm_remove_rmap_item (of %d, %d)",
+		 kpfn, removed, items, count("ksm_remove_ksm_page"),
+		 count("ksm_remove_rmap_item"));
+	CHECK(removed == 1, "ksm_remove_ksm_page for pfn %lld: %d events", kpfn, removed);
+	CHECK(items >= 1 && items <= (int)pages - 1,
+	      "ksm_remove_rmap_item for pfn %lld: %d events", kpfn, items);
+	munmap(b, pages * page_size);
+	return ret;
+}
+
+static int zero_child(const char *dir)
+{
+	static const char *const names[] = { "ksm_enter", "ksm_merge_one_page", NULL };
+	const size_t pages = 16;
+	int ret = TAP_PASS, i, good = 0;
+	long long zpfn;
+	char mm[64];
+	char *p = map_anon(pages);
+
+	if (!p || ksm_set(dir, "use_zero_pages", 1) || trace_on(names))
+		return TAP_FAIL;
+	/* Allocated pages that hold zeros (not the zero page yet). */
+	memset(p, 1, pages * page_size);
+	memset(p, 0, pages * page_size);
+	CHECK(!madvise(p, pages * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(wait_knob_ge(dir, "ksm_zero_pages", pages, 60000, NULL) >= 0,
+	      "ksm_zero_pages");
+	ksm_set(dir, "run", 0);
+	zpfn = pagemap_pfn(0, p);
+	CHECK(!trace_read(), "reading the trace");
+	CHECK(!my_mm(mm), "no ksm_enter event for this process");
+	for (i = 0; i < nevents; i++) {
+		unsigned long pfn;
+		char emm[64];
+		int err;
+
+		if (!strcmp(events[i].name, "ksm_merge_one_page") &&
+		    sscanf(events[i].text, "ksm pfn %lu rmap_item %*s mm %63s error %d",
+			   &pfn, emm, &err) == 3 && err == 0 &&
+		    (long long)pfn == zpfn && !strcmp(emm, mm))
+			good++;
+	}
+	tap_diag("zero pfn %lld: %d of %d ksm_merge_one_page events match", zpfn, good,
+		 count("ksm_merge_one_page"));
+	CHECK(good == (int)pages, "%d zero-page merges reported, want %zu", good, pages);
+	munmap(p, pages * page_size);
+	return ret;
+}
+
+static int advisor_child(const char *dir)
+{
+	static const char *const names[] = { "ksm_advisor", NULL };
+	const size_t pages = 64;
+	unsigned long last = 0, pts;
+	int ret = TAP_PASS, i, n = 0;
+	char *p = map_anon(pages);
+
+	if (!p)
+		return TAP_FAIL;
+	for (size_t j = 0; j < pages; j++)
+		fill_pattern(p + j * page_size, 4000000 + j);
+	CHECK(!madvise(p, pages * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!knob_write_str(dir, "advisor_mode", "scan-time"), "advisor_mode");
+	CHECK(!trace_on(names), "tracefs");
+	CHECK(!ksm_run_scans(dir, 3, 60000), "3 scans");
+	ksm_set(dir, "run", 0);
+	CHECK(!trace_read(), "reading the trace");
+	pts = (unsigned long)knob_get(dir, "pages_to_scan");
+	for (i = 0; i < nevents; i++) {
+		long long t;
+		unsigned int cpu;
+
+		if (!strcmp(events[i].name, "ksm_advisor") &&
+		    sscanf(events[i].text, "ksm scan time %lld pages_to_scan %lu cpu percent %u",
+			   &t, &last, &cpu) == 3)
+			n++;
+	}
+	tap_diag("%d ksm_advisor events, the last pages_to_scan %lu, the knob %lu", n, last,
+		 pts);
+	CHECK(n >= 1, "no ksm_advisor event");
+	CHECK(last == pts, "the last event's pages_to_scan %lu, the knob %lu", last, pts);
+	knob_write_str(dir, "advisor_mode", "none");
+	munmap(p, pages * page_size);
+	return ret;
+}
+
+static int t_scan(const char *dir)
+{
+	return in_child(scan_child, dir);
+}
+
+static int t_merge(const char *dir)
+{
+	return in_child(merge_child, dir);
+}
+
+static int t_remove(const char *dir)
+{
+	return in_child(remove_child, dir);
+}
+
+static int t_zero(const char *dir)
+{
+	return in_child(zero_child, dir);
+}
+
+static int t_advisor(const char *dir)
+{
+	return in_child(advisor_child, dir);
+}
+
+static const struct ksm_test tests[] = {
+	{ "ksm_start_scan/ksm_stop_scan bracket every full scan", t_scan },
+	{ "ksm_merge_with_ksm_page for each merge, with the KSM pfn and mm", t_merge },
+	{ "ksm_remove_ksm_page/ksm_remove_rmap_item for a stale KSM page", t_remove },
+	{ "ksm_merge_one_page for each zero-page merge", t_zero },
+	{ "ksm_advisor at the end of a full scan, with pages_to_scan", t_advisor },
+};
+
+static void trace_off(void)
+{
+	knob_write_str(TRACEFS, "events/ksm/enable", "0");
+	trace_clear();
+}
+
+int main(int argc, char **argv)
+{
+	ksm_tests_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]),
+		       "tracefs, pagemap pfns", trace_off);
+}
