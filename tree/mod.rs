@@ -18,9 +18,11 @@
 //! full after write-protecting, decides; only if the contents differ does a
 //! second, comparing descent run.  So a page that merges into the stable
 //! tree costs a 256-byte hash and one page compare, where upstream pays a
-//! compare per node on the descent plus the compare in the merge; the
-//! full-page xxhash (the unstable-tree gate) is computed only for pages
-//! that do not merge into the stable tree.
+//! compare per node on the descent plus the compare in the merge.  The
+//! same key, truncated, is the unstable tree's checksum (the gate that keeps
+//! pages changing between scans out, and the first part of its order), so a
+//! page is hashed in full only when it becomes a KSM page (the node's hash
+//! below) or may be all zeros (`use_zero_pages`).
 //!
 //! Nodes also keep their full hash: equal nodes (one per `max_page_sharing`
 //! mappings) are inserted next to each other, so a run of equal (key, hash)
