@@ -8,6 +8,7 @@ use crate::control::Run;
 use crate::kmm::trace;
 use crate::{bindings, scan, Ksm};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::ffi::{c_int, c_void};
 use kernel::prelude::*;
@@ -84,9 +85,10 @@ unsafe extern "C" fn ksmd_main(data: *mut c_void) -> c_int {
 }
 
 impl Ksm {
-    /// ksmd_should_run(): merging, and something to merge.
+    /// ksmd_should_run(): merging, and something to merge, or the items of
+    /// an exited mm to free (see `Ksm::reap`).
     fn should_scan(&self, run: Run) -> bool {
-        run == Run::Merge && !self.registry.lock().is_empty()
+        run == Run::Merge && (self.reap.load(Ordering::Acquire) || !self.registry.lock().is_empty())
     }
 
     /// The scan-time advisor's part of a batch: note when a full scan
@@ -144,6 +146,9 @@ impl Ksm {
                 // lock (as upstream's ksm_thread_mutex), so a batch starts
                 // only if run is still 1 under it.
                 if self.control.lock().run == run {
+                    // This batch reaps: a pass with no mm left ends at once
+                    // and frees the items of the mms gone.
+                    self.reap.store(false, Ordering::Release);
                     let marks = scan.scan_batch(&self.registry, &self.stats, params);
                     drop(scan);
                     if let Some(limits) = limits {

@@ -105,6 +105,11 @@ struct Ksm {
     scan: Mutex<ScanState>,
     /// Set while everything is being unmerged: swap-in must copy.
     unmerging: AtomicBool,
+    /// An mm left the registry: the scanner still holds its rmap items
+    /// (freed as a pass ends), and must run a batch to free them even if
+    /// no mm is left to scan (upstream's ksmd runs until it has reaped the
+    /// exited mm's slot).
+    reap: AtomicBool,
     /// Memory blocks going offline (see [`Ksm::scan_lock`]); changed under
     /// the control lock, and `offline_done` is signalled when it drops.
     offlining: AtomicUsize,
@@ -135,6 +140,7 @@ impl Ksm {
             registry <- new_mutex!(MmRegistry::new()),
             scan <- new_mutex!(ScanState::new()),
             unmerging: AtomicBool::new(false),
+            reap: AtomicBool::new(false),
             offlining: AtomicUsize::new(0),
             offline_done <- new_condvar!(),
             stats: Stats::default(),
@@ -204,6 +210,12 @@ impl Ksm {
         let removed = self.registry.lock().remove(mm);
         // The scanner holds `mm_users` while it walks, so no walk can be in
         // this mm's page tables any more: nothing else to wait for.
+        if removed.is_some() {
+            // Its items go at the end of a pass: make sure one comes, even
+            // if this was the last mm (the thread then idles).
+            self.reap.store(true, Ordering::Release);
+            self.update(|_| ());
+        }
         drop(removed);
     }
 
