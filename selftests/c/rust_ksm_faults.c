@@ -843,7 +843,12 @@ static void hog_free(size_t n)
  * serve order-0 allocations before B's large free blocks are split, and
  * per-CPU page lists hold pages from anywhere.  Seen in about one run in
  * five ("memory38 holds 0 of the 512 KSM pages"), so an attempt whose KSM
- * pages missed B is dropped and the steering done again, up to 4 times. */
+ * pages mostly missed B is dropped and the steering done again, up to 4
+ * times.  Enough is MIN_IN_B of them: offlining then migrates dozens of live
+ * KSM pages, which is what the test is about; it asked for more than half
+ * once, and a fresh-clone make check failed on "memory40 holds 224 of the
+ * 512 KSM pages" after four attempts. */
+#define MIN_IN_B(npat)	((npat) / 8)
 static char *merged_area_in(long long b, size_t n, size_t npat, unsigned long long bb,
 			    size_t *in_b)
 {
@@ -868,7 +873,7 @@ static char *merged_area_in(long long b, size_t n, size_t npat, unsigned long lo
 		*in_b = 0;
 		for (i = 0; p && i < npat; i++)
 			*in_b += pagemap_pfn(0, p + i * ps) * ps / bb == (unsigned long long)b;
-		if (!p || *in_b > npat / 2)
+		if (!p || *in_b >= MIN_IN_B(npat))
 			break;
 	}
 	return p;
@@ -919,7 +924,7 @@ static int test_memory_offline(void)
 	if (!p)
 		return TAP_FAIL;
 	tap_diag("memory%lld holds %zu of the %zu KSM pages", b, in_b, npat);
-	CHECK(in_b > npat / 2, "the KSM pages did not land in memory%lld", b);
+	CHECK(in_b >= MIN_IN_B(npat), "the KSM pages did not land in memory%lld", b);
 	CHECK(!block_set(b, "offline"), "offlining memory%lld with live KSM pages", b);
 	if (ret != TAP_PASS)
 		goto out;
@@ -941,7 +946,7 @@ static int test_memory_offline(void)
 	if (!p)
 		return TAP_FAIL;
 	tap_diag("memory%lld holds %zu of the %zu KSM pages", b, in_b, npat);
-	CHECK(in_b > npat / 2, "the KSM pages did not land in memory%lld", b);
+	CHECK(in_b >= MIN_IN_B(npat), "the KSM pages did not land in memory%lld", b);
 	munmap(p, n * ps);
 	p = NULL;
 	CHECK(!block_set(b, "offline"), "offlining memory%lld with stale stable nodes", b);
