@@ -157,6 +157,34 @@ static int event_mm(const char *text, char *mm)
 }
 
 /*
+ * Events NAME ("ksm pfn P rmap_item R mm M error E", both merge events)
+ * that report a merge into pfn PFN with error 0 by mm MM; events NAME of
+ * another mm in *OTHER_MM.
+ */
+static int merges_into(const char *name, long long pfn, const char *mm, int *other_mm)
+{
+	int i, good = 0;
+
+	*other_mm = 0;
+	for (i = 0; i < nevents; i++) {
+		unsigned long epfn;
+		char emm[64];
+		int err;
+
+		if (strcmp(events[i].name, name))
+			continue;
+		if (!event_mm(events[i].text, emm) && strcmp(emm, mm)) {
+			(*other_mm)++;
+			continue;
+		}
+		if (sscanf(events[i].text, "ksm pfn %lu rmap_item %*s mm %63s error %d",
+			   &epfn, emm, &err) == 3 && err == 0 && (long long)epfn == pfn)
+			good++;
+	}
+	return good;
+}
+
+/*
  * Each test runs in a child of a process that never becomes mergeable, so
  * that the child's mm is new to KSM when it calls MADV_MERGEABLE
  * (ksm_enter fires then, not at fork) and leaves KSM when it exits.
@@ -219,7 +247,7 @@ static int merge_child(const char *dir)
 {
 	static const char *const names[] = { "ksm_enter", "ksm_merge_with_ksm_page", NULL };
 	const size_t pages = 32;
-	int ret = TAP_PASS, i, good = 0, other_mm = 0;
+	int ret = TAP_PASS, good = 0, other_mm = 0;
 	long long kpfn;
 	char mm[64];
 	char *p = map_anon(pages);
@@ -234,19 +262,7 @@ static int merge_child(const char *dir)
 	kpfn = pagemap_pfn(0, p);
 	CHECK(!trace_read(), "reading the trace");
 	CHECK(!my_mm(mm), "no ksm_enter event for this process");
-	for (i = 0; i < nevents; i++) {
-		unsigned long pfn;
-		char emm[64];
-		int err;
-
-		if (strcmp(events[i].name, "ksm_merge_with_ksm_page"))
-			continue;
-		if (sscanf(events[i].text, "ksm pfn %lu rmap_item %*s mm %63s error %d",
-			   &pfn, emm, &err) == 3 && err == 0 && (long long)pfn == kpfn)
-			good++;
-		if (!event_mm(events[i].text, emm) && strcmp(emm, mm))
-			other_mm++;
-	}
+	good = merges_into("ksm_merge_with_ksm_page", kpfn, mm, &other_mm);
 	tap_diag("%d ksm_merge_with_ksm_page events, %d into pfn %lld, %d of another mm",
 		 count("ksm_merge_with_ksm_page"), good, kpfn, other_mm);
 	CHECK(count("ksm_merge_with_ksm_page"), "no ksm_merge_with_ksm_page event");
@@ -308,7 +324,7 @@ static int zero_child(const char *dir)
 {
 	static const char *const names[] = { "ksm_enter", "ksm_merge_one_page", NULL };
 	const size_t pages = 16;
-	int ret = TAP_PASS, i, good = 0;
+	int ret = TAP_PASS, good = 0, other_mm = 0;
 	long long zpfn;
 	char mm[64];
 	char *p = map_anon(pages);
@@ -326,20 +342,11 @@ static int zero_child(const char *dir)
 	zpfn = pagemap_pfn(0, p);
 	CHECK(!trace_read(), "reading the trace");
 	CHECK(!my_mm(mm), "no ksm_enter event for this process");
-	for (i = 0; i < nevents; i++) {
-		unsigned long pfn;
-		char emm[64];
-		int err;
-
-		if (!strcmp(events[i].name, "ksm_merge_one_page") &&
-		    sscanf(events[i].text, "ksm pfn %lu rmap_item %*s mm %63s error %d",
-			   &pfn, emm, &err) == 3 && err == 0 &&
-		    (long long)pfn == zpfn && !strcmp(emm, mm))
-			good++;
-	}
-	tap_diag("zero pfn %lld: %d of %d ksm_merge_one_page events match", zpfn, good,
-		 count("ksm_merge_one_page"));
+	good = merges_into("ksm_merge_one_page", zpfn, mm, &other_mm);
+	tap_diag("zero pfn %lld: %d of %d ksm_merge_one_page events match, %d of another mm",
+		 zpfn, good, count("ksm_merge_one_page"), other_mm);
 	CHECK(good == (int)pages, "%d zero-page merges reported, want %zu", good, pages);
+	CHECK(!other_mm, "events of another mm");
 	munmap(p, pages * page_size);
 	return ret;
 }
