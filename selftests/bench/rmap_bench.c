@@ -10,9 +10,10 @@
  * pages, every other page mprotect(PROT_READ), so that N VMAs share one
  * anon_vma; MADV_MERGEABLE, merged; then rmap walks of merged pages are
  * triggered by move_pages(MPOL_MF_MOVE_ALL) to the other NUMA node and back
- * (numa=fake=2), and timed with the rmap:rmap_walk_start / rmap_walk_end
- * tracepoints (tracefs "trace", paired by pid and pfn; each migration walks
- * twice: try_to_migrate() and remove_migration_ptes()).
+ * (numa=fake=2), and timed by the rmap:rmap_walk tracepoint (kernel patch
+ * 0003: one event per walk, with the walk's own duration in ns and how
+ * often it called rmap_one; each migration walks twice: try_to_migrate() and
+ * remove_migration_ptes()).
  *
  * Pages 2j and 2j+1 (one read-write, one read-only VMA) hold the same
  * content and nothing else does: every KSM page has 2 mappings, i.e. 2 rmap
@@ -23,9 +24,9 @@
  * Figures (RESULT <engine> <figure> <value|NA> <unit>, engine = DIR's
  * basename; "k" = thousand VMAs):
  *   rmap_walk_us_<N>_median, rmap_walk_us_<N>_max
- *                       per-walk latency (type=ksm) in microseconds; the
- *                       trace clock prints microseconds, so values are
- *                       whole microseconds (the mean is in a "#" line)
+ *                       per-walk latency (type=ksm) in microseconds, to
+ *                       the nanosecond (mean, p90 and the rmap_one calls
+ *                       per walk are in a "#" line)
  *   rmap_walk_us_<N>_anon_median, rmap_walk_us_<N>_anon_max
  *                       the control: the same layout, not MADV_MERGEABLE,
  *                       so plain anonymous walks (type=anon), which look the
@@ -39,7 +40,7 @@
  *                       then forks); a migration's first walk stops once
  *                       the page is unmapped, its second does both passes.
  * Exits 0 only if every figure was measured.  The tracefs state it changes
- * (events, record-cmd, buffer size, trace clock, kprobe) is put back.
+ * (events, record-cmd, buffer size, kprobe) is put back.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -127,7 +128,7 @@ static char *tr_read(const char *file, size_t *len)
  * the kprobe armed once; between passes only tracing_on and the buffer
  * change.
  */
-static char saved_record_cmd[8], saved_kopt[8], saved_clock[32];
+static char saved_record_cmd[8], saved_kopt[8];
 
 static void read_small(const char *path, char *buf, size_t len)
 {
@@ -144,30 +145,17 @@ static int trace_init(void)
 {
 	int err;
 
-	if (access(TR "/events/rmap/rmap_walk_start", F_OK)) {
-		tap_diag("no " TR "/events/rmap/rmap_walk_start (tracefs mounted? kernel patch 0003?)");
+	if (access(TR "/events/rmap/rmap_walk", F_OK)) {
+		tap_diag("no " TR "/events/rmap/rmap_walk (tracefs mounted? kernel patch 0003?)");
 		return -1;
 	}
 	read_small(TR "/options/record-cmd", saved_record_cmd,
 		   sizeof(saved_record_cmd));
-	{
-		char clocks[256], *a, *b;
-
-		/* "local [mono] global ...": the one in brackets */
-		read_small(TR "/trace_clock", clocks, sizeof(clocks));
-		a = strchr(clocks, '[');
-		b = a ? strchr(a, ']') : NULL;
-		if (b && b - a - 1 < (long)sizeof(saved_clock))
-			snprintf(saved_clock, sizeof(saved_clock), "%.*s",
-				 (int)(b - a - 1), a + 1);
-	}
 	err = tr_write("tracing_on", "0", false) ?:
 	      tr_write("options/record-cmd", "0", false) ?:
-	      tr_write("trace_clock", "mono", false) ?:
 	      tr_write("buffer_size_kb", "8192", false) ?:
 	      tr_write("trace", "", false) ?:
-	      tr_write("events/rmap/rmap_walk_start/enable", "1", false) ?:
-	      tr_write("events/rmap/rmap_walk_end/enable", "1", false);
+	      tr_write("events/rmap/rmap_walk/enable", "1", false);
 	if (err)
 		tap_diag("tracefs setup: %s", strerror(-err));
 	return err;
@@ -176,14 +164,11 @@ static int trace_init(void)
 static void trace_fini(void)
 {
 	tr_write("tracing_on", "0", false);
-	tr_write("events/rmap/rmap_walk_start/enable", "0", false);
-	tr_write("events/rmap/rmap_walk_end/enable", "0", false);
+	tr_write("events/rmap/rmap_walk/enable", "0", false);
 	tr_write("trace", "", false);
 	tr_write("buffer_size_kb", "1408", false);
 	if (saved_record_cmd[0])
 		tr_write("options/record-cmd", saved_record_cmd, false);
-	if (saved_clock[0])
-		tr_write("trace_clock", saved_clock, false);
 	tr_write("tracing_on", "1", false);
 }
 
@@ -219,91 +204,56 @@ static void lat_add(struct lat *l, double us)
 	l->v[l->n++] = us;
 }
 
-#define MAX_PIDS 64
-
 /*
- * Pair the rmap_walk_start/end events of the trace by pid and pfn:
- *   <comm>-<pid> [cpu] <flags> <secs>.<usecs>: rmap_walk_start: pfn=0x.. type=ksm
- * Walks of type TYPE only, of task PID only (0: any).  Returns how many
- * events could not be paired.
+ * The rmap:rmap_walk events of the trace, one per walk:
+ *   <comm>-<pid> [cpu] <flags> <ts>: rmap_walk: pfn=0x.. type=ksm locked=0
+ *   visits=2 stopped=0 contended=0 ns=1234
+ * Walks of type TYPE only, of task PID only (0: any): their durations (us,
+ * from the event's own ns field: the walk times itself, so neither the
+ * trace clock's resolution nor the tracing cost is in it) into OUT; the
+ * rmap_one calls (the event's visits), summed, into *VMAS.
  */
-static size_t trace_parse(const char *type, pid_t only_pid, struct lat *out)
+static void trace_parse(const char *type, pid_t only_pid, struct lat *out,
+			unsigned long long *vmas)
 {
-	struct {
-		int pid;
-		unsigned long pfn;
-		long long ts;
-		bool open;
-	} st[MAX_PIDS];
-	size_t nst = 0, unpaired = 0, i;
 	char *buf = tr_read("trace", NULL), *line, *save = NULL;
 
+	*vmas = 0;
 	if (!buf)
-		return 1;
+		return;
 	for (line = strtok_r(buf, "\n", &save); line;
 	     line = strtok_r(NULL, "\n", &save)) {
-		char *ev, *br, *dash, *tp, *ty;
-		unsigned long long secs, usecs;
-		unsigned long pfn;
-		bool start;
-		long long ts;
-		int pid;
+		char *ev, *br, *dash, *ty, *f;
+		unsigned long long ns;
+		unsigned int nv;
 
 		if (line[0] == '#')
 			continue;
-		ev = strstr(line, ": rmap_walk_");
+		ev = strstr(line, ": rmap_walk: ");
 		if (!ev)
 			continue;
-		start = !strncmp(ev, ": rmap_walk_start:", 18);
 		ty = strstr(ev, " type=");
 		if (!ty || strncmp(ty + 6, type, strlen(type)) ||
-		    ty[6 + strlen(type)] != '\0')
+		    ty[6 + strlen(type)] != ' ')
 			continue;
-		if (sscanf(strstr(ev, "pfn=") ? strstr(ev, "pfn=") + 4 : "",
-			   "%lx", &pfn) != 1)
+		f = strstr(ev, " visits=");
+		if (!f || sscanf(f + 8, "%u", &nv) != 1)
 			continue;
-		/* "<secs>.<usecs>" right before ev */
+		f = strstr(ev, " ns=");
+		if (!f || sscanf(f + 4, "%llu", &ns) != 1)
+			continue;
 		*ev = '\0';
-		tp = strrchr(line, ' ');
-		if (!tp || sscanf(tp + 1, "%llu.%llu", &secs, &usecs) != 2)
-			continue;
-		ts = (long long)(secs * 1000000ULL + usecs);
 		br = strchr(line, '[');
 		if (!br)
 			continue;
 		*br = '\0';
 		dash = strrchr(line, '-');
-		if (!dash)
+		if (!dash || (only_pid && atoi(dash + 1) != only_pid))
 			continue;
-		pid = atoi(dash + 1);
-		if (only_pid && pid != only_pid)
-			continue;
-		for (i = 0; i < nst && st[i].pid != pid; i++)
-			;
-		if (i == nst) {
-			if (nst == MAX_PIDS)
-				continue;
-			st[nst].pid = pid;
-			st[nst].open = false;
-			nst++;
-		}
-		if (start) {
-			if (st[i].open)
-				unpaired++;
-			st[i].open = true;
-			st[i].pfn = pfn;
-			st[i].ts = ts;
-		} else if (st[i].open && st[i].pfn == pfn && ts >= st[i].ts) {
-			lat_add(out, (double)(ts - st[i].ts));
-			st[i].open = false;
-		} else {
-			unpaired++;
-		}
+		lat_add(out, (double)ns / 1000.0);
+		*vmas += nv;
 	}
-	for (i = 0; i < nst; i++)
-		unpaired += st[i].open;
 	free(buf);
-	return unpaired;
 }
 
 /* kprobe on anon_vma_interval_tree_iter_next: hit count, or -1. */
@@ -480,7 +430,7 @@ static void measure(char *p, size_t n, const char *type, double *med,
 		    double *max)
 {
 	struct lat l = { 0 };
-	size_t unpaired;
+	unsigned long long vmas;
 	double sum = 0;
 	size_t i;
 
@@ -491,7 +441,7 @@ static void measure(char *p, size_t n, const char *type, double *med,
 		return;
 	}
 	trace_stop();
-	unpaired = trace_parse(type, getpid(), &l);
+	trace_parse(type, getpid(), &l, &vmas);
 	if (!l.n) {
 		tap_diag("%s: no type=%s walk in the trace", engine, type);
 		free(l.v);
@@ -502,9 +452,9 @@ static void measure(char *p, size_t n, const char *type, double *med,
 		sum += l.v[i];
 	*med = l.n % 2 ? l.v[l.n / 2] : (l.v[l.n / 2 - 1] + l.v[l.n / 2]) / 2;
 	*max = l.v[l.n - 1];
-	tap_diag("%s: %zu VMAs, %zu type=%s walks (%zu events unpaired): median %.0f us, mean %.1f us, p90 %.0f us, min %.0f us, max %.0f us",
-		 engine, n, l.n, type, unpaired, *med, sum / (double)l.n,
-		 l.v[l.n * 9 / 10], l.v[0], *max);
+	tap_diag("%s: %zu VMAs, %zu type=%s walks (%.2f rmap_one calls each): median %.3f us, mean %.3f us, p90 %.3f us, min %.3f us, max %.3f us",
+		 engine, n, l.n, type, (double)vmas / (double)l.n, *med,
+		 sum / (double)l.n, l.v[l.n * 9 / 10], l.v[0], *max);
 	free(l.v);
 }
 
@@ -515,6 +465,7 @@ static void measure(char *p, size_t n, const char *type, double *med,
 static double measure_visits(char *p, size_t n)
 {
 	struct lat l = { 0 };
+	unsigned long long vmas;
 	long long h0, h1;
 	double v = -1;
 
@@ -527,7 +478,7 @@ static double measure_visits(char *p, size_t n)
 	}
 	trace_stop();
 	h1 = visits_hits();
-	trace_parse("ksm", getpid(), &l);
+	trace_parse("ksm", getpid(), &l, &vmas);
 	if (h0 >= 0 && h1 >= h0 && l.n) {
 		v = (double)(h1 - h0) / (double)l.n;
 		tap_diag("%s: %zu VMAs: %lld anon_vma_interval_tree_iter_next() calls in %zu KSM walks",
@@ -587,9 +538,9 @@ static void bench_size(size_t n)
 	kept_pages += n;
 ksm_done:
 	snprintf(name, sizeof(name), "rmap_walk_us_%s_median", sz);
-	result(name, med, med >= 0, "%.0f", "us");
+	result(name, med, med >= 0, "%.3f", "us");
 	snprintf(name, sizeof(name), "rmap_walk_us_%s_max", sz);
-	result(name, max, max >= 0, "%.0f", "us");
+	result(name, max, max >= 0, "%.3f", "us");
 
 	/* Control: the same layout, plain anonymous pages. */
 	med = max = -1;
@@ -599,9 +550,9 @@ ksm_done:
 		unmap_layout(p, n);
 	}
 	snprintf(name, sizeof(name), "rmap_walk_us_%s_anon_median", sz);
-	result(name, med, med >= 0, "%.0f", "us");
+	result(name, med, med >= 0, "%.3f", "us");
 	snprintf(name, sizeof(name), "rmap_walk_us_%s_anon_max", sz);
-	result(name, max, max >= 0, "%.0f", "us");
+	result(name, max, max >= 0, "%.3f", "us");
 }
 
 /* VMA steps per KSM walk for every kept layout, one kprobe arm for all. */

@@ -30,12 +30,23 @@
  *     this process's mm, one per page.
  *  5. ksm_advisor with advisor_mode=scan-time: an event at the end of a
  *     full scan, whose pages_to_scan is what the knob then reads.
+ *  6. rmap:rmap_walk (kernel patch 0003, not upstream) for the walks of a
+ *     KSM page: 8 pages of one pattern in 2 VMAs merge into one KSM page;
+ *     move_pages() of it to the other node walks its rmap (unmap, then
+ *     remove the migration entries); each walk's event has the KSM page's
+ *     pfn (before, then after), type=ksm, locked=0, ns > 0, and the
+ *     remove walk calls rmap_one 8 times (visits: once per mapping, in
+ *     either VMA); a plain anonymous page's migration gives type=anon
+ *     walks of 1 visit.
  *
  * Seen failing: with kmm/trace.rs's wrappers made to return before firing
  * (rust_ksm as it was, when only the core's ksm_enter/ksm_exit appeared),
  * all five fail against rust_ksm ("no ksm_start_scan event", "no
  * ksm_merge_with_ksm_page event", 0 remove events, 0 of 16 zero-page
  * merges, "no ksm_advisor event"); the built-in KSM passes all five.
+ * Test 6 with the counting callbacks of mm/rmap.c's rmap_walk_traced()
+ * left out (visits always 0) failed against both engines ("remove walk
+ * of the KSM page: 0 visits, want 8").
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -74,28 +85,34 @@ static int trace_clear(void)
 	return 0;
 }
 
-/* Enable exactly the ksm events named (NULL-terminated), empty the buffer. */
+/*
+ * Enable exactly the events named (NULL-terminated; "ksm_x" is ksm:ksm_x,
+ * "rmap/rmap_walk" says its system), empty the buffer.
+ */
 static int trace_on(const char *const *names)
 {
 	char path[128];
 
-	if (knob_write_str(TRACEFS, "events/ksm/enable", "0") || trace_clear())
+	if (knob_write_str(TRACEFS, "events/ksm/enable", "0") ||
+	    knob_write_str(TRACEFS, "events/rmap/enable", "0") || trace_clear())
 		return -1;
 	for (; *names; names++) {
-		snprintf(path, sizeof(path), "events/ksm/%s/enable", *names);
+		snprintf(path, sizeof(path), "events/%s%s/enable",
+			 strchr(*names, '/') ? "" : "ksm/", *names);
 		if (knob_write_str(TRACEFS, path, "1"))
 			return -1;
 	}
 	return knob_write_str(TRACEFS, "tracing_on", "1");
 }
 
-/* Stop the ksm events and read the buffer into events[]. */
+/* Stop the events and read the buffer into events[]. */
 static int trace_read(void)
 {
 	char line[512];
 	FILE *f;
 
 	knob_write_str(TRACEFS, "events/ksm/enable", "0");
+	knob_write_str(TRACEFS, "events/rmap/enable", "0");
 	f = fopen(TRACEFS "/trace", "r");
 	if (!f)
 		return -1;
@@ -107,6 +124,8 @@ static int trace_read(void)
 			continue;
 		/* "  task-pid  [cpu] flags  ts: name: text" */
 		name = strstr(line, ": ksm_");
+		if (!name)
+			name = strstr(line, ": rmap_walk: ");
 		if (!name)
 			continue;
 		name += 2;
@@ -388,6 +407,109 @@ static int advisor_child(const char *dir)
 	return ret;
 }
 
+/* One rmap_walk event's fields. */
+struct walk {
+	unsigned long pfn;
+	char type[8];
+	int locked, stopped, contended;
+	unsigned int visits;
+	unsigned long long ns;
+};
+
+static int parse_walk(const struct event *e, struct walk *w)
+{
+	return strcmp(e->name, "rmap_walk") ||
+	       sscanf(e->text, "pfn=0x%lx type=%7s locked=%d visits=%u stopped=%d contended=%d ns=%llu",
+		      &w->pfn, w->type, &w->locked, &w->visits, &w->stopped,
+		      &w->contended, &w->ns) != 7;
+}
+
+/*
+ * The walks of the folio at pfn BEFORE, then AFTER (a migration's unmap
+ * walk sees the old folio, its remove walk the new one): how many, and the
+ * most VMAs one of them visited; -1 on a field that is wrong.
+ */
+static int walks_of(unsigned long before, unsigned long after, const char *type,
+		    unsigned int *max_visits)
+{
+	int i, n = 0;
+
+	*max_visits = 0;
+	for (i = 0; i < nevents; i++) {
+		struct walk w;
+
+		if (parse_walk(&events[i], &w) || (w.pfn != before && w.pfn != after))
+			continue;
+		tap_diag("rmap_walk pfn=0x%lx type=%s locked=%d visits=%u stopped=%d contended=%d ns=%llu",
+			 w.pfn, w.type, w.locked, w.visits, w.stopped, w.contended, w.ns);
+		if (strcmp(w.type, type) || w.locked || !w.ns)
+			return -1;
+		if (w.visits > *max_visits)
+			*max_visits = w.visits;
+		n++;
+	}
+	return n;
+}
+
+static int rmap_walk_child(const char *dir)
+{
+	static const char *const names[] = { "rmap/rmap_walk", NULL };
+	const size_t pages = 8;
+	int ret = TAP_PASS, node, status, n;
+	unsigned int visits;
+	long long before, after;
+	void *addr;
+	char *p = map_anon(pages + 1), *q;
+
+	if (!p)
+		return TAP_FAIL;
+	CHECK(!access(TRACEFS "/events/rmap/rmap_walk", F_OK),
+	      "no rmap:rmap_walk event (kernel patch 0003)");
+	memset(p, 0x3e, pages * page_size);
+	/* Two VMAs: the last page read-only (the first of q's range). */
+	q = p + (pages - 1) * page_size;
+	CHECK(!mprotect(q, 2 * page_size, PROT_READ), "mprotect");
+	CHECK(!madvise(p, pages * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_set(dir, "run", 1), "run=1");
+	CHECK(ksm_wait_merged(dir, pages, 60000, NULL) >= 0, "merge");
+	ksm_set(dir, "run", 0);
+	before = pagemap_pfn(0, p);
+	CHECK(before > 0 && pagemap_pfn(0, q) == before, "one KSM page in both VMAs");
+	node = page_node(0, p);
+	CHECK(node >= 0, "page_node");
+	node = !node;
+	addr = p;
+	CHECK(!trace_on(names), "tracefs");
+	CHECK(!sys_move_pages(0, 1, &addr, &node, &status, MPOL_MF_MOVE_ALL_) &&
+	      status == node, "move_pages of the KSM page: status %d", status);
+	CHECK(!trace_read(), "reading the trace");
+	after = pagemap_pfn(0, p);
+	n = walks_of((unsigned long)before, (unsigned long)after, "ksm", &visits);
+	tap_diag("KSM page 0x%llx -> 0x%llx: %d walks, at most %u visits", before, after, n,
+		 visits);
+	CHECK(n >= 0, "a wrong field in an event of the KSM page");
+	CHECK(n >= 2, "%d walks of the KSM page, want >= 2 (unmap, remove)", n);
+	CHECK(visits == pages, "remove walk of the KSM page: %u visits, want %zu", visits,
+	      pages);
+
+	/* The control: a plain anonymous page, one VMA. */
+	q = map_anon(1);
+	CHECK(q, "map");
+	memset(q, 0x3f, page_size);
+	before = pagemap_pfn(0, q);
+	node = !page_node(0, q);
+	addr = q;
+	CHECK(!trace_on(names), "tracefs");
+	CHECK(!sys_move_pages(0, 1, &addr, &node, &status, MPOL_MF_MOVE_) &&
+	      status == node, "move_pages of an anonymous page: status %d", status);
+	CHECK(!trace_read(), "reading the trace");
+	n = walks_of((unsigned long)before, (unsigned long)pagemap_pfn(0, q), "anon", &visits);
+	CHECK(n >= 2 && visits == 1, "anonymous page: %d walks, at most %u visits", n, visits);
+	munmap(q, page_size);
+	munmap(p, (pages + 1) * page_size);
+	return ret;
+}
+
 static int t_scan(const char *dir)
 {
 	return in_child(scan_child, dir);
@@ -413,17 +535,26 @@ static int t_advisor(const char *dir)
 	return in_child(advisor_child, dir);
 }
 
+static int t_rmap_walk(const char *dir)
+{
+	if (!two_nodes())
+		return tap_skip_missing("numa2", "one NUMA node");
+	return in_child(rmap_walk_child, dir);
+}
+
 static const struct ksm_test tests[] = {
 	{ "ksm_start_scan/ksm_stop_scan bracket every full scan", t_scan },
 	{ "ksm_merge_with_ksm_page for each merge, with the KSM pfn and mm", t_merge },
 	{ "ksm_remove_ksm_page/ksm_remove_rmap_item for a stale KSM page", t_remove },
 	{ "ksm_merge_one_page for each zero-page merge", t_zero },
 	{ "ksm_advisor at the end of a full scan, with pages_to_scan", t_advisor },
+	{ "rmap:rmap_walk for a KSM page's walks: pfn, type, VMAs, time", t_rmap_walk },
 };
 
 static void trace_off(void)
 {
 	knob_write_str(TRACEFS, "events/ksm/enable", "0");
+	knob_write_str(TRACEFS, "events/rmap/enable", "0");
 	trace_clear();
 }
 
