@@ -49,6 +49,15 @@ pub(crate) fn cond_resched() {
     unsafe { crate::bindings::rust_ksm_cond_resched() };
 }
 
+/// The kernel's tick count (`jiffies`): a clock for coarse intervals that
+/// costs one load, where `ktime_get()` reads the clocksource.
+pub(crate) fn jiffies() -> usize {
+    // SAFETY: `jiffies` is a kernel global, always mapped; the timer
+    // interrupt updates it with an aligned word store, so a volatile load
+    // reads one value or the next (what `READ_ONCE(jiffies)` does).
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(crate::bindings::jiffies)) as usize }
+}
+
 /// Whether a signal is pending for the current task.
 pub(crate) fn signal_pending() -> bool {
     // SAFETY: `current` is always a valid task.

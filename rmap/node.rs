@@ -18,7 +18,7 @@ use crate::kmm::rbtree::RbLink;
 use crate::kmm::PageRef;
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::ffi::c_void;
 use kernel::prelude::*;
@@ -53,7 +53,7 @@ pub(crate) struct StableNode {
     pub(crate) mappings: UnsafeCell<KVec<Mapping>>,
     /// When the chain of dups this node is the newest of was last pruned
     /// of stale dups (ktime ns); its creation time to begin with.
-    pub(crate) pruned_at: AtomicI64,
+    pub(crate) pruned_at: AtomicUsize,
 }
 
 /// The `owner` word of every rust_ksm stable node.
@@ -83,8 +83,7 @@ impl StableNode {
             key,
             hash,
             mappings: UnsafeCell::new(KVec::new()),
-            // SAFETY: plain call.
-            pruned_at: AtomicI64::new(unsafe { bindings::ktime_get() }),
+            pruned_at: AtomicUsize::new(crate::kmm::jiffies()),
         }
     }
 

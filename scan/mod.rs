@@ -98,7 +98,8 @@ impl ScanParams {
     fn search(&self) -> crate::tree::SearchLimits {
         crate::tree::SearchLimits {
             max_sharing: self.max_page_sharing,
-            chains_prune_ns: i64::from(self.chains_prune_millisecs) * 1_000_000,
+            chains_prune_jiffies: kernel::time::msecs_to_jiffies(self.chains_prune_millisecs)
+                as usize,
         }
     }
 }

@@ -67,8 +67,8 @@ pub(crate) enum Search {
 pub(crate) struct SearchLimits {
     /// `max_page_sharing`: mappings a node takes.
     pub(crate) max_sharing: usize,
-    /// `stable_node_chains_prune_millisecs`, in ns.
-    pub(crate) chains_prune_ns: i64,
+    /// `stable_node_chains_prune_millisecs`, in jiffies.
+    pub(crate) chains_prune_jiffies: usize,
 }
 
 /// Global merge counters (sysfs).

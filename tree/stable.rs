@@ -206,7 +206,7 @@ impl Trees {
                 // Migrated to another node: merges only across nodes.
                 return None;
             }
-            self.prune_chain(node, limits.chains_prune_ns);
+            self.prune_chain(node, limits.chains_prune_jiffies);
             return self.equal_with_room(node, tree_page, limits.max_sharing);
         }
     }

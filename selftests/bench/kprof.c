@@ -102,6 +102,51 @@ static long load_kallsyms(struct sym **out)
 	return (long)n;
 }
 
+static int by_ull(const void *a, const void *b)
+{
+	unsigned long long x = *(const unsigned long long *)a;
+	unsigned long long y = *(const unsigned long long *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * With KPROF_OFFSETS=N in the environment: for the N symbols with the most
+ * samples, the offsets in them that got at least 1% of the symbol's samples
+ * ("KPROF-IP tag name+0xoff samples"), to read against a disassembly: which
+ * part of an inlined-into function the time goes to.
+ */
+static void print_offsets(const char *tag, const struct sym *s, long n,
+			  unsigned long long *ips, unsigned long nips)
+{
+	const char *env = getenv("KPROF_OFFSETS");
+	long want = env ? atol(env) : 0, done = 0, i;
+	unsigned long j, k;
+
+	if (want <= 0 || !nips)
+		return;
+	qsort(ips, nips, sizeof(*ips), by_ull);
+	/* s is sorted by samples here: the first symbols are the top ones. */
+	for (i = 0; i < n && done < want && s[i].samples; i++, done++) {
+		unsigned long long lo = s[i].addr, hi = ~0ULL;
+		long x;
+
+		/* The next symbol up bounds this one. */
+		for (x = 0; x < n; x++)
+			if (s[x].addr > lo && s[x].addr < hi)
+				hi = s[x].addr;
+		for (j = 0; j < nips; j = k) {
+			for (k = j; k < nips && ips[k] == ips[j]; k++)
+				;
+			if (ips[j] < lo || ips[j] >= hi ||
+			    (k - j) * 100 < s[i].samples)
+				continue;
+			printf("KPROF-IP %s %s+0x%llx %lu\n", tag, s[i].name,
+			       ips[j] - lo, k - j);
+		}
+	}
+}
+
 static void count_ip(struct sym *s, long n, unsigned long long ip,
 		     unsigned long *unknown)
 {
@@ -129,7 +174,11 @@ int kprof_stop(struct kprof *k, const char *tag)
 	uint64_t head, tail, size = (uint64_t)RING_PAGES * (uint64_t)psz;
 	const unsigned char *data = (const unsigned char *)k->ring + psz;
 	struct sym *syms = NULL;
+	unsigned long long *ips = NULL;
+	unsigned long nips = 0;
 
+	if (getenv("KPROF_OFFSETS"))
+		ips = malloc(sizeof(*ips) * (size / sizeof(struct perf_event_header)));
 	ioctl(k->fd, PERF_EVENT_IOC_DISABLE, 0);
 	head = __atomic_load_n(&meta->data_head, __ATOMIC_ACQUIRE);
 	tail = meta->data_tail;
@@ -153,6 +202,8 @@ int kprof_stop(struct kprof *k, const char *tag)
 
 			memcpy(&ip, rec + sizeof(h), sizeof(ip));
 			count_ip(syms, n, ip, &unknown);
+			if (ips)
+				ips[nips++] = ip;
 			total++;
 		} else if (h.type == PERF_RECORD_LOST) {
 			unsigned long long nlost;
@@ -169,7 +220,9 @@ int kprof_stop(struct kprof *k, const char *tag)
 		for (i = 0; i < n && syms[i].samples; i++)
 			printf("KPROF %s %lu %s\n", tag, syms[i].samples,
 			       syms[i].name);
+		print_offsets(tag, syms, n, ips, nips);
 	}
+	free(ips);
 	if (unknown)
 		printf("KPROF %s %lu [unknown]\n", tag, unknown);
 	printf("KPROF-TOTAL %s %lu %lu\n", tag, total, lost);

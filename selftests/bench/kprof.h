@@ -23,7 +23,12 @@ int kprof_start(struct kprof *k, pid_t tid, unsigned int freq);
 /*
  * Stop, and print the samples per kernel symbol, most first:
  *   KPROF <tag> <samples> <symbol>
- * then "KPROF-TOTAL <tag> <samples> <lost>".  0, or -1.
+ * then "KPROF-TOTAL <tag> <samples> <lost>".  0, or -1.  With KPROF_OFFSETS=N
+ * in the environment, also the hot offsets in the N top symbols
+ * ("KPROF-IP <tag> <symbol>+0x<off> <samples>"), to read against
+ * `objdump -d` of the module or vmlinux.  Under QEMU TCG a sample often
+ * lands on the first instruction of a translation block (a call target, a
+ * return point), so read an offset as "the code that led here".
  */
 int kprof_stop(struct kprof *k, const char *tag);
 
