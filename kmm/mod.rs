@@ -22,7 +22,8 @@
 //! - [`walk`]: `walk_page_range()` behind a [`walk::Visitor`];
 //! - [`rbtree`]: intrusive red-black trees ordered during the descent
 //!   ([`rbtree::RbRoot`], [`rbtree::RbLink`]);
-//! - [`trace`]: the `ksm:*` tracepoints.
+//! - [`trace`]: the `ksm:*` tracepoints;
+//! - [`words`]: page contents compared a block at a time.
 //!
 //! Names follow upstream's `kernel::mm` (6.13+) where one exists, so that
 //! the layer can give way to it on newer kernels.
@@ -35,6 +36,7 @@ pub(crate) mod rbtree;
 pub(crate) mod trace;
 pub(crate) mod vma;
 pub(crate) mod walk;
+pub(crate) mod words;
 
 pub(crate) use anon_vma::AnonVmaRef;
 pub(crate) use mm::MmGrab;

@@ -2,6 +2,7 @@
 
 //! Referenced pages, their folio lock and their contents.
 
+use super::words;
 use crate::bindings;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
@@ -322,14 +323,71 @@ fn hash_of(page: &impl Contents) -> u64 {
     }
 }
 
-/// memcmp of two pages' contents.
+/// Orders two pages' contents as memcmp() does: negative, zero or
+/// positive.  On x86 by [`words::compare`], a block at a time; other
+/// architectures keep their memcmp_pages() (arm64's also tells apart pages
+/// with MTE tags).
 pub(crate) fn compare(a: &PageRef, b: &PageRef) -> i32 {
+    #[cfg(CONFIG_X86)]
+    {
+        with_mapped(a, |pa| {
+            with_mapped(b, |pb| words::compare(pa, pb, PAGE_WORDS))
+        })
+    }
+    #[cfg(not(CONFIG_X86))]
     // SAFETY: both pages are referenced.
-    unsafe { bindings::memcmp_pages(a.page(), b.page()) }
+    unsafe {
+        bindings::memcmp_pages(a.page(), b.page())
+    }
 }
 
-/// Does `page` hold only zeroes (compared with the zero page for `addr`)?
+/// Does `page` hold only zeroes (upstream compares it with the zero page
+/// for `addr`)?
 pub(crate) fn is_zero_filled(page: &PageRef, addr: usize) -> bool {
+    #[cfg(CONFIG_X86)]
+    {
+        let _ = addr;
+        with_mapped(page, |p| words::all_zero(p, PAGE_WORDS))
+    }
+    #[cfg(not(CONFIG_X86))]
     // SAFETY: the page is referenced; the zero page is always there.
-    unsafe { bindings::memcmp_pages(page.page(), ZeroPage::at(addr).raw()) == 0 }
+    unsafe {
+        bindings::memcmp_pages(page.page(), ZeroPage::at(addr).raw()) == 0
+    }
+}
+
+const PAGE_WORDS: usize = PAGE_SIZE / core::mem::size_of::<u64>();
+
+/// The contents of a page mapped for [`with_mapped`]'s closure.
+///
+/// # Invariants
+///
+/// Points to `PAGE_SIZE` readable bytes, page aligned, for `'a`: the call
+/// of the closure (the lifetime is higher-ranked, so the value cannot leave
+/// it).  The bytes may change under it (a process writes to its page), so
+/// they are read with volatile loads, as READ_ONCE() would.
+#[derive(Clone, Copy)]
+struct Mapped<'a>(*const u64, PhantomData<&'a ()>);
+
+impl words::Words for Mapped<'_> {
+    #[inline(always)]
+    fn word(self, i: usize) -> u64 {
+        assert!(i < PAGE_WORDS);
+        // SAFETY: in the page (checked above; INVARIANT of `Mapped`), 8-byte
+        // aligned; volatile because the contents may change meanwhile.
+        unsafe { ptr::read_volatile(self.0.add(i)) }
+    }
+}
+
+/// Runs `f` on `page`'s contents, mapped with kmap_local_page().
+fn with_mapped<R>(page: &impl Contents, f: impl for<'a> FnOnce(Mapped<'a>) -> R) -> R {
+    // SAFETY: the page stays allocated (`Contents`) while it is mapped;
+    // local mappings nest, and a nested call unmaps before this one does.
+    let addr = unsafe { bindings::rust_ksm_kmap_local_page(page.raw()) };
+    // INVARIANT: a local mapping of a whole page, until the unmap below,
+    // after `f` returned.
+    let ret = f(Mapped(addr.cast(), PhantomData));
+    // SAFETY: mapped above, and every mapping made since is gone.
+    unsafe { bindings::rust_ksm_kunmap_local(addr) };
+    ret
 }

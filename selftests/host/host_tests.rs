@@ -19,6 +19,10 @@ mod advisor;
 #[path = "../../control.rs"]
 mod control;
 
+#[allow(dead_code)]
+#[path = "../../kmm/words.rs"]
+mod words;
+
 // `kernel::prelude::*` in the included files is this crate's `prelude`.
 extern crate self as kernel;
 
@@ -251,5 +255,90 @@ mod knobs {
         assert_eq!(c.advisor_target_scan_time, 200);
         assert_eq!(c.set_advisor_target_scan_time(1), Ok(()));
         assert_eq!(c.advisor_target_scan_time, 1);
+    }
+}
+
+mod page_compare {
+    use super::words::{all_zero, compare, Words};
+
+    const PAGE_WORDS: usize = 512;
+
+    #[derive(Clone, Copy)]
+    struct Page<'a>(&'a [u64]);
+
+    impl Words for Page<'_> {
+        fn word(self, i: usize) -> u64 {
+            self.0[i]
+        }
+    }
+
+    fn bytes(p: &[u64]) -> Vec<u8> {
+        p.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
+    /// The sign of a bytewise memcmp(), the order compare() must give.
+    fn memcmp_sign(a: &[u64], b: &[u64]) -> i32 {
+        match bytes(a).cmp(&bytes(b)) {
+            core::cmp::Ordering::Less => -1,
+            core::cmp::Ordering::Equal => 0,
+            core::cmp::Ordering::Greater => 1,
+        }
+    }
+
+    /// A page of a repeating pattern.
+    fn page(seed: u64) -> Vec<u64> {
+        (0..PAGE_WORDS as u64)
+            .map(|i| (i + seed).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect()
+    }
+
+    #[test]
+    fn equal_pages_compare_equal() {
+        let (a, b) = (page(1), page(1));
+        assert_eq!(compare(Page(&a), Page(&b), PAGE_WORDS), 0);
+    }
+
+    #[test]
+    fn order_is_memcmp_order_at_every_byte() {
+        // One byte differs, in each position of the page, each way; and
+        // two bytes differ, the first deciding even where the second,
+        // later in the same word or block, goes the other way.
+        let base = page(7);
+        let bytes_per_page = PAGE_WORDS * 8;
+        for pos in 0..bytes_per_page {
+            for delta in [1u8, 0x80] {
+                let mut b = bytes(&base);
+                b[pos] = b[pos].wrapping_add(delta);
+                if pos + 1 < bytes_per_page {
+                    b[pos + 1] = b[pos + 1].wrapping_sub(delta);
+                }
+                let other: Vec<u64> = b
+                    .chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                    .collect();
+                let want = memcmp_sign(&base, &other);
+                assert_eq!(
+                    compare(Page(&base), Page(&other), PAGE_WORDS),
+                    want,
+                    "byte {pos}"
+                );
+                assert_eq!(
+                    compare(Page(&other), Page(&base), PAGE_WORDS),
+                    -want,
+                    "byte {pos}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_pages() {
+        let mut p = vec![0u64; PAGE_WORDS];
+        assert!(all_zero(Page(&p), PAGE_WORDS));
+        for i in [0, 7, 8, 255, PAGE_WORDS - 1] {
+            p[i] = 1 << 63;
+            assert!(!all_zero(Page(&p), PAGE_WORDS), "word {i}");
+            p[i] = 0;
+        }
     }
 }
