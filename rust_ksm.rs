@@ -85,8 +85,9 @@ module! {
 ///
 /// `rust_ksmd` never holds `control` or `registry` across a walk or an
 /// `mmput()`.  Below these, the kernel's own: a KSM folio's lock keeps its
-/// stable node's mapping list still (the rmap walk reads it under that lock
-/// alone), and an anon_vma's lock its interval tree.
+/// stable node's item list and those items' state still (the rmap walk
+/// reads them under that lock alone), and an anon_vma's lock its interval
+/// tree.
 #[pin_data]
 struct Ksm {
     /// Knobs; `wake` is signalled whenever they change.

@@ -8,18 +8,24 @@
 //! move, so the trees can link to them by pointer.  Only `rust_ksmd` (or
 //! `run=2`, under the same scan lock) creates, changes or frees items.
 //!
-//! What the rmap walk needs of a stable item (its mm, anon_vma and the
-//! linear page index at merge time) is not in the item but in its
-//! [`Mapping`], an entry in the stable node's list: the walk runs in other
-//! tasks under the folio lock only, while `rust_ksmd` holds `&mut RmapItem`,
-//! and a walk that read items would alias those.  Entries are written only
-//! with the scan lock and the folio lock held; the walk never dereferences an
-//! item.  The index exists only while the item is stable ([`ItemState`]), so
-//! it cannot outlive the item's time in the stable tree (the lifetime the
-//! upstream review of the rmap-walk series worried about).  An item is one
-//! 64-byte allocation (upstream's size, asserted below), which
-//! `general_profit` and `ksm_stat` charge; a mapping entry costs 32 bytes
-//! more per merged page, in the node's vector.
+//! What the rmap walk needs of a stable item (its mm, and the anon_vma and
+//! linear page index of its mapping, [`StableRmap`]) is in the item, in the
+//! room the unstable-tree link leaves in [`ItemState`]; the stable node
+//! lists its items.  The walk runs in other tasks under the KSM folio's lock
+//! only, while `rust_ksmd` may hold `&mut RmapItem` for an item it reads:
+//! so an item's state is written only with the scan lock *and* the folio
+//! lock held (or once no folio points to the node any more), its `mm` never
+//! changes, and the walk reads exactly those two fields through raw
+//! pointers ([`RmapItem::stable_rmap`]).  `RmapItem` is `!Unpin`, like the
+//! kernel's `Opaque` wrappers, so that `&mut RmapItem` makes no `noalias`
+//! promise the walk's reads would break.  The index exists only while the
+//! item is stable, so it cannot outlive the item's time in the stable tree
+//! (the lifetime the upstream review of the rmap-walk series worried
+//! about).  An item is one 64-byte allocation (upstream's size, asserted
+//! below), which `general_profit` and `ksm_stat` charge; a merged page costs
+//! 8 bytes more, its entry in the node's list.  (A separate 32-byte entry
+//! per mapping, read by the walk instead of the item, made the metadata of a
+//! merged page 1.36x the built-in's in `make bench`.)
 
 mod node;
 pub(crate) mod walk;
@@ -29,6 +35,7 @@ pub(crate) use node::StableNode;
 use crate::bindings;
 use crate::kmm::rbtree::RbLink;
 use crate::kmm::{AnonVmaRef, MmGrab, VmaRef};
+use core::marker::PhantomPinned;
 use core::ptr::{self, NonNull};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
@@ -40,9 +47,23 @@ pub(crate) enum ItemState {
     /// In the unstable tree of NUMA node `nid` (0 when merging across
     /// nodes) of scan `seqnr`, linked through `link`.
     Unstable { link: RbLink, seqnr: u32, nid: u16 },
-    /// Maps the KSM page of `node`, whose list of [`Mapping`]s has an entry
-    /// for the item.
-    Stable { node: NonNull<StableNode> },
+    /// Maps the KSM page of `node`, whose list of items has the item; the
+    /// rmap walk reads `rmap` (see the module documentation).
+    Stable {
+        node: NonNull<StableNode>,
+        rmap: StableRmap,
+    },
+}
+
+/// Where a stable item's mapping of its KSM page is, for the rmap walk.
+pub(crate) struct StableRmap {
+    /// The anon_vma of the merged VMA, referenced while the item is stable.
+    pub(crate) anon_vma: AnonVmaRef,
+    /// The page's linear page index in `anon_vma`
+    /// (`vm_pgoff + (addr - vm_start) / PAGE_SIZE` when it was merged): the
+    /// rmap walk looks the page up by it, because after mremap the address
+    /// says nothing about the index.
+    pub(crate) index: usize,
 }
 
 /// One scanned page.
@@ -58,6 +79,9 @@ pub(crate) struct RmapItem {
     /// Scans smart_scan still skips the page for.
     pub(crate) remaining_skips: u8,
     pub(crate) state: ItemState,
+    /// `&mut RmapItem` must not be `noalias`: the rmap walk reads `mm` and
+    /// `state` of stable items concurrently (see the module documentation).
+    _pin: PhantomPinned,
 }
 
 // Upstream's struct ksm_rmap_item is 64 bytes; stay within it.
@@ -87,6 +111,7 @@ impl RmapItem {
             age: 0,
             remaining_skips: 0,
             state: ItemState::Volatile,
+            _pin: PhantomPinned,
         }
     }
 
@@ -103,43 +128,47 @@ impl RmapItem {
     }
 }
 
-/// One mapping of a KSM page: an entry in its stable node's list.
-///
-/// What the rmap walk needs is kept here rather than in the item, because
-/// the walk runs in other tasks (reclaim, migration, memory-failure) under
-/// the KSM folio's lock only, while `rust_ksmd` works on the items: if the
-/// walk read the item, the scanner's `&mut RmapItem` would alias it.  An
-/// entry is written only under the scan lock with the folio locked, so a
-/// folio-lock holder reads it undisturbed; the walk never dereferences
-/// `item`.
-pub(crate) struct Mapping {
-    /// The item that maps the page (for the scanner: never read by the walk).
-    pub(crate) item: NonNull<RmapItem>,
-    /// The item's mm: the walk visits the mappings the items were merged in
-    /// first, then those of forked children.
-    pub(crate) mm: NonNull<bindings::mm_struct>,
-    /// The anon_vma of the merged VMA, referenced for as long as the entry
-    /// exists.
-    pub(crate) anon_vma: AnonVmaRef,
-    /// The page's linear page index in `anon_vma`
-    /// (`vm_pgoff + (addr - vm_start) / PAGE_SIZE` when it was merged): the
-    /// rmap walk looks the page up by it, because after mremap the address
-    /// says nothing about the index.
-    pub(crate) index: usize,
+impl RmapItem {
+    /// The mm and [`StableRmap`] of a stable item, for the rmap walk;
+    /// None if the item is not stable.
+    ///
+    /// # Safety
+    ///
+    /// `item` is in the item list of a stable node whose KSM folio the
+    /// caller has locked (or the caller holds the scan lock), and the
+    /// returned reference does not outlive that.  Under the folio lock the
+    /// item's `state` does not change and the item is not freed (both need
+    /// the folio lock while a folio points to the node); `mm` never changes.
+    /// The reads go through raw pointers to those two fields only, so the
+    /// scanner's `&mut` to the item (`!Unpin`: not `noalias`), which writes
+    /// other fields meanwhile, is not touched.
+    pub(crate) unsafe fn stable_rmap<'a>(
+        item: NonNull<RmapItem>,
+    ) -> Option<(NonNull<bindings::mm_struct>, &'a StableRmap)> {
+        let item = item.as_ptr();
+        // SAFETY: by the function's safety requirements the item is alive
+        // and these fields are not written meanwhile.
+        let (mm, state) = unsafe {
+            (
+                ptr::addr_of!((*item).mm).read(),
+                &*ptr::addr_of!((*item).state),
+            )
+        };
+        match state {
+            ItemState::Stable { rmap, .. } => Some((mm, rmap)),
+            _ => None,
+        }
+    }
 }
 
-/// Removes the `i`-th mapping of a stable node's list, moving the last one
-/// into its place (the list is unordered), and hands it to the caller.
-pub(crate) fn take_mapping(mappings: &mut KVec<Mapping>, i: usize) -> Mapping {
-    let last = mappings.len() - 1;
-    mappings.as_mut_slice().swap(i, last);
-    // SAFETY: `last` is in bounds; the element is read out once and the
-    // length shrunk over it right after, so it is not dropped twice.
-    unsafe {
-        let m = ptr::read(mappings.as_ptr().add(last));
-        mappings.set_len(last);
-        m
-    }
+/// Removes the `i`-th item of a stable node's list, moving the last one into
+/// its place (the list is unordered).
+pub(crate) fn take_item(items: &mut KVec<NonNull<RmapItem>>, i: usize) {
+    let last = items.len() - 1;
+    items.as_mut_slice().swap(i, last);
+    // SAFETY: shrinking: the entry past the new length is a plain pointer,
+    // nothing to drop.
+    unsafe { items.set_len(last) };
 }
 
 /// A place in an [`ItemList`]: at its head, or just after one of its items.

@@ -8,11 +8,11 @@
 //! freed or migrated, with the `smp_rmb`/`smp_wmb` pairing of upstream's
 //! migration check: [`StableNode::folio`], [`StableNode::folio_migrated`])
 //! or after its folio's mapping was cleared under the folio lock (`run=2`,
-//! unload).  Its mapping list changes only with both the scan lock and the
+//! unload).  Its item list changes only with both the scan lock and the
 //! KSM folio lock held, so the rmap walk, which holds the folio lock, reads
 //! it safely.
 
-use super::Mapping;
+use super::RmapItem;
 use crate::bindings;
 use crate::kmm::rbtree::RbLink;
 use crate::kmm::PageRef;
@@ -47,12 +47,12 @@ pub(crate) struct StableNode {
     /// The full hash of the contents: nodes of equal contents sit next to
     /// each other, so a run of equal (key, hash) is a chain of dups.
     pub(crate) hash: u64,
-    /// The page's mappings, one per stable item.  Changed only under the
-    /// scan lock with the KSM folio locked, so a folio-lock holder may read
-    /// it.
-    pub(crate) mappings: UnsafeCell<KVec<Mapping>>,
+    /// The page's stable items, one per mapping, in no order.  Changed only
+    /// under the scan lock with the KSM folio locked, so a folio-lock holder
+    /// may read it.
+    pub(crate) items: UnsafeCell<KVec<NonNull<RmapItem>>>,
     /// When the chain of dups this node is the newest of was last pruned
-    /// of stale dups (ktime ns); its creation time to begin with.
+    /// of stale dups (jiffies); its creation time to begin with.
     pub(crate) pruned_at: AtomicUsize,
 }
 
@@ -82,7 +82,7 @@ impl StableNode {
             kpfn: AtomicUsize::new(kpfn),
             key,
             hash,
-            mappings: UnsafeCell::new(KVec::new()),
+            items: UnsafeCell::new(KVec::new()),
             pruned_at: AtomicUsize::new(crate::kmm::jiffies()),
         }
     }
@@ -126,15 +126,15 @@ impl StableNode {
         (node.as_ptr() as usize | bindings::PAGE_MAPPING_KSM as usize) as *mut c_void
     }
 
-    /// The page's mappings.
+    /// The page's stable items.
     ///
     /// # Safety
     ///
     /// The caller holds the KSM folio's lock or the scan lock, and nobody
-    /// changes the list meanwhile (see `mappings`).
-    pub(crate) unsafe fn mappings(&self) -> &KVec<Mapping> {
+    /// changes the list meanwhile (see `items`).
+    pub(crate) unsafe fn items(&self) -> &KVec<NonNull<RmapItem>> {
         // SAFETY: by the function's safety requirements.
-        unsafe { &*self.mappings.get() }
+        unsafe { &*self.items.get() }
     }
 
     /// folio_migrate_ksm(): the node of `old`'s KSM page follows it to

@@ -14,7 +14,7 @@
 use crate::bindings;
 use crate::kmm::anon_vma::{AnonVmaReadGuard, RmapVma};
 use crate::kmm::{self, LockedPage};
-use crate::rmap::StableNode;
+use crate::rmap::{RmapItem, StableNode};
 
 /// How a walk ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub(crate) enum Walk {
 ///
 /// # Safety
 ///
-/// `folio` is a locked folio: the folio lock keeps the stable node and its
-/// mapping list stable.
+/// `folio` is a locked folio: the folio lock keeps the stable node, its
+/// item list and its items' mm and state stable.
 pub(crate) unsafe fn walk(
     folio: *mut bindings::folio,
     try_lock: bool,
@@ -46,15 +46,19 @@ pub(crate) unsafe fn walk(
         return Walk::Done;
     };
     // SAFETY: the folio lock keeps the list unchanged (see StableNode).
-    let mappings = unsafe { node.as_ref().mappings() };
+    let items = unsafe { node.as_ref().items() };
     for forks in [false, true] {
-        for m in mappings.iter() {
-            let guard = match m.anon_vma.try_read() {
+        for &item in items.iter() {
+            // SAFETY: an item of the node of the folio we hold locked.
+            let Some((mm, rmap)) = (unsafe { RmapItem::stable_rmap(item) }) else {
+                continue;
+            };
+            let guard = match rmap.anon_vma.try_read() {
                 Some(guard) => guard,
                 None if try_lock => return Walk::Contended,
-                None => m.anon_vma.read(),
+                None => rmap.anon_vma.read(),
             };
-            if walk_anon_vma(&guard, m.index, m.mm.as_ptr(), forks, &mut visit) {
+            if walk_anon_vma(&guard, rmap.index, mm.as_ptr(), forks, &mut visit) {
                 return Walk::Stopped;
             }
         }

@@ -72,7 +72,7 @@ impl MergeBatch {
     /// How many more mappings `node` takes, counting those in the batch.
     pub(super) fn room(&self, node: NonNull<StableNode>, max_sharing: usize) -> usize {
         // SAFETY: scan lock held: the node is alive, its list stable.
-        let used = unsafe { node.as_ref().mappings() }.len();
+        let used = unsafe { node.as_ref().items() }.len();
         let pending = self.pending.iter().filter(|p| p.node == node).count();
         max_sharing.saturating_sub(used + pending)
     }

@@ -13,7 +13,7 @@ use kernel::prelude::*;
 
 /// try_to_merge_with_ksm_page(): merge `item`'s page into `target` (or make
 /// it a KSM page), returning the anon_vma (referenced) and linear page
-/// index its stable mapping keeps (see [`crate::rmap::Mapping`]).
+/// index its stable item keeps (see [`crate::rmap::StableRmap`]).
 pub(super) fn merge_with(
     item: &RmapItem,
     page: &PageRef,

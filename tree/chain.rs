@@ -84,7 +84,7 @@ impl Trees {
 
     pub(super) fn full(node: NonNull<StableNode>, max_sharing: usize) -> bool {
         // SAFETY: scan lock held.
-        unsafe { node.as_ref().mappings() }.len() >= max_sharing
+        unsafe { node.as_ref().items() }.len() >= max_sharing
     }
 
     /// Among the equal nodes around `node` (duplicates sit next to each

@@ -198,24 +198,26 @@ impl Trees {
                 item.state = ItemState::Volatile;
                 return;
             }
-            ItemState::Stable { node } => *node,
+            ItemState::Stable { node, .. } => *node,
         };
         // If the node is stale, get_folio() removes it, and that takes the
         // item out (with its anon_vma reference) already.
         if let Some(_locked) = self.get_folio_locked(node) {
             // SAFETY: scan lock and folio lock held.
-            let mappings = unsafe { &mut *node.as_ref().mappings.get() };
+            let items = unsafe { &mut *node.as_ref().items.get() };
             let me = ptr::from_mut(item);
-            if let Some(i) = mappings.iter().position(|m| m.item.as_ptr() == me) {
-                // Dropping it puts the anon_vma reference taken at merge.
-                drop(rmap::take_mapping(mappings, i));
-                if mappings.is_empty() {
+            if let Some(i) = items.iter().position(|p| p.as_ptr() == me) {
+                rmap::take_item(items, i);
+                if items.is_empty() {
                     self.counters.pages_shared -= 1;
                 } else {
                     self.counters.pages_sharing -= 1;
                 }
                 // SAFETY: the item's mm is allocated.
                 unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
+                // Still under the folio lock (the walk reads the state).
+                // Dropping the old state puts the anon_vma reference taken
+                // at merge.
                 item.state = ItemState::Volatile;
             }
         }

@@ -26,7 +26,7 @@ use crate::kmm::page::{self, PageRef};
 use crate::kmm::rbtree::{RbLink, RbRoot, Step};
 use crate::kmm::trace;
 use crate::kmm::{AnonVmaRef, LockedPage};
-use crate::rmap::{ItemState, Mapping, RmapItem, StableNode};
+use crate::rmap::{ItemState, RmapItem, StableNode, StableRmap};
 use core::ptr::NonNull;
 use kernel::c_str;
 use kernel::prelude::*;
@@ -97,21 +97,21 @@ impl Trees {
         // SAFETY: the node is alive and linked; we own it from now on.
         let node = unsafe { KBox::from_raw(node.as_ptr()) };
         // SAFETY: scan lock held; no folio points to the node any more.
-        let mappings = unsafe { &mut *node.mappings.get() };
+        let items = unsafe { &*node.items.get() };
         let pfn = node.pfn();
-        for (i, m) in mappings.iter().enumerate() {
+        for (i, &item) in items.iter().enumerate() {
             // SAFETY: stable items are alive while in a node; no walker can
             // reach the node any more.
-            let item = unsafe { &mut *m.item.as_ptr() };
+            let item = unsafe { &mut *item.as_ptr() };
             if i != 0 {
                 // Upstream reports every item of the node but the last one
                 // in its list, i.e. the sharing ones.
-                trace::remove_rmap_item(pfn, item.trace_id(), m.mm.as_ptr());
+                trace::remove_rmap_item(pfn, item.trace_id(), item.mm.as_ptr());
             }
+            // Dropping the old state puts the item's anon_vma reference.
             item.state = ItemState::Volatile;
-            // SAFETY: the item's mm is allocated.  (The anon_vma reference
-            // is put when the node, and its list, drop below.)
-            unsafe { (*m.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
+            // SAFETY: the item's mm is allocated.
+            unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
             if i == 0 {
                 self.counters.pages_shared -= 1;
             } else {
@@ -316,7 +316,7 @@ impl Trees {
     /// # Safety
     ///
     /// The node's folio is locked; `item` lives in its mm's list.  The
-    /// mapping keeps `anon_vma`'s reference (put if the append fails).
+    /// item keeps `anon_vma`'s reference (put if the append fails).
     pub(crate) unsafe fn stable_append(
         &mut self,
         item: &mut RmapItem,
@@ -325,24 +325,21 @@ impl Trees {
         index: usize,
     ) -> Result {
         // SAFETY: scan lock and folio lock held.
-        let mappings = unsafe { &mut *node.as_ref().mappings.get() };
-        mappings.push(
-            Mapping {
-                item: NonNull::from(&mut *item),
-                mm: item.mm,
-                anon_vma,
-                index,
-            },
-            GFP_KERNEL,
-        )?;
-        if mappings.len() == 1 {
+        let items = unsafe { &mut *node.as_ref().items.get() };
+        items.push(NonNull::from(&mut *item), GFP_KERNEL)?;
+        if items.len() == 1 {
             self.counters.pages_shared += 1;
         } else {
             self.counters.pages_sharing += 1;
         }
         // SAFETY: the item's mm is allocated.
         unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages += 1 };
-        item.state = ItemState::Stable { node };
+        // Under the folio lock, as the walk reads it (the item is listed
+        // already, but the walk cannot look before we unlock).
+        item.state = ItemState::Stable {
+            node,
+            rmap: StableRmap { anon_vma, index },
+        };
         Ok(())
     }
 }
