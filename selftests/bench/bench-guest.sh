@@ -6,8 +6,8 @@
 # ROUNDS rounds, each running the same workloads on the built-in KSM and on
 # rust_ksm (insmod, the workloads, rmmod), so that both engines see the
 # same guest conditions round by round; scripts/bench takes the median of
-# each figure.  After the rounds, each engine's thread is profiled once on
-# a merge and on a steady-state scan (cost_bench --profile: "KPROF" lines),
+# each figure.  After the rounds, each engine is profiled once on a merge,
+# a steady-state scan and an unmerge (cost_bench --profile: "KPROF" lines),
 # for the per-page cost breakdown.  The order alternates: the built-in KSM goes first in odd
 # rounds, rust_ksm in even ones, so that neither always meets a fresh (or a
 # used) guest.  ksm_bench (merge figures) and rmap_bench (rmap walk
@@ -65,14 +65,15 @@ while [ "$r" -le "$rounds" ]; do
 	r=$((r + 1))
 done
 
-# The per-page cost breakdown: each thread sampled on the two workloads.
+# The per-page cost breakdown: each engine sampled on the three workloads
+# (merge and scan: its thread; unmerge: the task writing run=2).
 echo "PROFILE"
-for w in merge scan; do
+for w in merge scan unmerge; do
 	cost_bench --ksm-dir /sys/kernel/mm/ksm --kthread ksmd \
 		--only "profile-$w" --profile || builtin=1
 done
 if [ -f /bin/rust_ksm.ko ] && insmod /bin/rust_ksm.ko; then
-	for w in merge scan; do
+	for w in merge scan unmerge; do
 		cost_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd \
 			--only "profile-$w" --profile
 	done

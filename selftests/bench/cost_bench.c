@@ -36,14 +36,16 @@
  *   read_ns_per_4k      reading 4 KiB from memory (256 MiB, 8-byte loads):
  *                       the physical floor of any per-page work
  *
- * Two more workloads run only when named with --only, for the per-page
+ * Three more workloads run only when named with --only, for the per-page
  * cost breakdown (bench-guest.sh): profile-merge (100 MiB of one pattern
- * merged, pages_to_scan=1000) and profile-scan (400 MiB of unique pages,
- * 3 + 2 full scans); with --profile the KSM thread is sampled (kprof.h)
- * during what the figure measures, the merge or the last two scans, and
- * its samples per kernel symbol printed as "KPROF <engine>/<workload> ..."
- * lines, and the thread's CPU per page as "KPROF-CPU <engine>/<workload>
- * <ns> ns_cpu/page".
+ * merged, pages_to_scan=1000), profile-scan (400 MiB of unique pages,
+ * 3 + 2 full scans) and profile-unmerge (the 100 MiB merged, then run=2,
+ * which a child process writes: the unmerge runs in its context); with
+ * --profile the KSM thread (for unmerge: the child) is sampled (kprof.h)
+ * during what the figure measures, the merge, the last two scans or the
+ * run=2 write, and its samples per kernel symbol printed as "KPROF
+ * <engine>/<workload> ..." lines, and its CPU per page as "KPROF-CPU
+ * <engine>/<workload> <ns> ns_cpu/page".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -100,7 +102,64 @@ static void prof_stop(const char *workload)
 	prof_on = false;
 }
 
-/* Clean state: everything unmerged, scanner stopped, fast knobs. */
+/* A task's CPU time so far (ns, /proc/PID/schedstat), or -1. */
+static long long task_cpu_ns(pid_t pid)
+{
+	unsigned long long ns;
+	char path[64], buf[128];
+
+	snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
+	if (read_text(path, buf, sizeof(buf)) <= 0 ||
+	    sscanf(buf, "%llu", &ns) != 1)
+		return -1;
+	return (long long)ns;
+}
+
+/*
+ * run=2 written by a child, which is sampled (with --profile) while it
+ * writes: the unmerge runs in the writer's context.  The child's CPU for
+ * the write (ns), or -1.
+ */
+static long long profile_unmerge(void)
+{
+	int go[2], res[2];
+	long long cpu = -1;
+	char c = 0;
+	pid_t pid;
+
+	if (pipe(go) || pipe(res))
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		long long c0, c1;
+
+		close(go[1]);
+		close(res[0]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(1);
+		c0 = task_cpu_ns(getpid());
+		if (ksm_set(dir, "run", 2))
+			_exit(1);
+		c1 = task_cpu_ns(getpid());
+		cpu = c0 >= 0 && c1 >= c0 ? c1 - c0 : -1;
+		_exit(write(res[1], &cpu, sizeof(cpu)) == sizeof(cpu) ? 0 : 1);
+	}
+	close(go[0]);
+	close(res[1]);
+	if (pid > 0) {
+		prof_on = profiling && !kprof_start(&prof, pid, 10000);
+		if (write(go[1], &c, 1) != 1 ||
+		    read(res[0], &cpu, sizeof(cpu)) != sizeof(cpu))
+			cpu = -1;
+		prof_stop("unmerge");
+		waitpid(pid, NULL, 0);
+	}
+	close(go[1]);
+	close(res[0]);
+	return cpu;
+}
+
+/* Clean state: everything unmerged, scanner stopped, fast knobs. *//* Clean state: everything unmerged, scanner stopped, fast knobs. */
 static int reset(void)
 {
 	return ksm_unmerge_stop(dir) ?: ksm_fast(dir, PTS);
@@ -521,6 +580,26 @@ int main(int argc, char **argv)
 		ksm_unmerge_stop(dir);
 		if (ms > 0 && cpu >= 0)
 			printf("KPROF-CPU %s/merge %.0f ns_cpu/page\n", engine,
+			       (double)cpu / pages);
+		else
+			missing++;
+	}
+	if (named("profile-unmerge")) {
+		const size_t pages = 100 * MiB / page_size;
+		long long cpu = -1;
+		char *p = NULL;
+
+		if (!reset())
+			p = one_pattern(pages);
+		if (p && merge_timed(pages, &cpu) > 0 && !ksm_set(dir, "run", 0))
+			cpu = profile_unmerge();
+		else
+			cpu = -1;
+		if (p)
+			munmap(p, pages * page_size);
+		ksm_unmerge_stop(dir);
+		if (cpu >= 0)
+			printf("KPROF-CPU %s/unmerge %.0f ns_cpu/page\n", engine,
 			       (double)cpu / pages);
 		else
 			missing++;
