@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 
 use crate::advisor;
-use crate::scan::ScanParams;
+use crate::scan::{DomainMode, ScanParams};
 use kernel::prelude::*;
 
 /// `run` values, as /sys/kernel/mm/ksm/run.
@@ -64,6 +64,9 @@ pub(crate) struct Control {
     pub(crate) stable_node_chains_prune_millisecs: u32,
     /// A copy of the trees' setting, changed under the scan lock.
     pub(crate) merge_across_nodes: bool,
+    /// Copies of the scanner's settings, changed under the scan lock.
+    pub(crate) merge_domain: DomainMode,
+    pub(crate) merge_domain_depth: u32,
     /// `advisor_mode`: whether the scan-time advisor sets `pages_to_scan`.
     pub(crate) advisor_scan_time: bool,
     /// Set when `advisor_mode` changes: the thread starts a new advisor.
@@ -88,6 +91,8 @@ impl Control {
             smart_scan: true,
             stable_node_chains_prune_millisecs: 2000,
             merge_across_nodes: true,
+            merge_domain: DomainMode::Global,
+            merge_domain_depth: 1,
             advisor_scan_time: false,
             advisor_reset: false,
             advisor_max_cpu: 70,

@@ -505,3 +505,45 @@ void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
 {
 	trace_ksm_advisor(scan_time, pages_to_scan, cpu_percent);
 }
+
+/*
+ * Merge domains: the uid of an mm's owner, and the id of its owner's cgroup
+ * (v2) or of that cgroup's ancestor at @depth.  The owner (mm->owner, kept
+ * with CONFIG_MEMCG) is the task whose memory it is; RCU keeps it and its
+ * credentials and css_set readable.  RUST_KSM_NO_DOMAIN if there is none
+ * (the mm is exiting, or the kernel keeps no owner).
+ */
+u64 rust_ksm_mm_owner_uid(struct mm_struct *mm)
+{
+	u64 uid = RUST_KSM_NO_DOMAIN;
+#ifdef CONFIG_MEMCG
+	struct task_struct *owner;
+
+	rcu_read_lock();
+	owner = rcu_dereference(mm->owner);
+	if (owner)
+		uid = from_kuid_munged(&init_user_ns, task_uid(owner));
+	rcu_read_unlock();
+#endif
+	return uid;
+}
+
+u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth)
+{
+	u64 id = RUST_KSM_NO_DOMAIN;
+#if defined(CONFIG_MEMCG) && defined(CONFIG_CGROUPS)
+	struct task_struct *owner;
+
+	rcu_read_lock();
+	owner = rcu_dereference(mm->owner);
+	if (owner) {
+		struct cgroup *cgrp = task_dfl_cgroup(owner);
+
+		if (cgrp->level > depth)
+			cgrp = cgroup_ancestor(cgrp, depth);
+		id = cgroup_id(cgrp);
+	}
+	rcu_read_unlock();
+#endif
+	return id;
+}

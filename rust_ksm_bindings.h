@@ -4,6 +4,8 @@
  * bindgen on this header with an allowlist (see Kbuild); types that
  * kernel::bindings already has are reused, not regenerated.
  */
+#include <linux/cgroup.h>
+#include <linux/cred.h>
 #include <linux/debugfs.h>
 #include <linux/freezer.h>
 #include <linux/highmem.h>
@@ -138,3 +140,8 @@ void rust_ksm_trace_remove_rmap_item(unsigned long pfn, void *rmap_item,
 				     void *mm);
 void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
 			    unsigned int cpu_percent);
+
+/* helpers.c: merge domains (the owner of an mm, its uid and cgroup). */
+#define RUST_KSM_NO_DOMAIN 0xffffffffffffffffULL
+u64 rust_ksm_mm_owner_uid(struct mm_struct *mm);
+u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth);

@@ -4,7 +4,7 @@
 //! those of /sys/kernel/mm/ksm (same values, same errors).
 
 use crate::control::{self, Run};
-use crate::scan::Unmerge;
+use crate::scan::{DomainMode, DomainStat, Unmerge};
 use crate::{bindings, ksm, rmap, Ksm};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
@@ -57,6 +57,17 @@ unsafe fn parse_u64(buf: *const c_char) -> Result<u64> {
     Ok(value)
 }
 
+/// Parses a `merge_domain` write (see [`DomainMode::parse`]).
+///
+/// # Safety
+///
+/// `buf` is a NUL-terminated string (sysfs guarantees it for stores).
+unsafe fn parse_merge_domain(buf: *const c_char) -> Result<DomainMode> {
+    // SAFETY: `buf` is NUL-terminated by the safety requirements, and not
+    // changed during the store.
+    DomainMode::parse(unsafe { CStr::from_char_ptr(buf) }.as_bytes())
+}
+
 /// Parses an `advisor_mode` write (see [`control::parse_advisor_mode`]).
 ///
 /// # Safety
@@ -92,6 +103,53 @@ impl Emit for StaticStr {
         unsafe {
             bindings::sysfs_emit(buf, c_str!("%s\n").as_char_ptr(), self.as_char_ptr()) as isize
         }
+    }
+}
+
+/// A string of static Rust text (NUL added when shown).
+impl Emit for &'static str {
+    unsafe fn emit(self, buf: *mut c_char) -> isize {
+        // SAFETY: `buf` is a sysfs buffer; "%.*s" takes a length and a
+        // pointer to at least that many bytes.
+        unsafe {
+            bindings::sysfs_emit(
+                buf,
+                c_str!("%.*s\n").as_char_ptr(),
+                self.len() as i32,
+                self.as_ptr(),
+            ) as isize
+        }
+    }
+}
+
+/// The `domains` listing: a line per merge domain, as many as fit.
+impl Emit for Result<KVec<DomainStat>> {
+    unsafe fn emit(self, buf: *mut c_char) -> isize {
+        let domains = match self {
+            Ok(domains) => domains,
+            Err(e) => return e.to_errno() as isize,
+        };
+        let mut at = 0;
+        for d in domains.iter() {
+            let word = d.mode.word();
+            // SAFETY: `buf` is a sysfs buffer and `at` what was written to
+            // it so far; the format's arguments match it.
+            at += unsafe {
+                bindings::sysfs_emit_at(
+                    buf,
+                    at,
+                    c_str!("%.*s %llu pages_shared %lu pages_sharing %lu general_profit %lld\n")
+                        .as_char_ptr(),
+                    word.len() as i32,
+                    word.as_ptr(),
+                    d.key,
+                    d.pages_shared,
+                    d.pages_sharing,
+                    d.general_profit,
+                )
+            };
+        }
+        at as isize
     }
 }
 
@@ -311,6 +369,34 @@ sysfs_table! {
             drop(scan);
             Ok(())
         }
+    },
+    // merge_domain and merge_domain_depth change the trees only with no
+    // KSM page left (EBUSY otherwise), under the scan lock, as
+    // merge_across_nodes.
+    merge_domain: rw {
+        show(k) -> &'static str { k.control.lock().merge_domain.knob() }
+        store(k, mode: DomainMode = parse_merge_domain) {
+            let mut scan = k.scan_lock();
+            let depth = k.control.lock().merge_domain_depth;
+            scan.set_merge_domain(mode, depth)?;
+            k.update(|c| c.merge_domain = mode);
+            drop(scan);
+            Ok(())
+        }
+    },
+    merge_domain_depth: rw {
+        show(k) -> u64 { u64::from(k.control.lock().merge_domain_depth) }
+        store(k, depth: u32 = parse_u32) {
+            let mut scan = k.scan_lock();
+            let mode = k.control.lock().merge_domain;
+            scan.set_merge_domain(mode, depth)?;
+            k.update(|c| c.merge_domain_depth = depth);
+            drop(scan);
+            Ok(())
+        }
+    },
+    domains: ro {
+        show(k) -> Result<KVec<DomainStat>> { k.scan_lock().domain_stats() }
     },
     advisor_mode: rw {
         show(k) -> StaticStr {

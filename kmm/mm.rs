@@ -52,6 +52,37 @@ impl MmGrab {
         unsafe { bindings::rust_ksm_mm_exiting(self.as_ptr()) }
     }
 
+    /// The uid of the task that owns the memory (`mm->owner`), in the
+    /// initial user namespace; None if there is none.
+    pub(crate) fn owner_uid(&self) -> Option<u64> {
+        // SAFETY: the type invariant keeps the `mm_struct` allocated; the
+        // helper reads the owner under RCU.
+        let uid = unsafe { bindings::rust_ksm_mm_owner_uid(self.as_ptr()) };
+        (uid != bindings::RUST_KSM_NO_DOMAIN as u64).then_some(uid)
+    }
+
+    /// The id of the cgroup (v2) of the task that owns the memory, or of its
+    /// ancestor at `depth` (0: the root) if it is deeper; None if there is
+    /// no owner.
+    pub(crate) fn owner_cgroup_id(&self, depth: u32) -> Option<u64> {
+        // SAFETY: as in `owner_uid`.
+        let id = unsafe { bindings::rust_ksm_mm_owner_cgroup_id(self.as_ptr(), depth) };
+        (id != bindings::RUST_KSM_NO_DOMAIN as u64).then_some(id)
+    }
+
+    /// The process's `ksm_rmap_items` and `ksm_zero_pages` (`ksm_stat`).
+    pub(crate) fn ksm_counts(&self) -> (usize, i64) {
+        // SAFETY: the type invariant keeps the `mm_struct` allocated; plain
+        // reads of counters (the zero pages one is atomic).
+        unsafe {
+            let mm = &*self.as_ptr();
+            (
+                mm.__bindgen_anon_1.ksm_rmap_items,
+                bindings::rust_ksm_mm_zero_pages(self.as_ptr()) as i64,
+            )
+        }
+    }
+
     /// Pins the address space, unless the process is already exiting.
     pub(crate) fn users(&self) -> Option<MmUsers<'_>> {
         // SAFETY: the type invariant keeps the `mm_struct` allocated.

@@ -44,9 +44,10 @@ use kernel::prelude::*;
 pub(crate) enum ItemState {
     /// Scanned; its page changed since the previous scan, or it just arrived.
     Volatile,
-    /// In the unstable tree of NUMA node `nid` (0 when merging across
-    /// nodes) of scan `seqnr`, linked through `link`.
-    Unstable { link: RbLink, seqnr: u32, nid: u16 },
+    /// In the unstable tree of index `tree` (`crate::tree`: its merge
+    /// domain's, and in that its NUMA node's) of scan `seqnr`, linked
+    /// through `link`.
+    Unstable { link: RbLink, seqnr: u32, tree: u16 },
     /// Maps the KSM page of `node`, whose list of items has the item; the
     /// rmap walk reads `rmap` (see the module documentation).
     Stable {

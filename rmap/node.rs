@@ -36,9 +36,9 @@ pub(crate) struct StableNode {
     /// [`StableNode::of_folio`]).  Within the first 32 bytes, so that even a
     /// smaller foreign object is not read past its end.
     owner: u32,
-    /// The stable tree the node is in: its NUMA node's, or 0 when merging
-    /// across nodes.  Changed under the scan lock.
-    pub(crate) nid: AtomicU16,
+    /// The index of the stable tree the node is in (`crate::tree`: its merge
+    /// domain's, and in that its NUMA node's).  Changed under the scan lock.
+    pub(crate) tree: AtomicU16,
     /// The KSM folio's pfn; migration moves it (folio_migrate hook).
     pub(crate) kpfn: AtomicUsize,
     /// The sampled key of the (write-protected, so fixed) contents
@@ -73,12 +73,12 @@ static MIGRATED: AtomicBool = AtomicBool::new(false);
 
 impl StableNode {
     /// A node for the KSM page at `kpfn` with contents `key` and `hash`,
-    /// in the tree of NUMA node `nid`, with no mapping yet.
-    pub(crate) fn new(nid: u16, kpfn: usize, key: u64, hash: u64) -> Self {
+    /// in the stable tree of index `tree`, with no mapping yet.
+    pub(crate) fn new(tree: u16, kpfn: usize, key: u64, hash: u64) -> Self {
         Self {
             rb: RbLink::new(),
             owner: NODE_OWNER,
-            nid: AtomicU16::new(nid),
+            tree: AtomicU16::new(tree),
             kpfn: AtomicUsize::new(kpfn),
             key,
             hash,
@@ -189,9 +189,9 @@ impl StableNode {
         }
     }
 
-    /// The tree the node is in.
-    pub(crate) fn nid(&self) -> usize {
-        usize::from(self.nid.load(Ordering::Relaxed))
+    /// The index of the stable tree the node is in.
+    pub(crate) fn tree(&self) -> usize {
+        usize::from(self.tree.load(Ordering::Relaxed))
     }
 
     pub(crate) fn pfn(&self) -> usize {

@@ -64,10 +64,21 @@ impl ScanState {
     /// that the stable tree takes joins the batch (merged by
     /// [`Self::flush_batch`]); anything else is done here and now.
     pub(super) fn cmp_and_merge(&mut self, item: &mut RmapItem, page: PageRef, params: ScanParams) {
-        // Already merged with this very page?
-        if let ItemState::Stable { node, .. } = item.state {
-            // SAFETY: referenced page.
-            if unsafe { StableNode::of_folio(page.folio()) } == Some(node) {
+        // SAFETY: referenced page.
+        if let Some(own) = unsafe { StableNode::of_folio(page.folio()) } {
+            // SAFETY: a node a KSM folio points to stays alive while we hold
+            // the scan lock (only its holder frees nodes).
+            if !self.trees.in_current_domain(unsafe { own.as_ref() }) {
+                // A KSM page of another merge domain: merged before this
+                // process moved, or inherited through fork into another
+                // cgroup.  This mapping gets its own copy; the page is
+                // looked at afresh next time.
+                self.trees.remove_item(item);
+                break_cow(item);
+                return;
+            }
+            // Already merged with this very page?
+            if matches!(item.state, ItemState::Stable { node, .. } if node == own) {
                 return;
             }
         }

@@ -10,6 +10,7 @@
 
 mod batch;
 mod cmp_and_merge;
+mod domain;
 mod registry;
 mod smart;
 mod unmerge;
@@ -22,6 +23,8 @@ use crate::bindings;
 use crate::kmm::walk::{self, Entry, Step, Visitor};
 use crate::kmm::{mm::MmapReadGuard, page, trace, MmGrab, PageRef, VmaRef};
 use crate::rmap::{ItemCursor, ItemList, RmapItem};
+pub(crate) use domain::DomainMode;
+
 use crate::tree::Trees;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,10 +50,26 @@ pub(crate) struct Stats {
     pub(crate) stable_node_dups: AtomicUsize,
 }
 
+/// One line of `/sys/kernel/mm/rust_ksm/domains`.
+pub(crate) struct DomainStat {
+    pub(crate) mode: DomainMode,
+    /// The uid or cgroup id (0 for `global`).
+    pub(crate) key: u64,
+    pub(crate) pages_shared: usize,
+    pub(crate) pages_sharing: usize,
+    /// As the global `general_profit`, for the domain's processes.
+    pub(crate) general_profit: i64,
+}
+
 /// The items of one mm the scanner has seen.
 struct MmScan {
     mm: MmGrab,
     items: ItemList,
+    /// Its merge domain's slot (`Trees::domain_get`), taken in
+    /// `Trees::domain_epoch` `epoch`; None if it has none (its owner is
+    /// gone, or no slot was left): its pages are not scanned.
+    domain: Option<usize>,
+    epoch: u32,
 }
 
 /// Everything the scanner owns: cursor, per-mm items, trees.  Lives in the
@@ -71,6 +90,9 @@ pub(crate) struct ScanState {
     /// Pages of the current walk batch the stable tree takes, merged
     /// together when the batch ends (see [`MergeBatch`]).
     batch: MergeBatch,
+    /// `merge_domain` and `merge_domain_depth`.
+    domain_mode: DomainMode,
+    domain_depth: u32,
 }
 
 /// Where a batch was in the passes over all mms.
@@ -115,6 +137,8 @@ impl ScanState {
             zero_key: page::zero_key(),
             trees: Trees::new(),
             batch: MergeBatch::new(),
+            domain_mode: DomainMode::Global,
+            domain_depth: 1,
         }
     }
 
@@ -146,6 +170,12 @@ impl ScanState {
             let Some(mm) = self.current_mm(registry, stats, &mut marks) else {
                 break;
             };
+            if !self.in_domain() {
+                // No merge domain: on to the next mm.
+                self.mm_key = self.mm_key.wrapping_add(1);
+                self.rewind();
+                continue;
+            }
             // Collect a batch of pages in one walk (one mmap lock round trip),
             // then merge them one by one with no lock held.
             let mut walk = WalkState::new(budget.min(WALK_BATCH as u32) as usize);
@@ -222,7 +252,8 @@ impl ScanState {
             // SAFETY: plain call, no lock held.
             unsafe { bindings::lru_add_drain_all() };
         }
-        if key != self.mm_key {
+        let begins = key != self.mm_key;
+        if begins {
             self.mm_key = key;
             self.rewind();
         }
@@ -233,10 +264,106 @@ impl ScanState {
                 MmScan {
                     mm: mm.clone(),
                     items: ItemList::new(),
+                    domain: None,
+                    epoch: self.trees.domain_epoch.wrapping_sub(1),
                 },
             ));
         }
+        self.enter_domain(key, begins);
         Some(mm)
+    }
+
+    /// Points the trees at the merge domain of the mm at `key`, looking it
+    /// up again when the scanner `begins` the mm in a pass (a process moved
+    /// to another cgroup, or whose owner changed uid, is re-homed there) or
+    /// when the domains were regrouped since.
+    fn enter_domain(&mut self, key: usize, begins: bool) {
+        let Some(mm) = self.mms.get_mut(&key) else {
+            return;
+        };
+        let stale = mm.epoch != self.trees.domain_epoch;
+        if begins || stale {
+            let domain_key = match self.domain_mode {
+                DomainMode::Global => Some(0),
+                DomainMode::User => mm.mm.owner_uid(),
+                DomainMode::Cgroup => mm.mm.owner_cgroup_id(self.domain_depth),
+            };
+            let same = !stale
+                && match (mm.domain, domain_key) {
+                    (Some(slot), Some(k)) => self.trees.domain_key(slot) == Some(k),
+                    (None, None) => true,
+                    _ => false,
+                };
+            if !same {
+                if let (Some(slot), false) = (mm.domain, stale) {
+                    self.trees.domain_put(slot);
+                }
+                mm.domain = domain_key.and_then(|k| self.trees.domain_get(k).ok());
+                mm.epoch = self.trees.domain_epoch;
+            }
+        }
+        if let Some(slot) = mm.domain {
+            self.trees.enter_domain(slot);
+        }
+    }
+
+    /// Whether the current mm has a merge domain (if not, its pages are
+    /// not scanned).
+    fn in_domain(&self) -> bool {
+        self.mms
+            .get(&self.mm_key)
+            .is_some_and(|mm| mm.domain.is_some())
+    }
+
+    /// Forgets the mm at `key`: frees its items, leaves its domain.
+    fn drop_mm(&mut self, key: usize) {
+        if let Some(mut mm) = self.mms.remove(&key) {
+            free_all(&mut self.trees, &mut mm.items);
+            if let (Some(slot), true) = (mm.domain, mm.epoch == self.trees.domain_epoch) {
+                self.trees.domain_put(slot);
+            }
+        }
+    }
+
+    /// What `/sys/kernel/mm/rust_ksm/domains` shows: each merge domain in
+    /// use, with its counters.
+    pub(crate) fn domain_stats(&self) -> Result<KVec<DomainStat>> {
+        let mut out = KVec::new();
+        for (slot, d) in self.trees.domains() {
+            let (mut items, mut zero) = (0usize, 0i64);
+            let epoch = self.trees.domain_epoch;
+            for (_, mm) in self.mms.iter() {
+                if mm.domain == Some(slot) && mm.epoch == epoch {
+                    let (i, z) = mm.mm.ksm_counts();
+                    items += i;
+                    zero += z;
+                }
+            }
+            out.push(
+                DomainStat {
+                    mode: self.domain_mode,
+                    key: d.key,
+                    pages_shared: d.pages_shared,
+                    pages_sharing: d.pages_sharing,
+                    general_profit: (d.pages_sharing as i64 + zero) * PAGE_SIZE as i64
+                        - (items * crate::rmap::RMAP_ITEM_BYTES) as i64,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// `merge_domain` / `merge_domain_depth` writes: `EBUSY` while a KSM
+    /// page is left (as `merge_across_nodes`), else every mm's domain is
+    /// looked up again as the scanner meets it.
+    pub(crate) fn set_merge_domain(&mut self, mode: DomainMode, depth: u32) -> Result {
+        if (mode, depth) == (self.domain_mode, self.domain_depth) {
+            return Ok(());
+        }
+        self.trees.regroup_domains()?;
+        (self.domain_mode, self.domain_depth) = (mode, depth);
+        Ok(())
     }
 
     /// Frees the items of mms no longer registered (they exited).
@@ -249,9 +376,7 @@ impl ScanState {
             let Some(key) = gone else {
                 return;
             };
-            if let Some(mut mm) = self.mms.remove(&key) {
-                free_all(&mut self.trees, &mut mm.items);
-            }
+            self.drop_mm(key);
         }
     }
 

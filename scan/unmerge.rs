@@ -27,7 +27,7 @@
 
 #![deny(unsafe_code)]
 
-use super::{free_all, MmRegistry, ScanState, Stats};
+use super::{MmRegistry, ScanState, Stats};
 use crate::kmm;
 use crate::merge::{self, unmerge};
 use crate::rmap::walk;
@@ -133,9 +133,7 @@ impl ScanState {
                 let Some(key) = self.mms.keys().next().copied() else {
                     break;
                 };
-                if let Some(mut mm) = self.mms.remove(&key) {
-                    free_all(&mut self.trees, &mut mm.items);
-                }
+                self.drop_mm(key);
             }
             self.trees.new_scan();
             self.mm_key = 0;

@@ -34,8 +34,9 @@
 //! per page: 400 MiB of one pattern is 400 dups).
 //!
 //! With `merge_across_nodes=0` each NUMA node has its own stable and
-//! unstable tree (`stable_per_node`, `unstable_per_node`; one pair for all
-//! otherwise), and nodes and unstable items remember their tree.  A page
+//! unstable tree (one pair for all otherwise), and each merge domain
+//! (`domain.rs`) its own set of these; nodes and unstable items remember
+//! their tree by index.  A page
 //! that migrated to another node is not merged with in its old tree; the
 //! migration hook raises a flag, and as the next pass begins the scanner
 //! moves every stable node whose page changed node into that node's tree
@@ -43,6 +44,7 @@
 //! migrate_nodes list).
 
 mod chain;
+mod domain;
 mod stable;
 mod sweep;
 mod unstable;
@@ -53,6 +55,8 @@ pub(crate) use crate::rmap::StableNode;
 use crate::rmap::{self, ItemState, RmapItem};
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
+
+pub(crate) use domain::Domain;
 
 /// How [`Trees::stable_search`] tells a node's contents equal to a page's.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,14 +92,22 @@ pub(crate) struct Counters {
 /// Both trees and their counters; owned by the scan state, so only the
 /// scan-lock holder touches them.
 pub(crate) struct Trees {
-    /// The stable and unstable trees with `merge_across_nodes=1` (upstream's
-    /// one_stable_tree / one_unstable_tree) ...
-    stable_one: RbRoot,
-    unstable_one: RbRoot,
-    /// ... and one of each per NUMA node with `merge_across_nodes=0`, when
-    /// these are not empty.
-    stable_per_node: KVec<RbRoot>,
-    unstable_per_node: KVec<RbRoot>,
+    /// The stable and unstable trees, by tree index: `per_domain` of each
+    /// per merge domain slot (`domains`), one per NUMA node with
+    /// `merge_across_nodes=0`, else one (upstream's one_stable_tree /
+    /// one_unstable_tree).
+    stable: KVec<RbRoot>,
+    unstable: KVec<RbRoot>,
+    /// `merge_across_nodes`.
+    across: bool,
+    per_domain: usize,
+    /// The merge domains' slots (a free one is None).
+    domains: KVec<Option<Domain>>,
+    /// The slot the pages being scanned belong to.
+    cur_domain: usize,
+    /// Changes whenever the slots are reset: an mm's slot taken before is
+    /// no longer valid (see `ScanState`).
+    pub(crate) domain_epoch: u32,
     /// Scan number; unstable items of older scans are no longer linked.
     pub(crate) seqnr: u32,
     pub(crate) counters: Counters,
@@ -113,7 +125,7 @@ fn unstable_link_offset() -> usize {
     item.state = ItemState::Unstable {
         link: RbLink::new(),
         seqnr: 0,
-        nid: 0,
+        tree: 0,
     };
     match &item.state {
         ItemState::Unstable { link, .. } => {
@@ -123,22 +135,16 @@ fn unstable_link_offset() -> usize {
     }
 }
 
-/// `n` empty trees.
-fn empty_roots(n: usize) -> Result<KVec<RbRoot>> {
-    let mut roots = KVec::with_capacity(n, GFP_KERNEL)?;
-    for _ in 0..n {
-        roots.push(RbRoot::EMPTY, GFP_KERNEL)?;
-    }
-    Ok(roots)
-}
-
 impl Trees {
     pub(crate) fn new() -> Self {
         Self {
-            stable_one: RbRoot::EMPTY,
-            unstable_one: RbRoot::EMPTY,
-            stable_per_node: KVec::new(),
-            unstable_per_node: KVec::new(),
+            stable: KVec::new(),
+            unstable: KVec::new(),
+            across: true,
+            per_domain: 1,
+            domains: KVec::new(),
+            cur_domain: 0,
+            domain_epoch: 0,
             seqnr: 0,
             counters: Counters::default(),
             unstable_link_offset: unstable_link_offset(),
@@ -147,52 +153,60 @@ impl Trees {
 
     /// Whether pages of different NUMA nodes merge (`merge_across_nodes`).
     pub(crate) fn across_nodes(&self) -> bool {
-        self.stable_per_node.is_empty()
+        self.across
     }
 
     /// merge_across_nodes_store(): one pair of trees for all nodes, or one
     /// per node.  `EBUSY` while any stable node is left once the stale ones
     /// are dropped (a KSM page is still mapped), as upstream.
     pub(crate) fn set_across_nodes(&mut self, across: bool) -> Result {
-        if across == self.across_nodes() {
+        if across == self.across {
             return Ok(());
         }
+        self.check_no_ksm_pages()?;
+        // SAFETY: reads an exported variable, fixed after boot.
+        let nodes = unsafe { bindings::rust_ksm_nr_node_ids() } as usize;
+        // The unstable items left are unlinked lazily, by their old seqnr.
+        self.reset_domains(if across { 1 } else { nodes });
+        self.across = across;
+        Ok(())
+    }
+
+    /// A new `merge_domain` grouping: as [`Self::set_across_nodes`], only
+    /// with no KSM page left (`EBUSY`).
+    pub(crate) fn regroup_domains(&mut self) -> Result {
+        self.check_no_ksm_pages()?;
+        self.reset_domains(self.per_domain);
+        Ok(())
+    }
+
+    /// `EBUSY` unless no stable node is left once the stale ones are gone.
+    fn check_no_ksm_pages(&mut self) -> Result {
         if self.counters.pages_shared != 0 || !self.drop_stale_nodes() {
             return Err(EBUSY);
         }
-        let (stable, unstable) = if across {
-            (KVec::new(), KVec::new())
-        } else {
-            // SAFETY: reads an exported variable, fixed after boot.
-            let n = unsafe { bindings::rust_ksm_nr_node_ids() } as usize;
-            (empty_roots(n)?, empty_roots(n)?)
-        };
-        // The unstable items left are unlinked lazily, by their old seqnr.
-        self.new_scan();
-        self.stable_per_node = stable;
-        self.unstable_per_node = unstable;
         Ok(())
     }
 
     /// A full scan ended: forget the unstable tree (its items are unlinked
     /// lazily: their `seqnr` is now old).
     pub(crate) fn new_scan(&mut self) {
-        self.unstable_one.clear();
-        for root in self.unstable_per_node.iter_mut() {
+        for root in self.unstable.iter_mut() {
             root.clear();
         }
         self.seqnr = self.seqnr.wrapping_add(1);
+        self.free_idle_domains();
     }
 
     /// Takes `item` out of whichever tree it is in (remove_rmap_item_from_tree()).
     pub(crate) fn remove_item(&mut self, item: &mut RmapItem) {
         let node = match &item.state {
             ItemState::Volatile => return,
-            ItemState::Unstable { link, seqnr, nid } => {
+            ItemState::Unstable { link, seqnr, tree } => {
                 // Items of an older scan are not linked any more.
                 if *seqnr == self.seqnr {
                     // SAFETY: the link is in that unstable tree.
-                    unsafe { self.unstable_root(usize::from(*nid)).erase(link) };
+                    unsafe { self.unstable_root(usize::from(*tree)).erase(link) };
                 }
                 self.counters.pages_unshared -= 1;
                 item.state = ItemState::Volatile;
@@ -208,11 +222,9 @@ impl Trees {
             let me = ptr::from_mut(item);
             if let Some(i) = items.iter().position(|p| p.as_ptr() == me) {
                 rmap::take_item(items, i);
-                if items.is_empty() {
-                    self.counters.pages_shared -= 1;
-                } else {
-                    self.counters.pages_sharing -= 1;
-                }
+                // SAFETY: the node is alive (its folio is locked).
+                let tree = unsafe { node.as_ref() }.tree();
+                self.count_mapping(tree, items.is_empty(), false);
                 // SAFETY: the item's mm is allocated.
                 unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
                 // Still under the folio lock (the walk reads the state).
@@ -220,6 +232,22 @@ impl Trees {
                 // at merge.
                 item.state = ItemState::Volatile;
             }
+        }
+    }
+
+    /// Counts a mapping appended to (`added`) or taken from a node of tree
+    /// `tree`, which is the node's only one (`only`): `pages_shared` or
+    /// `pages_sharing`, globally and in the node's domain.
+    pub(super) fn count_mapping(&mut self, tree: usize, only: bool, added: bool) {
+        let global = &mut self.counters;
+        let (g, d) = match self.domains.get_mut(tree / self.per_domain) {
+            Some(Some(d)) if only => (&mut global.pages_shared, Some(&mut d.pages_shared)),
+            Some(Some(d)) => (&mut global.pages_sharing, Some(&mut d.pages_sharing)),
+            _ if only => (&mut global.pages_shared, None),
+            _ => (&mut global.pages_sharing, None),
+        };
+        for count in Iterator::chain(core::iter::once(g), d) {
+            *count = if added { *count + 1 } else { *count - 1 };
         }
     }
 }

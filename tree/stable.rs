@@ -32,29 +32,24 @@ use kernel::c_str;
 use kernel::prelude::*;
 
 impl Trees {
-    /// The stable tree of `nid` (see [`Self::tree_nid`]).
-    pub(super) fn stable_root(&mut self, nid: usize) -> &mut RbRoot {
-        if self.across_nodes() {
-            &mut self.stable_one
-        } else {
-            &mut self.stable_per_node[nid]
-        }
+    /// The stable tree of index `tree` (see [`Self::tree_of`]).
+    pub(super) fn stable_root(&mut self, tree: usize) -> &mut RbRoot {
+        &mut self.stable[tree]
     }
 
     /// Every stable tree.
     pub(super) fn stable_roots(&self) -> impl Iterator<Item = &RbRoot> {
-        Iterator::chain(
-            core::iter::once(&self.stable_one),
-            self.stable_per_node.iter(),
-        )
+        self.stable.iter()
     }
 
-    /// The trees a page belongs in: its NUMA node's, or the only ones.
-    pub(super) fn tree_nid(&self, page: &PageRef) -> usize {
-        Self::nid_of(self.across_nodes(), page)
+    /// The trees a page of the current domain belongs in: its NUMA node's
+    /// or the domain's only ones.
+    pub(super) fn tree_of(&self, page: &PageRef) -> usize {
+        self.domain_base() + Self::nid_of(self.across, page)
     }
 
-    /// [`Self::tree_nid`], for a descent, which cannot borrow the trees.
+    /// The tree within a domain's for `page`, for a descent, which cannot
+    /// borrow the trees: its NUMA node, or 0 when merging across nodes.
     pub(super) fn nid_of(across_nodes: bool, page: &PageRef) -> usize {
         if across_nodes {
             0
@@ -112,11 +107,7 @@ impl Trees {
             item.state = ItemState::Volatile;
             // SAFETY: the item's mm is allocated.
             unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages -= 1 };
-            if i == 0 {
-                self.counters.pages_shared -= 1;
-            } else {
-                self.counters.pages_sharing -= 1;
-            }
+            self.count_mapping(node.tree(), i == 0, false);
         }
         trace::remove_ksm_page(pfn);
         self.unlink_node(&node);
@@ -158,15 +149,20 @@ impl Trees {
         // built-in KSM had none left when we registered.)
         // SAFETY: referenced page.
         if let Some(own) = unsafe { StableNode::of_folio(page.folio()) } {
+            // SAFETY: a node a KSM folio points to is alive while we hold
+            // the scan lock (only its holder frees nodes).
+            if !self.in_current_domain(unsafe { own.as_ref() }) {
+                return None;
+            }
             if let Some(kpage) = self.get_folio(own) {
                 return Some((own, kpage));
             }
         }
-        let nid = self.tree_nid(page);
+        let tree = self.tree_of(page);
         'restart: loop {
             // The last equal node met, and its page if we read it.
             let mut last: Option<(NonNull<StableNode>, Option<PageRef>)> = None;
-            let stale = self.stable_root(nid).search(|link| {
+            let stale = self.stable_root(tree).search(|link| {
                 let node = Self::node_of(link);
                 // SAFETY: nodes in the tree are alive.
                 let n = unsafe { node.as_ref() };
@@ -202,7 +198,7 @@ impl Trees {
                     None => continue 'restart,
                 },
             };
-            if nid != self.tree_nid(&tree_page) {
+            if tree != self.tree_of(&tree_page) {
                 // Migrated to another node: merges only across nodes.
                 return None;
             }
@@ -219,10 +215,10 @@ impl Trees {
         key: u64,
         hash: u64,
     ) -> Result<NonNull<StableNode>> {
-        let nid = self.tree_nid(kpage);
+        let tree = self.tree_of(kpage);
         // SAFETY: referenced folio.
         let kpfn = unsafe { bindings::rust_ksm_folio_pfn(kpage.folio()) };
-        let node = KBox::new(StableNode::new(nid as u16, kpfn, key, hash), GFP_KERNEL)?;
+        let node = KBox::new(StableNode::new(tree as u16, kpfn, key, hash), GFP_KERNEL)?;
         // The node is pinned in its box from now on.
         let node = NonNull::from(KBox::leak(node));
         // SAFETY: a new node, not in any tree; `kpage` has its contents.
@@ -233,7 +229,7 @@ impl Trees {
         Ok(node)
     }
 
-    /// Links `node` into its tree (`node.nid`), ordered by (key, contents),
+    /// Links `node` into its tree (`node.tree`), ordered by (key, contents),
     /// right of any equal node, and counts it into its chain.
     ///
     /// # Safety
@@ -241,7 +237,7 @@ impl Trees {
     /// `node` is alive and in no tree; `kpage` holds its contents.
     pub(super) unsafe fn link_node(&mut self, node: NonNull<StableNode>, kpage: &PageRef) {
         // SAFETY: alive, by the safety requirements.
-        let (key, nid) = unsafe { (node.as_ref().key, node.as_ref().nid()) };
+        let (key, tree) = unsafe { (node.as_ref().key, node.as_ref().tree()) };
         let step = |link| {
             let tree_node = Self::node_of(link);
             // SAFETY: nodes in the tree are alive.
@@ -263,7 +259,7 @@ impl Trees {
         loop {
             // SAFETY: alive and in no tree, by the safety requirements; a
             // node stays in its box, in place, until freed after unlinking.
-            let stale = unsafe { self.stable_root(nid).insert(&node.as_ref().rb, step) };
+            let stale = unsafe { self.stable_root(tree).insert(&node.as_ref().rb, step) };
             if let Some(stale) = stale {
                 // Stale: remove it, then descend again.
                 self.remove_node(stale);
@@ -308,7 +304,7 @@ impl Trees {
             }
         }
         // SAFETY: the node is linked in that tree.
-        unsafe { self.stable_root(node.nid()).erase(&node.rb) };
+        unsafe { self.stable_root(node.tree()).erase(&node.rb) };
     }
 
     /// stable_tree_append(): `item` now maps `node`'s page.
@@ -327,11 +323,9 @@ impl Trees {
         // SAFETY: scan lock and folio lock held.
         let items = unsafe { &mut *node.as_ref().items.get() };
         items.push(NonNull::from(&mut *item), GFP_KERNEL)?;
-        if items.len() == 1 {
-            self.counters.pages_shared += 1;
-        } else {
-            self.counters.pages_sharing += 1;
-        }
+        // SAFETY: alive (its folio is locked).
+        let tree = unsafe { node.as_ref() }.tree();
+        self.count_mapping(tree, items.len() == 1, true);
         // SAFETY: the item's mm is allocated.
         unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_merging_pages += 1 };
         // Under the folio lock, as the walk reads it (the item is listed

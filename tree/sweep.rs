@@ -38,15 +38,17 @@ impl Trees {
             let Some(kpage) = trees.get_folio(node) else {
                 return Ok(());
             };
-            let to = trees.tree_nid(&kpage);
             // SAFETY: nodes in the tree are alive.
-            if to != unsafe { node.as_ref() }.nid() {
+            let from = unsafe { node.as_ref() }.tree();
+            // The same domain's tree for the page's node now.
+            let to = from - from % trees.per_domain + Self::nid_of(false, &kpage);
+            if to != from {
                 // SAFETY: as above.
                 trees.unlink_node(unsafe { node.as_ref() });
                 // SAFETY: as above; the node is in no tree now.  (A node
                 // moved to a later tree is met again there, and stays.)
                 unsafe {
-                    node.as_ref().nid.store(to as u16, Ordering::Relaxed);
+                    node.as_ref().tree.store(to as u16, Ordering::Relaxed);
                     trees.link_node(node, &kpage);
                 }
             }
@@ -60,13 +62,8 @@ impl Trees {
         &mut self,
         mut f: impl FnMut(&mut Self, NonNull<StableNode>) -> Result,
     ) -> Result {
-        let trees = if self.across_nodes() {
-            1
-        } else {
-            self.stable_per_node.len()
-        };
-        for nid in 0..trees {
-            let mut next = self.stable_root(nid).first();
+        for tree in 0..self.stable.len() {
+            let mut next = self.stable_root(tree).first();
             while let Some(link) = next {
                 // SAFETY: `link` is linked (nodes in the tree are alive);
                 // its successor stays linked while `f` removes at most it.

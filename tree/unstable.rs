@@ -13,13 +13,9 @@ use core::ptr::NonNull;
 use kernel::prelude::*;
 
 impl Trees {
-    /// The unstable tree of `nid`.
-    pub(super) fn unstable_root(&mut self, nid: usize) -> &mut RbRoot {
-        if self.across_nodes() {
-            &mut self.unstable_one
-        } else {
-            &mut self.unstable_per_node[nid]
-        }
+    /// The unstable tree of index `tree` (see [`Self::tree_of`]).
+    pub(super) fn unstable_root(&mut self, tree: usize) -> &mut RbRoot {
+        &mut self.unstable[tree]
     }
 
     /// The item whose link `link` is.
@@ -50,16 +46,13 @@ impl Trees {
         item: &mut RmapItem,
         page: &PageRef,
     ) -> Option<(NonNull<RmapItem>, PageRef)> {
-        let nid = self.tree_nid(page);
-        let (across, offset, checksum) = (
-            self.across_nodes(),
-            self.unstable_link_offset,
-            item.checksum,
-        );
+        let tree = self.tree_of(page);
+        let nid = Self::nid_of(self.across, page);
+        let (across, offset, checksum) = (self.across, self.unstable_link_offset, item.checksum);
         item.state = ItemState::Unstable {
             link: RbLink::new(),
             seqnr: self.seqnr,
-            nid: nid as u16,
+            tree: tree as u16,
         };
         let ItemState::Unstable { link, .. } = &item.state else {
             unreachable!()
@@ -99,7 +92,7 @@ impl Trees {
         // SAFETY: the link is new; the item stays in its mm's list, in
         // place, until remove_item() takes it out of the tree or the tree is
         // cleared (new_scan()).
-        let found = unsafe { self.unstable_root(nid).insert(link, step) };
+        let found = unsafe { self.unstable_root(tree).insert(link, step) };
         match found {
             Some(found) => {
                 item.state = ItemState::Volatile;

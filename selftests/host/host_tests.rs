@@ -23,6 +23,10 @@ mod control;
 #[path = "../../kmm/words.rs"]
 mod words;
 
+#[allow(dead_code)]
+#[path = "../../scan/domain.rs"]
+mod domain;
+
 // `kernel::prelude::*` in the included files is this crate's `prelude`.
 extern crate self as kernel;
 
@@ -39,8 +43,10 @@ pub mod prelude {
 }
 
 /// `crate::scan::ScanParams`, which control.rs fills in (the module's is in
-/// a file that needs the kernel).
+/// a file that needs the kernel), and the scanner's pure files.
 mod scan {
+    pub(crate) use super::domain::DomainMode;
+
     #[allow(dead_code)]
     pub(crate) struct ScanParams {
         pub(crate) pages: u32,
@@ -339,6 +345,46 @@ mod page_compare {
             p[i] = 1 << 63;
             assert!(!all_zero(Page(&p), PAGE_WORDS), "word {i}");
             p[i] = 0;
+        }
+    }
+}
+
+mod merge_domain_knob {
+    use super::prelude::EINVAL;
+    use super::scan::DomainMode;
+
+    #[test]
+    fn words() {
+        assert_eq!(DomainMode::parse(b"global"), Ok(DomainMode::Global));
+        assert_eq!(DomainMode::parse(b"user\n"), Ok(DomainMode::User));
+        assert_eq!(DomainMode::parse(b"cgroup"), Ok(DomainMode::Cgroup));
+        for bad in [
+            &b""[..],
+            b"Global",
+            b"user\n\n",
+            b"cgroups",
+            b" cgroup",
+            b"1",
+        ] {
+            assert_eq!(DomainMode::parse(bad), Err(EINVAL), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shown_with_the_current_one_in_brackets() {
+        for mode in [DomainMode::Global, DomainMode::User, DomainMode::Cgroup] {
+            let shown = mode.knob();
+            let current: Vec<&str> = shown
+                .split(' ')
+                .filter(|w| w.starts_with('['))
+                .map(|w| w.trim_matches(|c| c == '[' || c == ']'))
+                .collect();
+            assert_eq!(current.len(), 1, "{shown}");
+            assert_eq!(
+                DomainMode::parse(current[0].as_bytes()),
+                Ok(mode),
+                "{shown}"
+            );
         }
     }
 }

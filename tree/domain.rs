@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Merge domains (`merge_domain`): which processes' pages may merge.
+//!
+//! KSM is a side channel: a process can tell whether another holds a page
+//! with given contents by timing a write to its own copy (a merged page
+//! takes a copy-on-write fault).  With `merge_domain=global` (the default,
+//! upstream's behaviour) every mergeable page may merge with every other;
+//! with `user` only pages of processes whose owner has the same uid, with
+//! `cgroup` only pages of processes in the same cgroup v2 subtree at depth
+//! `merge_domain_depth` (1: one subtree per child of the root, e.g. per
+//! tenant or VM).  All-zero pages (`use_zero_pages`) merge with the zero
+//! page whatever the domain: their contents are public.
+//!
+//! A domain is a slot with its own trees, as NUMA nodes have with
+//! `merge_across_nodes=0`: tree index = slot * trees per slot + the node's
+//! tree within it, so every item and node names its tree as before.  A
+//! slot is taken when the first mm of a domain is scanned and given back
+//! at the end of a full scan once no mm is in it and its stable trees are
+//! empty.  The scanner looks up an mm's domain each time it begins the mm
+//! in a pass (so a process moved to another cgroup, or whose owner changed
+//! uid, is re-homed at its next visit); a page it finds mapping a KSM page
+//! of another domain (merged before a move, or inherited through fork into
+//! another cgroup) gets its own copy (`ScanState::cmp_and_merge`).
+
+use super::Trees;
+use crate::kmm::rbtree::RbRoot;
+use crate::rmap::StableNode;
+use kernel::prelude::*;
+
+/// Tree indexes are `u16` in items and nodes.
+const MAX_TREES: usize = 1 << 16;
+
+/// One merge domain's slot.
+pub(crate) struct Domain {
+    /// 0 (global), the owner's uid (user) or the cgroup's id (cgroup).
+    pub(crate) key: u64,
+    /// The mms the scanner has in it.
+    mms: usize,
+    /// KSM pages (nodes with mappings) and the mappings beyond the first.
+    pub(crate) pages_shared: usize,
+    pub(crate) pages_sharing: usize,
+}
+
+impl Trees {
+    /// The domain slot whose key is `key`, taken once more (a new slot,
+    /// with empty trees, if none has it); `ENOSPC` if no tree index is left.
+    pub(crate) fn domain_get(&mut self, key: u64) -> Result<usize> {
+        let found = self
+            .domains
+            .iter()
+            .position(|d| d.as_ref().is_some_and(|d| d.key == key));
+        let slot = match found {
+            Some(slot) => slot,
+            None => {
+                let slot = match self.domains.iter().position(Option::is_none) {
+                    Some(slot) => slot,
+                    None => {
+                        let per = self.per_domain;
+                        if (self.domains.len() + 1) * per > MAX_TREES {
+                            return Err(ENOSPC);
+                        }
+                        // Reserved first, so that the pushes below cannot
+                        // fail half way.
+                        self.stable.reserve(per, GFP_KERNEL)?;
+                        self.unstable.reserve(per, GFP_KERNEL)?;
+                        self.domains.reserve(1, GFP_KERNEL)?;
+                        for _ in 0..per {
+                            self.stable.push(RbRoot::EMPTY, GFP_KERNEL)?;
+                            self.unstable.push(RbRoot::EMPTY, GFP_KERNEL)?;
+                        }
+                        self.domains.push(None, GFP_KERNEL)?;
+                        self.domains.len() - 1
+                    }
+                };
+                // A free slot's trees are empty: the stable ones by the
+                // rule that frees it, the unstable ones since the full scan
+                // that freed it began anew.
+                self.domains[slot] = Some(Domain {
+                    key,
+                    mms: 0,
+                    pages_shared: 0,
+                    pages_sharing: 0,
+                });
+                slot
+            }
+        };
+        if let Some(d) = self.domains[slot].as_mut() {
+            d.mms += 1;
+        }
+        Ok(slot)
+    }
+
+    /// The key of domain `slot`, if taken.
+    pub(crate) fn domain_key(&self, slot: usize) -> Option<u64> {
+        Some(self.domains.get(slot)?.as_ref()?.key)
+    }
+
+    /// An mm leaves domain `slot` (taken with [`Self::domain_get`]).
+    pub(crate) fn domain_put(&mut self, slot: usize) {
+        if let Some(Some(d)) = self.domains.get_mut(slot) {
+            d.mms -= 1;
+        }
+    }
+
+    /// The trees a page of domain `slot` goes in from now on (the scanner
+    /// sets it for each mm it scans).
+    pub(crate) fn enter_domain(&mut self, slot: usize) {
+        self.cur_domain = slot;
+    }
+
+    /// Whether `node` is in the current domain's trees.
+    pub(crate) fn in_current_domain(&self, node: &StableNode) -> bool {
+        node.tree() / self.per_domain == self.cur_domain
+    }
+
+    /// The first tree index of the current domain.
+    pub(super) fn domain_base(&self) -> usize {
+        self.cur_domain * self.per_domain
+    }
+
+    /// The domains in use, by slot.
+    pub(crate) fn domains(&self) -> impl Iterator<Item = (usize, &Domain)> {
+        self.domains
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, d)| Some((slot, d.as_ref()?)))
+    }
+
+    /// Gives back the slots no mm is in whose stable trees are empty (a
+    /// full scan ended: their unstable trees are empty too).
+    pub(super) fn free_idle_domains(&mut self) {
+        for slot in 0..self.domains.len() {
+            let idle = self.domains[slot].as_ref().is_some_and(|d| d.mms == 0)
+                && self.stable[slot * self.per_domain..(slot + 1) * self.per_domain]
+                    .iter()
+                    .all(|root| root.is_empty());
+            if idle {
+                self.domains[slot] = None;
+            }
+        }
+    }
+
+    /// A new grouping (`merge_domain`, `merge_domain_depth`) or a new tree
+    /// layout (`merge_across_nodes`): every slot and tree goes; the scanner
+    /// looks every mm's domain up again.  The caller made sure no stable
+    /// node is left.
+    pub(super) fn reset_domains(&mut self, per_domain: usize) {
+        self.new_scan();
+        self.domains = KVec::new();
+        self.stable = KVec::new();
+        self.unstable = KVec::new();
+        self.per_domain = per_domain;
+        self.cur_domain = 0;
+        self.domain_epoch = self.domain_epoch.wrapping_add(1);
+    }
+}
