@@ -25,6 +25,13 @@
  *                       differ only in their last byte (compares fail
  *                       late)
  *   merge_mibps_64procs  64 processes x 16 MiB of one pattern
+ *   merge_mibps_8cgroups  8 processes x 16 MiB of one pattern, each in a
+ *                       cgroup of its own; rust_ksm with merge_domain=cgroup
+ *                       (8 domains), the built-in (which has no domains)
+ *                       merging them all
+ *   merge_mibps_8cgroups_global  the same with merge_domain=global on both
+ *                       sides: the cost of isolation is the ratio of the two
+ *                       rust_ksm figures ("#" line)
  *   merge_mibps_thp     100 MiB of one pattern in transparent huge pages
  *                       (MADV_HUGEPAGE): every one is split to merge
  *   merge_mibps_1536m_pairs  1.5 GiB in one process, each content twice:
@@ -53,6 +60,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -298,9 +307,14 @@ unmap:
 	return us;
 }
 
-static void bench_64procs(void)
+/*
+ * NPROC processes x MIB MiB of one pattern, each in cgroup rkb_<i> if
+ * CGROUPS; merged with merge_domain MODE (rust_ksm only: NULL leaves it).
+ * MiB/s, or -1.
+ */
+static double merge_procs(int nproc, size_t mib, bool cgroups, const char *mode)
 {
-	const size_t mib = 16, pages = mib * MiB / page_size;
+	const size_t pages = mib * MiB / page_size;
 	int ready[2], go[2], n = 0, i;
 	pid_t pids[NPROCS];
 	double ms = -1;
@@ -309,16 +323,22 @@ static void bench_64procs(void)
 
 	if (reset() || pipe(ready) || pipe(go))
 		goto out;
-	for (i = 0; i < NPROCS; i++) {
+	if (mode && knob_write_str(dir, "merge_domain", mode)) {
+		tap_diag("%s: merge_domain=%s refused", engine, mode);
+		goto out;
+	}
+	for (i = 0; i < nproc; i++) {
 		pids[i] = fork();
 		if (pids[i] == 0) {
-			char *p;
+			char cg[64], *p = NULL;
 
 			/* Only the parent's end may keep the pipes open. */
 			close(go[1]);
 			close(ready[0]);
-			p = one_pattern(pages);
-
+			snprintf(cg, sizeof(cg), "/sys/fs/cgroup/rkb_%d", i);
+			if (!cgroups || ((!mkdir(cg, 0755) || errno == EEXIST) &&
+					 !knob_write_str(cg, "cgroup.procs", "0")))
+				p = one_pattern(pages);
 			c = p ? 'y' : 'n';
 			if (write(ready[1], &c, 1) != 1)
 				_exit(1);
@@ -335,8 +355,8 @@ static void bench_64procs(void)
 	for (i = 0; i < n; i++)
 		if (read(ready[0], &c, 1) != 1 || c != 'y')
 			break;
-	if (n == NPROCS && i == n)
-		ms = merge_timed(NPROCS * pages, &cpu);
+	if (n == nproc && i == n)
+		ms = merge_timed(nproc * pages, &cpu);
 	close(go[1]);
 	for (i = 0; i < n; i++)
 		waitpid(pids[i], NULL, 0);
@@ -344,11 +364,48 @@ static void bench_64procs(void)
 	close(ready[1]);
 out:
 	ksm_unmerge_stop(dir);
+	if (mode)
+		knob_write_str(dir, "merge_domain", "global");
+	for (i = 0; cgroups && i < nproc; i++) {
+		char cg[64];
+
+		snprintf(cg, sizeof(cg), "/sys/fs/cgroup/rkb_%d", i);
+		rmdir(cg);
+	}
 	if (ms > 0)
-		tap_diag("%s: %d processes x %zu MiB merged in %.0f ms", engine,
-			 NPROCS, mib, ms);
-	result("merge_mibps_64procs", NPROCS * mib / (ms / 1000.0), ms > 0,
-	       "%.2f", "MiB/s");
+		tap_diag("%s: %d processes x %zu MiB merged in %.0f ms%s%s", engine,
+			 nproc, mib, ms, mode ? ", merge_domain=" : "", mode ? mode : "");
+	return ms > 0 ? nproc * mib / (ms / 1000.0) : -1;
+}
+
+static void bench_64procs(void)
+{
+	double v = merge_procs(NPROCS, 16, false, NULL);
+
+	result("merge_mibps_64procs", v, v > 0, "%.2f", "MiB/s");
+}
+
+/* The cost of merge domains: 8 cgroups, isolated or not. */
+static void bench_8cgroups(void)
+{
+	bool domains = !access("/sys/kernel/mm/rust_ksm/merge_domain", F_OK) &&
+		       !strcmp(dir, "/sys/kernel/mm/rust_ksm");
+	double iso = -1, glob;
+
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) &&
+	    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL))
+		tap_diag("mount cgroup2: %s", strerror(errno));
+	if (want("merge_mibps_8cgroups")) {
+		iso = merge_procs(8, 16, true, domains ? "cgroup" : NULL);
+		result("merge_mibps_8cgroups", iso, iso > 0, "%.2f", "MiB/s");
+	}
+	if (want("merge_mibps_8cgroups_global")) {
+		glob = merge_procs(8, 16, true, domains ? "global" : NULL);
+		result("merge_mibps_8cgroups_global", glob, glob > 0, "%.2f", "MiB/s");
+		if (domains && iso > 0 && glob > 0)
+			tap_diag("%s: merge domains cost: cgroup / global throughput %.3f",
+				 engine, iso / glob);
+	}
 }
 
 static long long meminfo_kb(const char *field)
@@ -553,6 +610,8 @@ int main(int argc, char **argv)
 		result("scan_cpu_us_per_page_near_dup", us, us >= 0, "%.3f",
 		       "us_cpu/page");
 	}
+	if (want("merge_mibps_8cgroups") || want("merge_mibps_8cgroups_global"))
+		bench_8cgroups();
 	if (want("merge_mibps_64procs"))
 		bench_64procs();
 	if (want("merge_mibps_thp"))
