@@ -28,11 +28,14 @@
  *     child's inherited KSM pages get their own copies, which then merge
  *     in the child's domain.
  *  7. use_zero_pages: all-zero pages map the zero page in every domain.
+ *  8. user: a member that changes uid (setresuid) is re-homed: its pages
+ *     stop sharing with its old uid's and merge with its new uid's.
  *
  * Seen failing: before merge domains existed the knob was missing (1: open
  * ENOENT); with the cross-domain check of ScanState::cmp_and_merge left
- * out, 5 and 6 failed ("moved member still shares b's page", "child still
- * maps the parent's KSM page"), the others passed.
+ * out, 5, 6 and 8 failed ("moved member still shares b's page", "child
+ * still maps the parent's KSM page", "after setuid: still 32 pages shared
+ * with uid 0"), the others passed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -115,7 +118,7 @@ static long long write_median(char *p, size_t n)
 /*
  * The member's life: join, map and fill, report the address, then serve
  * commands: 'w' the write probe (two medians: the first NPAGES pages, the
- * NPAGES after), 'q' exit.
+ * NPAGES after), 'u' become uid 1002 (answer: 0 or errno, twice), 'q' exit.
  */
 static void __attribute__((noreturn))
 member_main(struct who who, enum layout layout, unsigned long pat, int cmd, int ans)
@@ -143,9 +146,13 @@ member_main(struct who who, enum layout layout, unsigned long pat, int cmd, int 
 	    write(ans, &p, sizeof(p)) != sizeof(p))
 		_exit(1);
 	while (read(cmd, &c, 1) == 1 && c != 'q') {
-		long long m[2] = { write_median(p, NPAGES),
-				   write_median(p + NPAGES * page_size, NPAGES) };
+		long long m[2] = { 0, 0 };
 
+		if (c == 'u')
+			m[0] = m[1] = setresuid(1002, 1002, 1002) ? errno : 0;
+		else
+			m[0] = write_median(p, NPAGES),
+			m[1] = write_median(p + NPAGES * page_size, NPAGES);
 		if (write(ans, m, sizeof(m)) != sizeof(m))
 			_exit(1);
 	}
@@ -226,6 +233,15 @@ static int probe(struct member *m, long long med[2])
 {
 	return write(m->cmd, "w", 1) == 1 &&
 	       read(m->ans, med, 2 * sizeof(med[0])) == 2 * sizeof(med[0]) ? 0 : -1;
+}
+
+/* Member M becomes uid 1002; 0 or -1. */
+static int become_1002(struct member *m)
+{
+	long long r[2];
+
+	return write(m->cmd, "u", 1) == 1 && read(m->ans, r, sizeof(r)) == sizeof(r) &&
+	       !r[0] ? 0 : -1;
 }
 
 /* Whether writes to the first half look like copy-on-write faults. */
@@ -571,6 +587,35 @@ static int t_zero(const char *d)
 	return ret;
 }
 
+static int t_setuid(const char *d)
+{
+	struct member old = { .pid = -1 }, m = { .pid = -1 }, new = { .pid = -1 };
+	int ret = TAP_PASS;
+
+	dir = d;
+	CHECK(!fresh("user", 1), "reset");
+	/* m and old are root's (uid 0), new is uid 1002's. */
+	CHECK(!member_start(&old, (struct who){ -1, NULL }, ONE, 81) &&
+	      !member_start(&m, (struct who){ -1, NULL }, ONE, 81) &&
+	      !member_start(&new, (struct who){ 1002, NULL }, ONE, 81), "members");
+	CHECK(!ksm_run_scans(dir, SCANS, SCAN_MS), "scans");
+	CHECK(shared_pages(&m, &old, NPAGES) == NPAGES && !shared_pages(&m, &new, NPAGES),
+	      "before: m shares %zu pages with uid 0, %zu with uid 1002",
+	      shared_pages(&m, &old, NPAGES), shared_pages(&m, &new, NPAGES));
+	CHECK(!become_1002(&m), "setresuid(1002)");
+	CHECK(!ksm_run_scans(dir, SCANS, SCAN_MS), "scans");
+	domains_diag();
+	CHECK(!shared_pages(&m, &old, NPAGES), "after setuid: still %zu pages shared with uid 0",
+	      shared_pages(&m, &old, NPAGES));
+	CHECK(shared_pages(&m, &new, NPAGES) == NPAGES,
+	      "after setuid: %zu of %d shared with uid 1002", shared_pages(&m, &new, NPAGES),
+	      NPAGES);
+	member_stop(&old);
+	member_stop(&m);
+	member_stop(&new);
+	return ret;
+}
+
 static const struct ksm_test tests[] = {
 	{ "merge_domain knobs: values, EINVAL, EBUSY while merged", t_knobs },
 	{ "global: pages of two processes merge, the write probe sees it", t_global },
@@ -579,6 +624,7 @@ static const struct ksm_test tests[] = {
 	{ "cgroup: a process moved to another cgroup is re-homed", t_move },
 	{ "cgroup: fork into another cgroup gets its own copies", t_fork },
 	{ "use_zero_pages: the zero page is shared across domains", t_zero },
+	{ "user: a process that changes uid is re-homed", t_setuid },
 };
 
 static void done(void)
