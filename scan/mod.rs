@@ -366,7 +366,9 @@ impl ScanState {
         Ok(())
     }
 
-    /// Frees the items of mms no longer registered (they exited).
+    /// Frees the items of mms no longer registered (they exited), at the
+    /// end of a full scan, and the merge domains they leave empty (the
+    /// scanner may not run another pass: no mm may be left).
     fn drop_gone_mms(&mut self, registry: &Mutex<MmRegistry>) {
         loop {
             let gone = {
@@ -374,10 +376,11 @@ impl ScanState {
                 self.mms.keys().copied().find(|k| !reg.contains(*k))
             };
             let Some(key) = gone else {
-                return;
+                break;
             };
             self.drop_mm(key);
         }
+        self.trees.free_idle_domains();
     }
 
     /// Puts the cursor back at the start of the current mm.

@@ -127,9 +127,10 @@ impl Trees {
             .filter_map(|(slot, d)| Some((slot, d.as_ref()?)))
     }
 
-    /// Gives back the slots no mm is in whose stable trees are empty (a
-    /// full scan ended: their unstable trees are empty too).
-    pub(super) fn free_idle_domains(&mut self) {
+    /// Gives back the slots no mm is in whose stable trees are empty.  Their
+    /// unstable trees are empty too: cleared at the last full scan's end,
+    /// and an mm's items inserted since were taken out when it left.
+    pub(crate) fn free_idle_domains(&mut self) {
         for slot in 0..self.domains.len() {
             let idle = self.domains[slot].as_ref().is_some_and(|d| d.mms == 0)
                 && self.stable[slot * self.per_domain..(slot + 1) * self.per_domain]

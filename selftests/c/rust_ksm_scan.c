@@ -237,20 +237,23 @@ static int test_sparse(void)
 	 * ps0, fs1 after ps1): every page counted in between belongs to a pass
 	 * that ended inside [fs0, fs1] or to the one running at ps1.  Reading
 	 * fs1 before ps1 failed once in CI (+6 pages over "3" passes): the
-	 * scanner finished more passes between the two reads.
+	 * scanner finished more passes between the two reads.  Wait for the
+	 * page to be seen 3 times, not for 3 passes: a sysfs read takes about
+	 * a millisecond under TCG, passes of one page less, so the passes
+	 * made during the reads count in full_scans but not in pages_scanned
+	 * ("full_scans +3 in 8 ms, pages_scanned +0" failed in make check).
 	 */
 	fs0 = rk_get("full_scans");
 	ps0 = rk_get("pages_scanned");
-	waited = wait_knob_ge(RKSM_DIR, "full_scans", fs0 + 3, 10000, &fs1);
+	waited = wait_knob_ge(RKSM_DIR, "pages_scanned", ps0 + 3, 10000, &ps1);
 	ps1 = rk_get("pages_scanned");
 	fs1 = rk_get("full_scans");
 	tap_diag("32 TiB sparse: full_scans +%llu in %llu ms, pages_scanned +%llu",
 		 fs1 - fs0, (unsigned long long)(now_ms() - t0), ps1 - ps0);
-	CHECK(waited >= 0, "3 passes over 32 TiB with one page took > 10 s");
+	CHECK(waited >= 0, "the one page of 32 TiB not seen 3 times in 10 s");
 	if (waited >= 0) {
-		/* One present page: once per pass (the passes may outrun the
-		 * polling, so compare with the passes actually made). */
-		CHECK(ps1 - ps0 >= 2 && ps1 - ps0 <= fs1 - fs0 + 2,
+		/* One present page: at most once per pass. */
+		CHECK(ps1 - ps0 <= fs1 - fs0 + 2,
 		      "pages_scanned +%llu over %llu passes of a single page",
 		      ps1 - ps0, fs1 - fs0);
 	}
@@ -297,7 +300,7 @@ static const struct tap_test tests[] = {
 	{ "non-mergeable memory is not scanned", test_nonmergeable },
 	{ "MADV_MERGEABLE region: 2 passes, every page counted", test_mergeable },
 	{ "after munmap pages_scanned stops", test_munmap },
-	{ "32 TiB sparse MADV_MERGEABLE: 3 passes in < 10 s", test_sparse },
+	{ "32 TiB sparse MADV_MERGEABLE: its one page seen 3 times in < 10 s", test_sparse },
 	{ "run=0 stops a busy scanner", test_stop },
 };
 
