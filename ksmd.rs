@@ -151,6 +151,10 @@ impl Ksm {
                     self.reap.store(false, Ordering::Release);
                     let marks = scan.scan_batch(&self.registry, &self.stats, params);
                     drop(scan);
+                    if marks.domains_waiting {
+                        // Come back after sleep_millisecs, mms or not.
+                        self.reap.store(true, Ordering::Release);
+                    }
                     if let Some(limits) = limits {
                         self.advise(&mut advisor, limits, marks, batch_start, params.pages);
                     }

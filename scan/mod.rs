@@ -102,6 +102,10 @@ pub(crate) struct PassMarks {
     pub(crate) began: bool,
     /// A full scan ended with the batch.
     pub(crate) ended: bool,
+    /// A merge domain with no mm left waits for its last KSM page to be
+    /// freed (see `Trees::free_idle_domains`): another batch should come
+    /// even with no mm registered.
+    pub(crate) domains_waiting: bool,
 }
 
 /// Knob values a batch runs with.
@@ -238,7 +242,7 @@ impl ScanState {
             self.mm_key = 0;
             self.rewind();
             self.trees.new_scan();
-            self.drop_gone_mms(registry);
+            marks.domains_waiting = self.drop_gone_mms(registry);
             return None;
         };
         drop(reg);
@@ -368,8 +372,9 @@ impl ScanState {
 
     /// Frees the items of mms no longer registered (they exited), at the
     /// end of a full scan, and the merge domains they leave empty (the
-    /// scanner may not run another pass: no mm may be left).
-    fn drop_gone_mms(&mut self, registry: &Mutex<MmRegistry>) {
+    /// scanner may not run another pass: no mm may be left).  True if a
+    /// domain waits for a page to go (`Trees::free_idle_domains`).
+    fn drop_gone_mms(&mut self, registry: &Mutex<MmRegistry>) -> bool {
         loop {
             let gone = {
                 let reg = registry.lock();
@@ -380,7 +385,7 @@ impl ScanState {
             };
             self.drop_mm(key);
         }
-        self.trees.free_idle_domains();
+        self.trees.free_idle_domains()
     }
 
     /// Puts the cursor back at the start of the current mm.

@@ -136,6 +136,8 @@ impl ScanState {
                 self.drop_mm(key);
             }
             self.trees.new_scan();
+            // Every node went above (or, unloading, is left to the pages).
+            let _ = self.trees.free_idle_domains();
             self.mm_key = 0;
             self.rewind();
         }

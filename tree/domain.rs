@@ -26,6 +26,7 @@
 use super::Trees;
 use crate::kmm::rbtree::RbRoot;
 use crate::rmap::StableNode;
+use core::num::NonZeroUsize;
 use kernel::prelude::*;
 
 /// Tree indexes are `u16` in items and nodes.
@@ -56,7 +57,7 @@ impl Trees {
                 let slot = match self.domains.iter().position(Option::is_none) {
                     Some(slot) => slot,
                     None => {
-                        let per = self.per_domain;
+                        let per = self.per_domain.get();
                         if (self.domains.len() + 1) * per > MAX_TREES {
                             return Err(ENOSPC);
                         }
@@ -116,7 +117,7 @@ impl Trees {
 
     /// The first tree index of the current domain.
     pub(super) fn domain_base(&self) -> usize {
-        self.cur_domain * self.per_domain
+        self.cur_domain * self.per_domain.get()
     }
 
     /// The domains in use, by slot.
@@ -127,26 +128,41 @@ impl Trees {
             .filter_map(|(slot, d)| Some((slot, d.as_ref()?)))
     }
 
-    /// Gives back the slots no mm is in whose stable trees are empty.  Their
-    /// unstable trees are empty too: cleared at the last full scan's end,
-    /// and an mm's items inserted since were taken out when it left.
-    pub(crate) fn free_idle_domains(&mut self) {
+    /// Gives back the slots no mm is in, once their stable trees are empty
+    /// (their unstable trees are: cleared at the last full scan's end, and
+    /// an mm's items inserted since were taken out when it left).  A node
+    /// left in such a slot is usually stale, its page freed after its last
+    /// item went (an exiting mm is unregistered before its pages are
+    /// unmapped), and no scan of the domain will come to find it so: such
+    /// nodes are dropped here.  True if a slot stays for a node whose page
+    /// is still there: the caller tries again later.
+    pub(crate) fn free_idle_domains(&mut self) -> bool {
+        let mut waiting = false;
         for slot in 0..self.domains.len() {
-            let idle = self.domains[slot].as_ref().is_some_and(|d| d.mms == 0)
-                && self.stable[slot * self.per_domain..(slot + 1) * self.per_domain]
-                    .iter()
-                    .all(|root| root.is_empty());
-            if idle {
+            if !self.domains[slot].as_ref().is_some_and(|d| d.mms == 0) {
+                continue;
+            }
+            let per = self.per_domain.get();
+            let trees = slot * per..(slot + 1) * per;
+            // get_folio() removes a stale node.
+            let _ = self.for_each_node_in(trees.clone(), |trees, node| {
+                drop(trees.get_folio(node));
+                Ok(())
+            });
+            if self.stable[trees].iter().all(RbRoot::is_empty) {
                 self.domains[slot] = None;
+            } else {
+                waiting = true;
             }
         }
+        waiting
     }
 
     /// A new grouping (`merge_domain`, `merge_domain_depth`) or a new tree
     /// layout (`merge_across_nodes`): every slot and tree goes; the scanner
     /// looks every mm's domain up again.  The caller made sure no stable
     /// node is left.
-    pub(super) fn reset_domains(&mut self, per_domain: usize) {
+    pub(super) fn reset_domains(&mut self, per_domain: NonZeroUsize) {
         self.new_scan();
         self.domains = KVec::new();
         self.stable = KVec::new();

@@ -53,6 +53,7 @@ use crate::bindings;
 use crate::kmm::rbtree::{RbLink, RbRoot};
 pub(crate) use crate::rmap::StableNode;
 use crate::rmap::{self, ItemState, RmapItem};
+use core::num::NonZeroUsize;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
@@ -100,7 +101,8 @@ pub(crate) struct Trees {
     unstable: KVec<RbRoot>,
     /// `merge_across_nodes`.
     across: bool,
-    per_domain: usize,
+    /// Non-zero, so that dividing a tree index by it cannot panic.
+    per_domain: NonZeroUsize,
     /// The merge domains' slots (a free one is None).
     domains: KVec<Option<Domain>>,
     /// The slot the pages being scanned belong to.
@@ -141,7 +143,7 @@ impl Trees {
             stable: KVec::new(),
             unstable: KVec::new(),
             across: true,
-            per_domain: 1,
+            per_domain: NonZeroUsize::MIN,
             domains: KVec::new(),
             cur_domain: 0,
             domain_epoch: 0,
@@ -167,7 +169,8 @@ impl Trees {
         // SAFETY: reads an exported variable, fixed after boot.
         let nodes = unsafe { bindings::rust_ksm_nr_node_ids() } as usize;
         // The unstable items left are unlinked lazily, by their old seqnr.
-        self.reset_domains(if across { 1 } else { nodes });
+        let per_domain = if across { 1 } else { nodes };
+        self.reset_domains(NonZeroUsize::new(per_domain).unwrap_or(NonZeroUsize::MIN));
         self.across = across;
         Ok(())
     }
@@ -195,7 +198,6 @@ impl Trees {
             root.clear();
         }
         self.seqnr = self.seqnr.wrapping_add(1);
-        self.free_idle_domains();
     }
 
     /// Takes `item` out of whichever tree it is in (remove_rmap_item_from_tree()).

@@ -60,9 +60,18 @@ impl Trees {
     /// node it is given (and no other); an error stops the walk.
     pub(crate) fn for_each_node(
         &mut self,
+        f: impl FnMut(&mut Self, NonNull<StableNode>) -> Result,
+    ) -> Result {
+        self.for_each_node_in(0..self.stable.len(), f)
+    }
+
+    /// [`Self::for_each_node`] over the stable trees `trees` only.
+    pub(super) fn for_each_node_in(
+        &mut self,
+        trees: core::ops::Range<usize>,
         mut f: impl FnMut(&mut Self, NonNull<StableNode>) -> Result,
     ) -> Result {
-        for tree in 0..self.stable.len() {
+        for tree in trees {
             let mut next = self.stable_root(tree).first();
             while let Some(link) = next {
                 // SAFETY: `link` is linked (nodes in the tree are alive);
