@@ -547,3 +547,17 @@ u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth)
 #endif
 	return id;
 }
+
+/*
+ * Tracepoints as event sources (domain_events.rs): a tracepoint's name, and
+ * the grace period after unregistering a probe.
+ */
+const char *rust_ksm_tracepoint_name(struct tracepoint *tp)
+{
+	return tp->name;
+}
+
+void rust_ksm_tracepoint_synchronize_unregister(void)
+{
+	tracepoint_synchronize_unregister();
+}

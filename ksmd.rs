@@ -149,6 +149,8 @@ impl Ksm {
                     // This batch reaps: a pass with no mm left ends at once
                     // and frees the items of the mms gone.
                     self.reap.store(false, Ordering::Release);
+                    // The batch begins by re-homing (ScanState::check_domains).
+                    self.domains_changed.store(false, Ordering::Release);
                     let marks = scan.scan_batch(&self.registry, &self.stats, params);
                     drop(scan);
                     if marks.domains_waiting {
@@ -167,6 +169,12 @@ impl Ksm {
             // sleep_millisecs pass; then go round to re-read everything.
             let mut control = self.control.lock();
             if control.stopping || control.sleep_millisecs != sleep || control.run != run {
+                continue;
+            }
+            if scanning && self.domains_changed.load(Ordering::Acquire) {
+                // A process changed merge domain: re-home it now.  (Raised
+                // between here and the wait below it waits for the next
+                // batch, as with no event at all.)
                 continue;
             }
             if scanning && sleep == 0 {

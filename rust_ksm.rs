@@ -13,7 +13,8 @@
 //! - `sysfs.rs`: the knobs under /sys/kernel/mm/rust_ksm, which are named
 //!   and behave like those of /sys/kernel/mm/ksm;
 //! - `control.rs`: the knobs' values; `advisor.rs`: the scan-time advisor;
-//! - `hotplug.rs`: memory going offline; `debugfs.rs`: counts for tests;
+//! - `hotplug.rs`: memory going offline; `domain_events.rs`: cgroup moves
+//!   (merge domains); `debugfs.rs`: counts for tests;
 //! - `kmm/`, `merge/`, `scan/`, `rmap/`, `tree/`: the mm layer, merging,
 //!   the scanner, the rmap items and the trees.
 
@@ -26,6 +27,7 @@ use kernel::sync::{new_condvar, new_mutex, CondVar, Mutex};
 mod advisor;
 mod control;
 mod debugfs;
+mod domain_events;
 mod engine;
 mod hotplug;
 mod kmm;
@@ -38,6 +40,7 @@ mod tree;
 
 use control::Control;
 use debugfs::Debugfs;
+use domain_events::DomainEvents;
 use engine::EngineRegistration;
 use hotplug::MemoryNotifier;
 use kmm::MmGrab;
@@ -111,6 +114,9 @@ struct Ksm {
     /// no mm is left to scan (upstream's ksmd runs until it has reaped the
     /// exited mm's slot).
     reap: AtomicBool,
+    /// A process moved to another cgroup or was forked into one
+    /// (`domain_events.rs`): the thread re-homes before it sleeps again.
+    domains_changed: AtomicBool,
     /// Memory blocks going offline (see [`Ksm::scan_lock`]); changed under
     /// the control lock, and `offline_done` is signalled when it drops.
     offlining: AtomicUsize,
@@ -142,6 +148,7 @@ impl Ksm {
             scan <- new_mutex!(ScanState::new()),
             unmerging: AtomicBool::new(false),
             reap: AtomicBool::new(false),
+            domains_changed: AtomicBool::new(false),
             offlining: AtomicUsize::new(0),
             offline_done <- new_condvar!(),
             stats: Stats::default(),
@@ -206,6 +213,13 @@ impl Ksm {
         Ok(())
     }
 
+    /// A merge domain may have changed under a process (see
+    /// `domain_events.rs`).  Any context: a tracepoint probe calls it.
+    fn domain_event(&self) {
+        self.domains_changed.store(true, Ordering::Release);
+        self.wake.notify_all();
+    }
+
     /// Forgets an exiting mm.
     fn exit(&self, mm: *mut bindings::mm_struct) {
         let removed = self.registry.lock().remove(mm);
@@ -264,6 +278,7 @@ struct RustKsm {
     _ksmd: KsmdStopper,
     _engine: EngineRegistration,
     _memory: MemoryNotifier,
+    _domain_events: DomainEvents,
     _ksm: KsmOwner,
 }
 
@@ -306,6 +321,7 @@ impl kernel::Module for RustKsm {
         // On an error below, what was set up already is torn down, in
         // reverse order, by its drop.
         let ksm = KsmOwner::new()?;
+        let domain_events = DomainEvents::new();
         let memory = MemoryNotifier::new()?;
         let engine = EngineRegistration::new()?;
         let ksmd = KsmdStopper {
@@ -319,6 +335,7 @@ impl kernel::Module for RustKsm {
             _ksmd: ksmd,
             _engine: engine,
             _memory: memory,
+            _domain_events: domain_events,
             _ksm: ksm,
         })
     }

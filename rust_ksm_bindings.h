@@ -22,6 +22,7 @@
 #include <linux/sched/mm.h>
 #include <linux/swap.h>
 #include <linux/swapops.h>
+#include <linux/tracepoint.h>
 #include <linux/xxhash.h>
 
 /* helpers.c: out-of-line copies of static inline kernel functions. */
@@ -145,3 +146,7 @@ void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
 #define RUST_KSM_NO_DOMAIN 0xffffffffffffffffULL
 u64 rust_ksm_mm_owner_uid(struct mm_struct *mm);
 u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth);
+
+/* helpers.c: tracepoints as event sources (domain_events.rs). */
+const char *rust_ksm_tracepoint_name(struct tracepoint *tp);
+void rust_ksm_tracepoint_synchronize_unregister(void);

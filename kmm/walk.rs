@@ -58,6 +58,13 @@ impl MappedPage<'_> {
         unsafe { bindings::rust_ksm_folio_test_large(self.folio()) }
     }
 
+    /// The folio's `mapping` word (for a KSM folio: its stable node and
+    /// the `PAGE_MAPPING_KSM` bits).
+    pub(crate) fn mapping(&self) -> usize {
+        // SAFETY: valid folio (see `folio()`).
+        unsafe { bindings::rust_ksm_folio_mapping(self.folio()) as usize }
+    }
+
     /// Takes a reference, which outlives the walk.
     pub(crate) fn get(&self) -> PageRef {
         // SAFETY: mapped under the held lock, so the folio cannot be freed

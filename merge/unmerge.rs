@@ -27,19 +27,30 @@ use kernel::prelude::*;
 /// KSM pages one walk collects at most.
 const BATCH: usize = 32;
 
-/// A walk's catch: the addresses of KSM pages, KSM zero pages and KSM
-/// pages under migration, in order.  Addresses only: break_ksm() must not
-/// find our references on the pages.
-struct KsmPages {
-    len: usize,
-    addresses: [usize; BATCH],
+/// Whether a walk entry is one to unmerge: a KSM page, a KSM zero page or a
+/// KSM page under migration.
+fn ksm_entry(entry: &Entry<'_>) -> bool {
+    match entry {
+        Entry::KsmZero | Entry::KsmMigrating => true,
+        Entry::Pte(page) | Entry::HugePmd(page) => page.is_anon() && page.is_ksm(),
+    }
 }
 
-impl KsmPages {
-    fn collect(vma: VmaRef<'_>, start: usize, end: usize) -> (Self, bool) {
+/// A walk's catch: the addresses of the entries `select` picks (of those
+/// [`ksm_entry`] accepts), in order.  Addresses only: break_ksm() must not
+/// find our references on the pages.
+struct KsmPages<'s, S> {
+    len: usize,
+    addresses: [usize; BATCH],
+    select: &'s S,
+}
+
+impl<'s, S: Fn(&Entry<'_>) -> bool> KsmPages<'s, S> {
+    fn collect(vma: VmaRef<'_>, start: usize, end: usize, select: &'s S) -> (Self, bool) {
         let mut found = Self {
             len: 0,
             addresses: [0; BATCH],
+            select,
         };
         let stopped = walk::walk_vma(vma, start, end, &mut found);
         (found, stopped)
@@ -50,7 +61,7 @@ impl KsmPages {
     }
 }
 
-impl Visitor for KsmPages {
+impl<S: Fn(&Entry<'_>) -> bool> Visitor for KsmPages<'_, S> {
     /// Unmerging must not pass over a KSM page under migration: its VMA
     /// may lose `VM_MERGEABLE` right after, and then nothing would unmerge
     /// the page again.  break_ksm() waits for the migration and unshares
@@ -60,11 +71,7 @@ impl Visitor for KsmPages {
     }
 
     fn visit(&mut self, addr: usize, entry: Entry<'_>) -> Step {
-        let ksm = match entry {
-            Entry::KsmZero | Entry::KsmMigrating => true,
-            Entry::Pte(page) | Entry::HugePmd(page) => page.is_anon() && page.is_ksm(),
-        };
-        if ksm {
+        if ksm_entry(&entry) && (self.select)(&entry) {
             self.addresses[self.len] = addr;
             self.len += 1;
         }
@@ -95,9 +102,23 @@ pub(crate) fn unmerge_range(
     end: usize,
     interruptible: bool,
 ) -> Result {
+    unmerge_range_where(vma, start, end, interruptible, &|_: &Entry<'_>| true)
+}
+
+/// [`unmerge_range`] for the KSM entries `select` picks only (re-homing a
+/// process to another merge domain unshares the pages of other domains).
+/// The caller holds the scan lock (no page can merge meanwhile) or the
+/// mmap lock for write.
+pub(crate) fn unmerge_range_where(
+    vma: VmaRef<'_>,
+    start: usize,
+    end: usize,
+    interruptible: bool,
+    select: &impl Fn(&Entry<'_>) -> bool,
+) -> Result {
     let mut addr = start;
     while addr < end {
-        let (batch, more) = KsmPages::collect(vma, addr, end);
+        let (batch, more) = KsmPages::collect(vma, addr, end, select);
         let (Some(&first), Some(&last)) = (batch.addresses().first(), batch.addresses().last())
         else {
             return Ok(());
@@ -112,7 +133,7 @@ pub(crate) fn unmerge_range(
         // Look again.  No KSM page can appear meanwhile: merging needs
         // the scan lock (run=2 holds it) or the mmap lock for read with
         // VM_MERGEABLE (madvise and mremap hold it for write).
-        let (again, _) = KsmPages::collect(vma, first, last + PAGE_SIZE);
+        let (again, _) = KsmPages::collect(vma, first, last + PAGE_SIZE, select);
         for &a in again.addresses() {
             break_ksm(vma, a)?;
         }

@@ -100,6 +100,17 @@ impl StableNode {
     pub(crate) unsafe fn of_folio(folio: *mut bindings::folio) -> Option<NonNull<StableNode>> {
         // SAFETY: by the function's safety requirements.
         let mapping = unsafe { bindings::rust_ksm_folio_mapping(folio) } as usize;
+        // SAFETY: read from a valid folio just now.
+        unsafe { Self::of_mapping(mapping) }
+    }
+
+    /// [`Self::of_folio`] from the folio's `mapping` word.
+    ///
+    /// # Safety
+    ///
+    /// `mapping` was read from a folio that is still valid (referenced,
+    /// locked, or mapped under a held page-table lock).
+    pub(crate) unsafe fn of_mapping(mapping: usize) -> Option<NonNull<StableNode>> {
         if mapping & bindings::PAGE_MAPPING_FLAGS as usize != bindings::PAGE_MAPPING_KSM as usize {
             return None;
         }

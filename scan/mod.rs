@@ -12,6 +12,7 @@ mod batch;
 mod cmp_and_merge;
 mod domain;
 mod registry;
+mod rehome;
 mod smart;
 mod unmerge;
 
@@ -70,6 +71,9 @@ struct MmScan {
     /// gone, or no slot was left): its pages are not scanned.
     domain: Option<usize>,
     epoch: u32,
+    /// The domain key `domain` was looked up for (kept when no slot could
+    /// be had, so that a failure is not retried every batch).
+    home: Option<u64>,
 }
 
 /// Everything the scanner owns: cursor, per-mm items, trees.  Lives in the
@@ -169,6 +173,7 @@ impl ScanState {
         params: ScanParams,
     ) -> PassMarks {
         let mut marks = PassMarks::default();
+        self.check_domains(registry);
         let mut budget = params.pages;
         while budget > 0 {
             let Some(mm) = self.current_mm(registry, stats, &mut marks) else {
@@ -270,6 +275,7 @@ impl ScanState {
                     items: ItemList::new(),
                     domain: None,
                     epoch: self.trees.domain_epoch.wrapping_sub(1),
+                    home: None,
                 },
             ));
         }
@@ -287,11 +293,7 @@ impl ScanState {
         };
         let stale = mm.epoch != self.trees.domain_epoch;
         if begins || stale {
-            let domain_key = match self.domain_mode {
-                DomainMode::Global => Some(0),
-                DomainMode::User => mm.mm.owner_uid(),
-                DomainMode::Cgroup => mm.mm.owner_cgroup_id(self.domain_depth),
-            };
+            let domain_key = domain_key_of(self.domain_mode, self.domain_depth, &mm.mm);
             let same = !stale
                 && match (mm.domain, domain_key) {
                     (Some(slot), Some(k)) => self.trees.domain_key(slot) == Some(k),
@@ -304,6 +306,7 @@ impl ScanState {
                 }
                 mm.domain = domain_key.and_then(|k| self.trees.domain_get(k).ok());
                 mm.epoch = self.trees.domain_epoch;
+                mm.home = domain_key;
             }
         }
         if let Some(slot) = mm.domain {
@@ -456,6 +459,16 @@ fn free_item(trees: &mut Trees, mut item: KBox<RmapItem>) {
     trees.counters.rmap_items -= 1;
     // SAFETY: the item's mm is allocated (MmScan's MmGrab).
     unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
+}
+
+/// The key of the merge domain `mm` is in now (None if it has none: its
+/// owner is gone).
+fn domain_key_of(mode: DomainMode, depth: u32, mm: &MmGrab) -> Option<u64> {
+    match mode {
+        DomainMode::Global => Some(0),
+        DomainMode::User => mm.owner_uid(),
+        DomainMode::Cgroup => mm.owner_cgroup_id(depth),
+    }
 }
 
 /// Frees every item of `items`.

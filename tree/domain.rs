@@ -25,6 +25,7 @@
 
 use super::Trees;
 use crate::kmm::rbtree::RbRoot;
+use crate::kmm::walk::MappedPage;
 use crate::rmap::StableNode;
 use core::num::NonZeroUsize;
 use kernel::prelude::*;
@@ -95,6 +96,18 @@ impl Trees {
     /// The key of domain `slot`, if taken.
     pub(crate) fn domain_key(&self, slot: usize) -> Option<u64> {
         Some(self.domains.get(slot)?.as_ref()?.key)
+    }
+
+    /// The key of the domain whose trees hold the stable node of the KSM
+    /// page `page` (None if the node is not ours, or its slot is free).
+    pub(crate) fn page_domain_key(&self, page: &MappedPage<'_>) -> Option<u64> {
+        // SAFETY: `page` is mapped, under its page-table lock, while
+        // borrowed (`MappedPage`'s invariant), so its folio is valid.
+        let node = unsafe { StableNode::of_mapping(page.mapping()) }?;
+        // SAFETY: the node of a mapped KSM folio is alive while the trees
+        // are borrowed: only the scan-lock holder, which owns them, frees
+        // nodes.
+        self.domain_key(unsafe { node.as_ref() }.tree() / self.per_domain)
     }
 
     /// An mm leaves domain `slot` (taken with [`Self::domain_get`]).

@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Cgroup moves as they happen: with `merge_domain=cgroup` a process moved
+//! to another cgroup, or forked into one (`clone3(CLONE_INTO_CGROUP)`), is
+//! re-homed at once (`ScanState::check_domains`) instead of at the
+//! scanner's next batch, up to `sleep_millisecs` later.
+//!
+//! The core calls KSM on neither event, and a hook in the cgroup core would
+//! be a patch to another subsystem for one module's sake; the two
+//! tracepoints that fire for them, `cgroup:cgroup_attach_task` (after a
+//! migration through `cgroup.procs` or `cgroup.threads`) and
+//! `task:task_newtask` (after `cgroup_post_fork()`, before the child first
+//! runs), are built in wherever cgroups are, and a module may attach probes
+//! to them (`for_each_kernel_tracepoint()`, `tracepoint_probe_register()`,
+//! both exported).  A probe runs with preemption off (and the cgroup one
+//! under a spinlock): it only raises `Ksm::domains_changed` and wakes the
+//! thread, which does the work.  Without them (not found, or registration
+//! failed) re-homing still happens at every batch.
+
+use crate::{bindings, ksm};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::c_str;
+use kernel::ffi::{c_char, c_ulong, c_void};
+use kernel::prelude::*;
+use kernel::str::CStr;
+
+/// A probe of `cgroup:cgroup_attach_task`.
+///
+/// # Safety
+///
+/// Called by the tracepoint, with its arguments, while registered.
+unsafe extern "C" fn attach_probe(
+    _data: *mut c_void,
+    _dst_cgrp: *mut c_void,
+    _path: *const c_char,
+    _task: *mut c_void,
+    _threadgroup: bool,
+) {
+    ksm().domain_event();
+}
+
+/// A probe of `task:task_newtask`.
+///
+/// # Safety
+///
+/// Called by the tracepoint, with its arguments, while registered.
+unsafe extern "C" fn newtask_probe(_data: *mut c_void, _task: *mut c_void, clone_flags: c_ulong) {
+    // `unsigned long` is 64 bits wherever clone3() has this flag.
+    if clone_flags as u64 & bindings::CLONE_INTO_CGROUP != 0 {
+        ksm().domain_event();
+    }
+}
+
+/// The tracepoints and their probes.
+const PROBES: [(&CStr, *mut c_void); 2] = [
+    (c_str!("cgroup_attach_task"), attach_probe as *mut c_void),
+    (c_str!("task_newtask"), newtask_probe as *mut c_void),
+];
+
+/// The probes registered, each with its tracepoint; unregistered on drop.
+pub(crate) struct DomainEvents {
+    registered: [Option<ptr::NonNull<bindings::tracepoint>>; 2],
+}
+
+/// `for_each_kernel_tracepoint()` callback: remembers the tracepoint whose
+/// name `data` (a `(&CStr, AtomicPtr)`) asks for.
+///
+/// # Safety
+///
+/// `tp` is a built-in tracepoint; `data` the pair passed by [`find`].
+unsafe extern "C" fn match_name(tp: *mut bindings::tracepoint, data: *mut c_void) {
+    // SAFETY: `data` is the pair `find` passes, alive during the iteration.
+    let (name, found) = unsafe { &*data.cast::<(&CStr, AtomicPtr<bindings::tracepoint>)>() };
+    // SAFETY: `tp` is valid; its name is a static NUL-terminated string.
+    let tp_name = unsafe { CStr::from_char_ptr(bindings::rust_ksm_tracepoint_name(tp)) };
+    if tp_name.as_bytes() == name.as_bytes() {
+        found.store(tp, Ordering::Relaxed);
+    }
+}
+
+/// The built-in tracepoint called `name`, if there is one.
+fn find(name: &CStr) -> Option<ptr::NonNull<bindings::tracepoint>> {
+    let pair = (name, AtomicPtr::new(ptr::null_mut()));
+    // SAFETY: `match_name` takes `pair` as it is passed; the iteration ends
+    // before `pair` goes.
+    unsafe {
+        bindings::for_each_kernel_tracepoint(
+            Some(match_name),
+            ptr::from_ref(&pair).cast_mut().cast(),
+        )
+    };
+    ptr::NonNull::new(pair.1.load(Ordering::Relaxed))
+}
+
+impl DomainEvents {
+    /// Attaches the probes it can; a missing tracepoint is reported, not an
+    /// error (the per-batch check still re-homes).
+    pub(crate) fn new() -> Self {
+        let mut registered = [None; 2];
+        for (slot, (name, probe)) in registered.iter_mut().zip(PROBES) {
+            let Some(tp) = find(name) else {
+                pr_info!(
+                    "no tracepoint {}: cgroup moves re-homed at the next batch\n",
+                    name
+                );
+                continue;
+            };
+            // SAFETY: `probe` has the tracepoint's prototype (checked by
+            // hand against include/trace/events/{cgroup,task}.h: a pointer
+            // stands for each pointer argument); it only needs `KSM`, set
+            // for as long as this registration lives (see `RustKsm`).
+            let err =
+                unsafe { bindings::tracepoint_probe_register(tp.as_ptr(), probe, ptr::null_mut()) };
+            if err == 0 {
+                *slot = Some(tp);
+            } else {
+                pr_info!(
+                    "tracepoint {}: error {}: cgroup moves re-homed at the next batch\n",
+                    name,
+                    err
+                );
+            }
+        }
+        Self { registered }
+    }
+}
+
+impl Drop for DomainEvents {
+    fn drop(&mut self) {
+        for (tp, (_, probe)) in self.registered.iter().zip(PROBES) {
+            if let Some(tp) = tp {
+                // SAFETY: registered with this probe in `new`.
+                unsafe {
+                    bindings::tracepoint_probe_unregister(tp.as_ptr(), probe, ptr::null_mut())
+                };
+            }
+        }
+        // Wait for probes still running.
+        // SAFETY: plain call, sleeps.
+        unsafe { bindings::rust_ksm_tracepoint_synchronize_unregister() };
+    }
+}
+
+// SAFETY: the tracepoint pointers are to static kernel objects, usable from
+// any thread.
+unsafe impl Send for DomainEvents {}
+// SAFETY: as above; nothing is changed through `&self`.
+unsafe impl Sync for DomainEvents {}
