@@ -15,13 +15,13 @@
 //! A domain is a slot with its own trees, as NUMA nodes have with
 //! `merge_across_nodes=0`: tree index = slot * trees per slot + the node's
 //! tree within it, so every item and node names its tree as before.  A
-//! slot is taken when the first mm of a domain is scanned and given back
-//! at the end of a full scan once no mm is in it and its stable trees are
-//! empty.  The scanner looks up an mm's domain each time it begins the mm
-//! in a pass (so a process moved to another cgroup, or whose owner changed
-//! uid, is re-homed at its next visit); a page it finds mapping a KSM page
-//! of another domain (merged before a move, or inherited through fork into
-//! another cgroup) gets its own copy (`ScanState::cmp_and_merge`).
+//! slot is taken when the first mm of a domain is scanned or re-homed and
+//! given back once no mm is in it and its stable trees are empty (stale
+//! nodes dropped: see [`Trees::free_idle_domains`]).  A process that
+//! changes domain is re-homed by `scan/rehome.rs`; as a backstop the
+//! scanner looks the domain up again each time it begins an mm, and a page
+//! it finds mapping a KSM page of another domain gets its own copy
+//! (`ScanState::cmp_and_merge`).
 
 use super::Trees;
 use crate::kmm::rbtree::RbRoot;
