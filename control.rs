@@ -174,6 +174,7 @@ impl Control {
             use_zero_pages: self.use_zero_pages,
             smart_scan: self.smart_scan,
             chains_prune_millisecs: self.stable_node_chains_prune_millisecs,
+            rehome_all: false,
         }
     }
 

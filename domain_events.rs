@@ -126,6 +126,13 @@ impl DomainEvents {
     }
 }
 
+impl DomainEvents {
+    /// Whether every probe is attached.
+    pub(crate) fn attached(&self) -> bool {
+        self.registered.iter().all(Option::is_some)
+    }
+}
+
 impl Drop for DomainEvents {
     fn drop(&mut self) {
         for (tp, (_, probe)) in self.registered.iter().zip(PROBES) {

@@ -130,7 +130,7 @@ impl Ksm {
                 return;
             }
             let (run, sleep) = (control.run, control.sleep_millisecs);
-            let params = control.scan_params();
+            let mut params = control.scan_params();
             if control.take_advisor_reset() {
                 advisor = Advisor::default();
             }
@@ -150,7 +150,8 @@ impl Ksm {
                     // and frees the items of the mms gone.
                     self.reap.store(false, Ordering::Release);
                     // The batch begins by re-homing (ScanState::check_domains).
-                    self.domains_changed.store(false, Ordering::Release);
+                    params.rehome_all = self.domains_changed.swap(false, Ordering::AcqRel)
+                        || !self.domain_events.load(Ordering::Relaxed);
                     let marks = scan.scan_batch(&self.registry, &self.stats, params);
                     drop(scan);
                     if marks.domains_waiting {

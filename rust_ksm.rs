@@ -117,6 +117,9 @@ struct Ksm {
     /// A process moved to another cgroup or was forked into one
     /// (`domain_events.rs`): the thread re-homes before it sleeps again.
     domains_changed: AtomicBool,
+    /// Whether both event probes are attached; if not, every batch looks up
+    /// every mm's domain.
+    domain_events: AtomicBool,
     /// Memory blocks going offline (see [`Ksm::scan_lock`]); changed under
     /// the control lock, and `offline_done` is signalled when it drops.
     offlining: AtomicUsize,
@@ -149,6 +152,7 @@ impl Ksm {
             unmerging: AtomicBool::new(false),
             reap: AtomicBool::new(false),
             domains_changed: AtomicBool::new(false),
+            domain_events: AtomicBool::new(false),
             offlining: AtomicUsize::new(0),
             offline_done <- new_condvar!(),
             stats: Stats::default(),
@@ -322,6 +326,9 @@ impl kernel::Module for RustKsm {
         // reverse order, by its drop.
         let ksm = KsmOwner::new()?;
         let domain_events = DomainEvents::new();
+        ksm.0
+            .domain_events
+            .store(domain_events.attached(), Ordering::Relaxed);
         let memory = MemoryNotifier::new()?;
         let engine = EngineRegistration::new()?;
         let ksmd = KsmdStopper {

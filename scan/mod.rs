@@ -97,6 +97,8 @@ pub(crate) struct ScanState {
     /// `merge_domain` and `merge_domain_depth`.
     domain_mode: DomainMode,
     domain_depth: u32,
+    /// `MmRegistry::inserted` when the domains were last checked.
+    domains_checked: u64,
 }
 
 /// Where a batch was in the passes over all mms.
@@ -121,6 +123,9 @@ pub(crate) struct ScanParams {
     pub(crate) smart_scan: bool,
     /// `stable_node_chains_prune_millisecs`.
     pub(crate) chains_prune_millisecs: u32,
+    /// Look up every mm's merge domain, not only new mms' (see
+    /// `ScanState::check_domains`).
+    pub(crate) rehome_all: bool,
 }
 
 impl ScanParams {
@@ -147,6 +152,7 @@ impl ScanState {
             batch: MergeBatch::new(),
             domain_mode: DomainMode::Global,
             domain_depth: 1,
+            domains_checked: 0,
         }
     }
 
@@ -173,7 +179,7 @@ impl ScanState {
         params: ScanParams,
     ) -> PassMarks {
         let mut marks = PassMarks::default();
-        self.check_domains(registry);
+        self.check_domains(registry, params.rehome_all);
         let mut budget = params.pages;
         while budget > 0 {
             let Some(mm) = self.current_mm(registry, stats, &mut marks) else {

@@ -19,6 +19,8 @@ pub(crate) static REGISTERED_MMS: AtomicUsize = AtomicUsize::new(0);
 /// is a plain key: it stays meaningful when the mm under it goes away.
 pub(crate) struct MmRegistry {
     mms: RBTree<usize, MmGrab>,
+    /// Registrations so far (the scanner tells new mms by it).
+    inserted: u64,
 }
 
 /// A registry slot allocated before taking the registry lock.
@@ -26,7 +28,10 @@ pub(crate) type MmSlotReservation = RBTreeNodeReservation<usize, MmGrab>;
 
 impl MmRegistry {
     pub(crate) fn new() -> Self {
-        Self { mms: RBTree::new() }
+        Self {
+            mms: RBTree::new(),
+            inserted: 0,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -41,6 +46,7 @@ impl MmRegistry {
         match self.mms.entry(mm.as_ptr() as usize) {
             rbtree::Entry::Vacant(entry) => {
                 entry.insert(mm, slot);
+                self.inserted += 1;
                 REGISTERED_MMS.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -55,6 +61,11 @@ impl MmRegistry {
             REGISTERED_MMS.fetch_sub(1, Ordering::Relaxed);
         }
         removed
+    }
+
+    /// How many mms were registered so far.
+    pub(super) fn inserted(&self) -> u64 {
+        self.inserted
     }
 
     pub(super) fn contains(&self, key: usize) -> bool {
