@@ -54,6 +54,7 @@ mod scan {
         pub(crate) use_zero_pages: bool,
         pub(crate) smart_scan: bool,
         pub(crate) chains_prune_millisecs: u32,
+        pub(crate) rehome_all: bool,
     }
 }
 
