@@ -32,9 +32,9 @@ use kernel::str::CStr;
 /// Called by the tracepoint, with its arguments, while registered.
 unsafe extern "C" fn attach_probe(
     _data: *mut c_void,
-    _dst_cgrp: *mut c_void,
+    _dst_cgrp: *mut bindings::cgroup,
     _path: *const c_char,
-    _task: *mut c_void,
+    _task: *mut bindings::task_struct,
     _threadgroup: bool,
 ) {
     ksm().domain_event();
@@ -45,7 +45,11 @@ unsafe extern "C" fn attach_probe(
 /// # Safety
 ///
 /// Called by the tracepoint, with its arguments, while registered.
-unsafe extern "C" fn newtask_probe(_data: *mut c_void, _task: *mut c_void, clone_flags: c_ulong) {
+unsafe extern "C" fn newtask_probe(
+    _data: *mut c_void,
+    _task: *mut bindings::task_struct,
+    clone_flags: c_ulong,
+) {
     // `unsigned long` is 64 bits wherever clone3() has this flag.
     if clone_flags as u64 & bindings::CLONE_INTO_CGROUP != 0 {
         ksm().domain_event();
@@ -106,9 +110,9 @@ impl DomainEvents {
                 );
                 continue;
             };
-            // SAFETY: `probe` has the tracepoint's prototype (checked by
-            // hand against include/trace/events/{cgroup,task}.h: a pointer
-            // stands for each pointer argument); it only needs `KSM`, set
+            // SAFETY: `probe` has the tracepoint's prototype, the data
+            // pointer first (include/trace/events/{cgroup,task}.h; the
+            // exact types, as kCFI checks them); it only needs `KSM`, set
             // for as long as this registration lives (see `RustKsm`).
             let err =
                 unsafe { bindings::tracepoint_probe_register(tp.as_ptr(), probe, ptr::null_mut()) };
