@@ -273,20 +273,27 @@ impl ScanState {
             self.rewind();
         }
         if self.mms.get(&key).is_none() {
-            let node = RBTreeNodeReservation::new(GFP_KERNEL).ok()?;
-            self.mms.insert(node.into_node(
-                key,
-                MmScan {
-                    mm: mm.clone(),
-                    items: ItemList::new(),
-                    domain: None,
-                    epoch: self.trees.domain_epoch.wrapping_sub(1),
-                    home: None,
-                },
-            ));
+            self.add_mm(key, &mm).ok()?;
         }
         self.enter_domain(key, begins);
         Some(mm)
+    }
+
+    /// Starts keeping items for the mm at `key`, its domain not looked up
+    /// yet (an epoch that is not the current one says so).
+    fn add_mm(&mut self, key: usize, mm: &MmGrab) -> Result {
+        let node = RBTreeNodeReservation::new(GFP_KERNEL)?;
+        self.mms.insert(node.into_node(
+            key,
+            MmScan {
+                mm: mm.clone(),
+                items: ItemList::new(),
+                domain: None,
+                epoch: self.trees.domain_epoch.wrapping_sub(1),
+                home: None,
+            },
+        ));
+        Ok(())
     }
 
     /// Points the trees at the merge domain of the mm at `key`, looking it

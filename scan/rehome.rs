@@ -27,13 +27,10 @@
 
 #![deny(unsafe_code)]
 
-use super::{domain_key_of, free_all, DomainMode, MmRegistry, MmScan, ScanState};
+use super::{domain_key_of, free_all, DomainMode, MmRegistry, ScanState};
 use crate::kmm::walk::Entry;
 use crate::kmm::MmGrab;
 use crate::merge::unmerge;
-use crate::rmap::ItemList;
-use kernel::prelude::*;
-use kernel::rbtree::RBTreeNodeReservation;
 use kernel::sync::Mutex;
 
 impl ScanState {
@@ -78,21 +75,9 @@ impl ScanState {
             if let (Some(slot), true) = (s.domain.take(), s.epoch == epoch) {
                 self.trees.domain_put(slot);
             }
-        } else {
-            let Ok(node) = RBTreeNodeReservation::new(GFP_KERNEL) else {
-                // The scanner looks it up when it gets there.
-                return;
-            };
-            self.mms.insert(node.into_node(
-                key,
-                MmScan {
-                    mm: mm.clone(),
-                    items: ItemList::new(),
-                    domain: None,
-                    epoch,
-                    home: None,
-                },
-            ));
+        } else if self.add_mm(key, mm).is_err() {
+            // The scanner looks it up when it gets there.
+            return;
         }
         if key == self.mm_key {
             // The cursor was in the items just freed.
