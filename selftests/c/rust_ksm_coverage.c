@@ -550,6 +550,62 @@ static int test_zero_pages_fork_race(const char *dir)
 }
 
 
+/* Issue 21 item 3: a forked child's own ksm_zero_pages (/proc/PID/ksm_stat)
+ * is the number of KSM zero pages it maps: N after fork, 0 once it has
+ * unmapped them (the global count agrees).  Seen failing with the previous
+ * patch 0004, which reset the count in ksm_fork(), after dup_mmap() had
+ * counted the copied PTEs: "child: ksm_zero_pages 0 after fork, expected
+ * 64" (and -64 after the munmap), on both engines. */
+static int test_zero_pages_fork_count(const char *dir)
+{
+	const size_t n = 64;
+	int ret = TAP_PASS, status, ans[2];
+	long long got[2] = { -1, -1 }, before;
+	struct ksm_stat st;
+	char *p;
+	pid_t pid;
+
+	CHECK(!ksm_set(dir, "use_zero_pages", 1), "use_zero_pages=1");
+	p = map_anon(n);
+	if (!p || pipe(ans))
+		return TAP_FAIL;
+	memset(p, 0, n * PS);
+	CHECK(!madvise(p, n * PS, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_set(dir, "run", 1) &&
+	      wait_knob_ge(dir, "ksm_zero_pages", n, TIMEOUT_MS, NULL) >= 0,
+	      "zero pages not merged");
+	CHECK(!ksm_set(dir, "run", 0), "run=0");
+	CHECK(!ksm_stat_read(0, &st) && st.zero_pages == (long long)n,
+	      "parent: ksm_zero_pages %lld, expected %zu", st.zero_pages, n);
+	if (ret != TAP_PASS)
+		goto out;
+	before = (long long)knob_get(dir, "ksm_zero_pages");
+	pid = fork();
+	if (!pid) {
+		struct ksm_stat cst;
+
+		got[0] = ksm_stat_read(0, &cst) ? -1000 : cst.zero_pages;
+		munmap(p, n * PS);
+		got[1] = ksm_stat_read(0, &cst) ? -1000 : cst.zero_pages;
+		_exit(write(ans[1], got, sizeof(got)) == sizeof(got) ? 0 : 1);
+	}
+	CHECK(pid > 0 && read(ans[0], got, sizeof(got)) == sizeof(got), "child");
+	waitpid(pid, &status, 0);
+	CHECK(got[0] == (long long)n, "child: ksm_zero_pages %lld after fork, expected %zu",
+	      got[0], n);
+	CHECK(got[1] == 0, "child: ksm_zero_pages %lld after unmapping them, expected 0",
+	      got[1]);
+	CHECK((long long)knob_get(dir, "ksm_zero_pages") == before,
+	      "global ksm_zero_pages %llu after the child went, was %lld",
+	      knob_get(dir, "ksm_zero_pages"), before);
+out:
+	close(ans[0]);
+	close(ans[1]);
+	munmap(p, n * PS);
+	ksm_set(dir, "use_zero_pages", 0);
+	return ret;
+}
+
 /*
  * memory_failure() on a KSM page that a forked child maps too.  The core
  * finds the mappings through the engine's rmap walk: the poisoning process
@@ -807,6 +863,8 @@ static const struct ksm_test tests[] = {
 	  test_zero_pages_failing_unmerge },
 	{ "ksm_zero_pages stays exact when fork races writes to KSM zero pages",
 	  test_zero_pages_fork_race },
+	{ "a forked child's ksm_zero_pages counts the KSM zero pages it maps",
+	  test_zero_pages_fork_count },
 	{ "memory failure of a KSM page shared with a child: both get SIGBUS",
 	  test_hwpoison_child },
 	{ "memcg: unmerging charges the unmerging cgroup; at its limit EAGAIN, data intact",
