@@ -16,10 +16,22 @@
 //! under a spinlock): it only raises `Ksm::domains_changed` and wakes the
 //! thread, which does the work.  Without them (not found, or registration
 //! failed) re-homing still happens at every batch.
+//!
+//! They are attached only while `merge_domain=cgroup`
+//! (`Ksm::follow_domain_events`): with a probe on `cgroup_attach_task`,
+//! every cgroup migration on the system formats its destination's path
+//! under a global spinlock (`TRACE_CGROUP_PATH`), which no other mode
+//! needs.  `make bench` measures that cost (`BENCH cgroup_migrate_us`).
+//!
+//! A plain fork raises no event and needs none: the child's mm reaches the
+//! engine before the child joins its cgroup, and the scanner leaves it
+//! unhomed until fork has woken the child (`OwnerKey::Forking`); the next
+//! batch homes it.  `task_newtask` would not help there: it fires before
+//! that wake-up.
 
 use crate::{bindings, ksm};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::ffi::{c_char, c_ulong, c_void};
 use kernel::prelude::*;
@@ -55,6 +67,9 @@ unsafe extern "C" fn newtask_probe(
         ksm().domain_event();
     }
 }
+
+/// How many probes are attached (debugfs `event_probes`, for the tests).
+pub(crate) static EVENT_PROBES: AtomicUsize = AtomicUsize::new(0);
 
 /// The tracepoints and their probes.
 const PROBES: [(&CStr, *mut c_void); 2] = [
@@ -118,6 +133,7 @@ impl DomainEvents {
             let err = unsafe { bindings::tracepoint_probe_register(tp_ptr, probe, data) };
             if err == 0 {
                 *slot = Some(tp);
+                EVENT_PROBES.fetch_add(1, Ordering::Relaxed);
             } else {
                 pr_info!(
                     "tracepoint {}: error {}: cgroup moves re-homed at the next batch\n",
@@ -145,6 +161,7 @@ impl Drop for DomainEvents {
                 unsafe {
                     bindings::tracepoint_probe_unregister(tp.as_ptr(), probe, ptr::null_mut())
                 };
+                EVENT_PROBES.fetch_sub(1, Ordering::Relaxed);
             }
         }
         // Wait for probes still running.

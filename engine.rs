@@ -88,7 +88,7 @@ unsafe extern "C" fn engine_folio_migrate(new: *mut bindings::folio, old: *mut b
 /// Called by the KSM core with a KSM folio.
 unsafe extern "C" fn engine_folio_mappable(folio: *mut bindings::folio) -> bool {
     // SAFETY: as the core guarantees.
-    unsafe { StableNode::of_folio(folio) }.is_some() && !ksm().unmerging.load(Ordering::Relaxed)
+    unsafe { StableNode::of_folio(folio) }.is_some() && ksm().unmerging.load(Ordering::Relaxed) == 0
 }
 
 /// /proc/PID/ksm_stat's profit, from the per-mm counters the engine keeps.

@@ -289,6 +289,12 @@ void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
 	set_pte_at(mm, addr, ptep, pte);
 }
 
+void rust_ksm_flush_cache_page(struct vm_area_struct *vma, unsigned long addr,
+			       unsigned long pfn)
+{
+	flush_cache_page(vma, addr, pfn);
+}
+
 unsigned long rust_ksm_pte_pfn(pte_t pte)
 {
 	return pte_pfn(pte);
@@ -528,6 +534,16 @@ u64 rust_ksm_mm_owner_uid(struct mm_struct *mm)
 	return uid;
 }
 
+/*
+ * RUST_KSM_DOMAIN_FORKING while the owner is a child that fork has not put
+ * in its cgroup yet: its mm reaches KSM at the end of dup_mmap(), but the
+ * child joins its parent's cgroup (or clone3's) only in cgroup_post_fork();
+ * until then it sits in init_css_set, the root cgroup's.  TASK_NEW is set
+ * by sched_fork() before the mm is copied and cleared by
+ * wake_up_new_task() after cgroup_post_fork(); init_task never leaves
+ * init_css_set.  (A child of a root-cgroup parent stays FORKING until it
+ * is woken: it lands in the root's domain either way.)
+ */
 u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth)
 {
 	u64 id = RUST_KSM_NO_DOMAIN;
@@ -536,7 +552,10 @@ u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth)
 
 	rcu_read_lock();
 	owner = rcu_dereference(mm->owner);
-	if (owner) {
+	if (owner && (READ_ONCE(owner->__state) & TASK_NEW) &&
+	    task_css_set(owner) == task_css_set(&init_task)) {
+		id = RUST_KSM_DOMAIN_FORKING;
+	} else if (owner) {
 		struct cgroup *cgrp = task_dfl_cgroup(owner);
 
 		if (cgrp->level > depth)

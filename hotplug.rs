@@ -7,12 +7,15 @@
 //! and `pfn_folio()` of an offlined block reads a poisoned (DEBUG_VM) or
 //! removed memmap.  So, as upstream's `ksm_memory_callback()`: from
 //! `MEM_GOING_OFFLINE` nobody takes the scan lock (`Ksm::scan_lock()` waits
-//! while `offlining` is set; the current holder is waited for), and at
-//! `MEM_OFFLINE` the nodes whose pfn lies in the range are removed by pfn
-//! alone (a live KSM page there was migrated first, moving its node's pfn).
-//! `MEM_CANCEL_OFFLINE` just lets everyone back.  `rust_ksm_faults` 6
-//! tests it (see scripts/check for the memory layout it needs).
+//! while the [`OfflineGate`] is closed; the current holder is waited for),
+//! and at `MEM_OFFLINE` the nodes whose pfn lies in the range are removed by
+//! pfn alone (a live KSM page there was migrated first, moving its node's
+//! pfn).  `MEM_CANCEL_OFFLINE` just lets everyone back.  An end whose begin
+//! this module never saw opens nothing (see `offline_gate.rs`).
+//! `rust_ksm_faults` 6 and 9 test it (see scripts/check for the memory
+//! layout they need).
 
+use crate::offline_gate::PfnRange;
 use crate::{bindings, ksm, Ksm};
 use core::ptr;
 use core::sync::atomic::Ordering;
@@ -38,21 +41,22 @@ static MEMORY_NB: NotifierBlock =
 ///
 /// # Safety
 ///
-/// Called by the memory notifier chain; for MEM_OFFLINE `data` is a
-/// `struct memory_notify`.
+/// Called by the memory notifier chain; for the offline actions `data` is
+/// a `struct memory_notify` (offline_pages() passes one to each).
 unsafe extern "C" fn memory_callback(
     _nb: *mut bindings::notifier_block,
     action: kernel::ffi::c_ulong,
     data: *mut c_void,
 ) -> c_int {
+    let range = || {
+        // SAFETY: as the chain guarantees for the offline actions.
+        let arg = unsafe { &*data.cast::<bindings::memory_notify>() };
+        (arg.start_pfn, arg.start_pfn + arg.nr_pages)
+    };
     match action as bindings::memory_block_state {
-        bindings::memory_block_state_MEM_GOING_OFFLINE => ksm().offline_begin(),
-        bindings::memory_block_state_MEM_OFFLINE => {
-            // SAFETY: as the chain guarantees for this action.
-            let arg = unsafe { &*data.cast::<bindings::memory_notify>() };
-            ksm().offline_end(Some((arg.start_pfn, arg.start_pfn + arg.nr_pages)));
-        }
-        bindings::memory_block_state_MEM_CANCEL_OFFLINE => ksm().offline_end(None),
+        bindings::memory_block_state_MEM_GOING_OFFLINE => ksm().offline_begin(range()),
+        bindings::memory_block_state_MEM_OFFLINE => ksm().offline_end(range(), true),
+        bindings::memory_block_state_MEM_CANCEL_OFFLINE => ksm().offline_end(range(), false),
         _ => {}
     }
     bindings::NOTIFY_OK as c_int
@@ -81,24 +85,28 @@ impl Drop for MemoryNotifier {
 impl Ksm {
     /// MEM_GOING_OFFLINE: keep everyone off the nodes, and wait for whoever
     /// holds the scan lock now.
-    fn offline_begin(&self) {
-        let control = self.control.lock();
-        self.offlining.fetch_add(1, Ordering::AcqRel);
-        drop(control);
+    fn offline_begin(&self, range: PfnRange) {
+        let mut gate = self.offline.lock();
+        gate.begin(range);
+        self.offlining.store(true, Ordering::Release);
+        drop(gate);
         drop(self.scan.lock());
     }
 
-    /// MEM_OFFLINE (with the range) or MEM_CANCEL_OFFLINE: prune the nodes
-    /// of the range, then let everyone back.
-    fn offline_end(&self, range: Option<(usize, usize)>) {
-        if let Some((start, end)) = range {
+    /// MEM_OFFLINE (`gone`: prune the nodes of the range, whether or not
+    /// its begin was seen) or MEM_CANCEL_OFFLINE; then let everyone back if
+    /// this ends the offline the gate was closed for.
+    fn offline_end(&self, range: PfnRange, gone: bool) {
+        if gone {
             let mut scan = self.scan.lock();
-            scan.trees.remove_nodes_in(start, end);
+            scan.trees.remove_nodes_in(range.0, range.1);
             scan.publish(&self.stats);
         }
-        let control = self.control.lock();
-        self.offlining.fetch_sub(1, Ordering::AcqRel);
-        drop(control);
-        self.offline_done.notify_all();
+        let mut gate = self.offline.lock();
+        if gate.end(range) {
+            self.offlining.store(false, Ordering::Release);
+            drop(gate);
+            self.offline_done.notify_all();
+        }
     }
 }

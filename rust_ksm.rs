@@ -33,6 +33,7 @@ mod hotplug;
 mod kmm;
 mod ksmd;
 mod merge;
+mod offline_gate;
 mod rmap;
 mod scan;
 mod sysfs;
@@ -45,7 +46,8 @@ use engine::EngineRegistration;
 use hotplug::MemoryNotifier;
 use kmm::MmGrab;
 use ksmd::Ksmd;
-use scan::{MmRegistry, ScanState, Stats, Unmerge};
+use offline_gate::OfflineGate;
+use scan::{DomainMode, MmRegistry, ScanState, Stats, Unmerge};
 use sysfs::Sysfs;
 
 /// Kernel API beyond `kernel::bindings`, generated from rust_ksm_bindings.h.
@@ -84,6 +86,8 @@ module! {
 /// | `scan` (mutex) | cursor, items, trees | outermost: `rust_ksmd` for a batch, `run=2`/unload to unmerge, `run=0` to wait for a batch; taken through [`Ksm::scan_lock`], which waits while memory goes offline |
 /// | `control` (mutex) | knobs, `stopping`; `wake` waits on it | before `registry` |
 /// | `registry` (mutex) | the mm registry | innermost of ours |
+/// | `events` (mutex) | the cgroup event probes | under `scan` (a `merge_domain` write), nothing under it |
+/// | `offline` (mutex) | the offline gate; `offline_done` waits on it | taken with no other lock of ours held (the memory notifier, `scan_lock` while it waits) |
 /// | mmap lock (read) | VMAs during a walk | taken with no lock of ours held |
 ///
 /// `rust_ksmd` never holds `control` or `registry` across a walk or an
@@ -107,8 +111,12 @@ struct Ksm {
     /// taken under it.
     #[pin]
     scan: Mutex<ScanState>,
-    /// Set while everything is being unmerged: swap-in must copy.
-    unmerging: AtomicBool,
+    /// How many `run=2` or unload unmerges are under way (waiting for the
+    /// scan lock or holding it): while any is, swap-in must copy.  A count,
+    /// not a flag: of two `run=2` writers, the first to finish cleared the
+    /// flag while the second still waited, which then unmerged with swap-in
+    /// mapping KSM pages behind it (a spurious `EBUSY`).
+    unmerging: AtomicUsize,
     /// An mm left the registry: the scanner still holds its rmap items
     /// (freed as a pass ends), and must run a batch to free them even if
     /// no mm is left to scan (upstream's ksmd runs until it has reaped the
@@ -117,14 +125,21 @@ struct Ksm {
     /// A process moved to another cgroup or was forked into one
     /// (`domain_events.rs`): the thread re-homes before it sleeps again.
     domains_changed: AtomicBool,
+    /// The cgroup event probes, attached only while `merge_domain=cgroup`
+    /// (see [`Ksm::follow_domain_events`]).
+    #[pin]
+    events: Mutex<Option<DomainEvents>>,
     /// Whether both event probes are attached; if not, every batch looks up
     /// every mm's domain.
     domain_events: AtomicBool,
-    /// Memory blocks going offline (see [`Ksm::scan_lock`]); changed under
-    /// the control lock, and `offline_done` is signalled when it drops.
-    offlining: AtomicUsize,
+    /// Whether memory is going offline (see [`Ksm::scan_lock`]), and
+    /// which; `offline_done` is signalled when the gate opens.
+    #[pin]
+    offline: Mutex<OfflineGate>,
     #[pin]
     offline_done: CondVar,
+    /// `offline.is_closed()`, readable without the lock; written under it.
+    offlining: AtomicBool,
     stats: Stats,
 }
 
@@ -149,12 +164,14 @@ impl Ksm {
             wake <- new_condvar!(),
             registry <- new_mutex!(MmRegistry::new()),
             scan <- new_mutex!(ScanState::new()),
-            unmerging: AtomicBool::new(false),
+            unmerging: AtomicUsize::new(0),
             reap: AtomicBool::new(false),
             domains_changed: AtomicBool::new(false),
+            events <- new_mutex!(None),
             domain_events: AtomicBool::new(false),
-            offlining: AtomicUsize::new(0),
+            offline <- new_mutex!(OfflineGate::new()),
             offline_done <- new_condvar!(),
+            offlining: AtomicBool::new(false),
             stats: Stats::default(),
         })
     }
@@ -179,13 +196,13 @@ impl Ksm {
     fn scan_lock(&self) -> Guard<'_, ScanState, MutexBackend> {
         loop {
             let scan = self.scan.lock();
-            if self.offlining.load(Ordering::Acquire) == 0 {
+            if !self.offlining.load(Ordering::Acquire) {
                 return scan;
             }
             drop(scan);
-            let mut control = self.control.lock();
-            while self.offlining.load(Ordering::Acquire) != 0 {
-                self.offline_done.wait(&mut control);
+            let mut gate = self.offline.lock();
+            while gate.is_closed() {
+                self.offline_done.wait(&mut gate);
             }
         }
     }
@@ -224,6 +241,26 @@ impl Ksm {
         self.wake.notify_all();
     }
 
+    /// Attaches the cgroup event probes for `merge_domain=cgroup`, and
+    /// detaches them for any other mode: an attached `cgroup_attach_task`
+    /// probe makes every cgroup migration on the system format its
+    /// destination's path under a global spinlock (the tracepoint's
+    /// `TRACE_CGROUP_PATH`), a cost for nothing when no domain is a cgroup.
+    /// The first batch after a change looks up every mm's domain.
+    fn follow_domain_events(&self, mode: DomainMode) {
+        let mut events = self.events.lock();
+        if mode != DomainMode::Cgroup {
+            // Detaching waits for running probes.
+            drop(events.take());
+        } else if events.is_none() {
+            *events = Some(DomainEvents::new());
+        }
+        let attached = events.as_ref().is_some_and(DomainEvents::attached);
+        self.domain_events.store(attached, Ordering::Relaxed);
+        drop(events);
+        self.domain_event();
+    }
+
     /// Forgets an exiting mm.
     fn exit(&self, mm: *mut bindings::mm_struct) {
         let removed = self.registry.lock().remove(mm);
@@ -240,11 +277,11 @@ impl Ksm {
 
     /// Unmerges everything (`run=2`, unload; see [`ScanState::unmerge_all`]).
     fn unmerge_all(&self, how: Unmerge) -> Result {
-        self.unmerging.store(true, Ordering::Relaxed);
+        self.unmerging.fetch_add(1, Ordering::Relaxed);
         let result = self
             .scan_lock()
             .unmerge_all(&self.registry, &self.stats, how);
-        self.unmerging.store(false, Ordering::Relaxed);
+        self.unmerging.fetch_sub(1, Ordering::Relaxed);
         result
     }
 
@@ -282,8 +319,18 @@ struct RustKsm {
     _ksmd: KsmdStopper,
     _engine: EngineRegistration,
     _memory: MemoryNotifier,
-    _domain_events: DomainEvents,
+    _domain_events: DomainEventsDetach,
     _ksm: KsmOwner,
+}
+
+/// Detaches the cgroup event probes, if attached, before the state they
+/// use goes.
+struct DomainEventsDetach;
+
+impl Drop for DomainEventsDetach {
+    fn drop(&mut self) {
+        drop(ksm().events.lock().take());
+    }
 }
 
 /// Owns the engine state and publishes it in [`KSM`] for its lifetime.
@@ -325,10 +372,8 @@ impl kernel::Module for RustKsm {
         // On an error below, what was set up already is torn down, in
         // reverse order, by its drop.
         let ksm = KsmOwner::new()?;
-        let domain_events = DomainEvents::new();
-        ksm.0
-            .domain_events
-            .store(domain_events.attached(), Ordering::Relaxed);
+        // merge_domain starts as global: no probe attached yet.
+        let domain_events = DomainEventsDetach;
         let memory = MemoryNotifier::new()?;
         let engine = EngineRegistration::new()?;
         let ksmd = KsmdStopper {

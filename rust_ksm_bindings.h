@@ -91,6 +91,8 @@ pte_t rust_ksm_pte_wrprotect(pte_t pte);
 pte_t rust_ksm_mk_pte(struct page *page, struct vm_area_struct *vma);
 void rust_ksm_set_pte_at(struct mm_struct *mm, unsigned long addr, pte_t *ptep,
 			 pte_t pte);
+void rust_ksm_flush_cache_page(struct vm_area_struct *vma, unsigned long addr,
+			       unsigned long pfn);
 unsigned long rust_ksm_pte_pfn(pte_t pte);
 int rust_ksm_folio_nid(struct folio *folio);
 unsigned int rust_ksm_nr_node_ids(void);
@@ -144,6 +146,7 @@ void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
 
 /* helpers.c: merge domains (the owner of an mm, its uid and cgroup). */
 #define RUST_KSM_NO_DOMAIN 0xffffffffffffffffULL
+#define RUST_KSM_DOMAIN_FORKING 0xfffffffffffffffeULL
 u64 rust_ksm_mm_owner_uid(struct mm_struct *mm);
 u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth);
 

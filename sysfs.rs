@@ -379,6 +379,7 @@ sysfs_table! {
             let mut scan = k.scan_lock();
             let depth = k.control.lock().merge_domain_depth;
             scan.set_merge_domain(mode, depth)?;
+            k.follow_domain_events(mode);
             k.update(|c| c.merge_domain = mode);
             drop(scan);
             Ok(())

@@ -11,6 +11,19 @@
 use crate::bindings;
 use core::ptr::NonNull;
 
+/// What an mm's owner (`mm->owner`) says of the merge domain it is in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum OwnerKey {
+    /// The owner's uid or cgroup id.
+    Key(u64),
+    /// No owner: the mm is exiting (or the kernel keeps no owner).
+    NoOwner,
+    /// The owner is a child that fork has not woken yet: it joins its
+    /// parent's cgroup only at the end of the fork (`cgroup_post_fork()`),
+    /// after its mm reached the engine.  Ask again later.
+    Forking,
+}
+
 /// A `mm_count` reference on an `mm_struct` (`mmgrab()`).
 ///
 /// # Invariants
@@ -62,12 +75,15 @@ impl MmGrab {
     }
 
     /// The id of the cgroup (v2) of the task that owns the memory, or of its
-    /// ancestor at `depth` (0: the root) if it is deeper; None if there is
-    /// no owner.
-    pub(crate) fn owner_cgroup_id(&self, depth: u32) -> Option<u64> {
+    /// ancestor at `depth` (0: the root) if it is deeper.
+    pub(crate) fn owner_cgroup_id(&self, depth: u32) -> OwnerKey {
         // SAFETY: as in `owner_uid`.
         let id = unsafe { bindings::rust_ksm_mm_owner_cgroup_id(self.as_ptr(), depth) };
-        (id != bindings::RUST_KSM_NO_DOMAIN as u64).then_some(id)
+        match id {
+            x if x == bindings::RUST_KSM_NO_DOMAIN as u64 => OwnerKey::NoOwner,
+            x if x == bindings::RUST_KSM_DOMAIN_FORKING as u64 => OwnerKey::Forking,
+            _ => OwnerKey::Key(id),
+        }
     }
 
     /// The process's `ksm_rmap_items` and `ksm_zero_pages` (`ksm_stat`).

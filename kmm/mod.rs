@@ -39,7 +39,7 @@ pub(crate) mod walk;
 pub(crate) mod words;
 
 pub(crate) use anon_vma::AnonVmaRef;
-pub(crate) use mm::MmGrab;
+pub(crate) use mm::{MmGrab, OwnerKey};
 pub(crate) use page::{FolioLock, LockedPage, PageRef};
 pub(crate) use vma::VmaRef;
 

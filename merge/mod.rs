@@ -141,7 +141,13 @@ pub(super) unsafe fn write_protect_pte(
         {
             let swapped = i32::from(bindings::rust_ksm_folio_test_swapcache(folio));
             // Clear and flush first: GUP-fast cannot take a new reference
-            // after this, so the count check below is reliable.
+            // after this, so the count check below is reliable.  (The
+            // cache flush is for virtually indexed caches, as in mm/ksm.c.)
+            bindings::rust_ksm_flush_cache_page(
+                vma.as_ptr(),
+                addr,
+                bindings::rust_ksm_page_to_pfn(page),
+            );
             entry = bindings::ptep_clear_flush(vma.as_ptr(), addr, ptep);
             // Our reference, one per mapping, one for the swap cache: any
             // other is I/O or a pin in progress.
@@ -232,7 +238,13 @@ pub(super) unsafe fn replace_pte(
             }
         };
         // Clear and flush before the new PTE: GUP-fast must not race
-        // with the change, and no CPU may keep the old page's TLB entry.
+        // with the change, and no CPU may keep the old page's TLB entry
+        // (nor a virtually indexed cache its lines).
+        bindings::rust_ksm_flush_cache_page(
+            vma.as_ptr(),
+            addr,
+            bindings::rust_ksm_pte_pfn(pte.get()),
+        );
         bindings::ptep_clear_flush(vma.as_ptr(), addr, ptep);
         bindings::rust_ksm_set_pte_at(mm, addr, ptep, newpte);
         let folio = page.folio();

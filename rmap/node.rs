@@ -32,18 +32,14 @@ use kernel::prelude::*;
 pub(crate) struct StableNode {
     /// Link in the stable tree; first, so a node pointer is a link one.
     pub(crate) rb: RbLink,
-    /// [`NODE_OWNER`]: tells our nodes from anyone else's (see
-    /// [`StableNode::of_folio`]).  Within the first 32 bytes, so that even a
-    /// smaller foreign object is not read past its end.
-    owner: u32,
-    /// The index of the stable tree the node is in (`crate::tree`: its merge
-    /// domain's, and in that its NUMA node's).  Changed under the scan lock.
-    pub(crate) tree: AtomicU16,
     /// The KSM folio's pfn; migration moves it (folio_migrate hook).
     pub(crate) kpfn: AtomicUsize,
     /// The sampled key of the (write-protected, so fixed) contents
     /// (`kmm::page::key`): the tree is ordered by (key, contents).
     pub(crate) key: u64,
+    /// [`NODE_OWNER`]: tells our nodes from the built-in KSM's (see
+    /// [`StableNode::of_folio`]), at offset 40.
+    owner: u64,
     /// The full hash of the contents: nodes of equal contents sit next to
     /// each other, so a run of equal (key, hash) is a chain of dups.
     pub(crate) hash: u64,
@@ -54,17 +50,34 @@ pub(crate) struct StableNode {
     /// When the chain of dups this node is the newest of was last pruned
     /// of stale dups (jiffies); its creation time to begin with.
     pub(crate) pruned_at: AtomicUsize,
+    /// The index of the stable tree the node is in (`crate::tree`: its merge
+    /// domain's, and in that its NUMA node's).  Changed under the scan lock.
+    pub(crate) tree: AtomicU16,
 }
 
 /// The `owner` word of every rust_ksm stable node.
 ///
 /// A KSM folio's `mapping` may point to a stable node of the built-in KSM
-/// (or of another engine) if one was left behind when rust_ksm registered;
-/// the registration patch removes them, and this is the second line of
-/// defence: such a node is refused with a warning, never read as ours.
-/// Odd, so that it never equals the pointer or list head a foreign node
-/// keeps at that offset (`struct ksm_stable_node`: `hlist.first`).
-const NODE_OWNER: u32 = 0x4b53_4d31;
+/// if one was left behind when rust_ksm registered; the registration patch
+/// removes them, and this is the second line of defence: such a node is
+/// refused with a warning, never read as ours.
+///
+/// The check is exact, not a matter of odds: the built-in's
+/// `struct ksm_stable_node` (mm/ksm.c, 6.12) is a 40-byte union (an
+/// `rb_node`, or a migration list's head pointer, `hlist_dup` and `list`),
+/// then `struct hlist_head hlist` at offset 40, which every node a
+/// folio can point to (a stable tree node, a dup, a node listed for
+/// migration) keeps initialized: NULL or a pointer to an rmap item, so
+/// always a multiple of 8.  Ours holds this odd word there.  (Offset 24,
+/// where the word was before, lies inside the union and holds whatever the
+/// rb_node variant leaves there.)  The built-in node is 64 bytes, so the
+/// read stays inside it.
+const NODE_OWNER: u64 = 0x4b53_4d5f_5255_5331;
+
+// The layout argument of `NODE_OWNER` holds only where the built-in
+// node's `hlist` sits: offset 40.
+const _: () = assert!(core::mem::offset_of!(StableNode, owner) == 40);
+const _: () = assert!(NODE_OWNER % 8 != 0);
 
 /// Set when a KSM page of ours migrates: with `merge_across_nodes=0` the
 /// scanner then moves the nodes whose pages changed NUMA node into their
@@ -77,13 +90,13 @@ impl StableNode {
     pub(crate) fn new(tree: u16, kpfn: usize, key: u64, hash: u64) -> Self {
         Self {
             rb: RbLink::new(),
-            owner: NODE_OWNER,
-            tree: AtomicU16::new(tree),
             kpfn: AtomicUsize::new(kpfn),
             key,
+            owner: NODE_OWNER,
             hash,
             items: UnsafeCell::new(KVec::new()),
             pruned_at: AtomicUsize::new(crate::kmm::jiffies()),
+            tree: AtomicU16::new(tree),
         }
     }
 
@@ -117,7 +130,7 @@ impl StableNode {
         let node =
             NonNull::new((mapping & !(bindings::PAGE_MAPPING_FLAGS as usize)) as *mut StableNode)?;
         // SAFETY: a KSM folio's node pointer is to a live stable node (ours
-        // or a foreign one, whose first 32 bytes are readable); `owner` is
+        // or a built-in one, 64 bytes, see `NODE_OWNER`); `owner` is
         // written before the node is published and never changes.
         let owner = unsafe { ptr::addr_of!((*node.as_ptr()).owner).read() };
         if owner != NODE_OWNER {

@@ -22,7 +22,7 @@ pub(crate) use unmerge::Unmerge;
 
 use crate::bindings;
 use crate::kmm::walk::{self, Entry, Step, Visitor};
-use crate::kmm::{mm::MmapReadGuard, page, trace, MmGrab, PageRef, VmaRef};
+use crate::kmm::{mm::MmapReadGuard, page, trace, MmGrab, OwnerKey, PageRef, VmaRef};
 use crate::rmap::{ItemCursor, ItemList, RmapItem};
 pub(crate) use domain::DomainMode;
 
@@ -99,6 +99,9 @@ pub(crate) struct ScanState {
     domain_depth: u32,
     /// `MmRegistry::inserted` when the domains were last checked.
     domains_checked: u64,
+    /// An mm was left unhomed because its owner was still being forked
+    /// (`OwnerKey::Forking`): the next batch checks the domains again.
+    domains_pending: bool,
 }
 
 /// Where a batch was in the passes over all mms.
@@ -153,6 +156,7 @@ impl ScanState {
             domain_mode: DomainMode::Global,
             domain_depth: 1,
             domains_checked: 0,
+            domains_pending: false,
         }
     }
 
@@ -306,7 +310,16 @@ impl ScanState {
         };
         let stale = mm.epoch != self.trees.domain_epoch;
         if begins || stale {
-            let domain_key = domain_key_of(self.domain_mode, self.domain_depth, &mm.mm);
+            let Some(domain_key) = home_of(self.domain_mode, self.domain_depth, &mm.mm) else {
+                // Its owner is still being forked (a new child's mm): not
+                // scanned until it is in its cgroup, and looked up again
+                // then (its epoch stays stale, or it keeps its domain).
+                self.domains_pending = true;
+                if stale {
+                    mm.domain = None;
+                }
+                return;
+            };
             let same = !stale
                 && match (mm.domain, domain_key) {
                     (Some(slot), Some(k)) => self.trees.domain_key(slot) == Some(k),
@@ -474,13 +487,20 @@ fn free_item(trees: &mut Trees, mut item: KBox<RmapItem>) {
     unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items -= 1 };
 }
 
-/// The key of the merge domain `mm` is in now (None if it has none: its
-/// owner is gone).
-fn domain_key_of(mode: DomainMode, depth: u32, mm: &MmGrab) -> Option<u64> {
-    match mode {
-        DomainMode::Global => Some(0),
-        DomainMode::User => mm.owner_uid(),
+/// The key of the merge domain `mm` is in now: `Some(None)` if it has none
+/// (its owner is gone), None if that cannot be known yet (its owner is a
+/// child still being forked, see [`OwnerKey::Forking`]).
+fn home_of(mode: DomainMode, depth: u32, mm: &MmGrab) -> Option<Option<u64>> {
+    let owner = match mode {
+        DomainMode::Global => OwnerKey::Key(0),
+        // A child has its parent's credentials before its mm is copied.
+        DomainMode::User => mm.owner_uid().map_or(OwnerKey::NoOwner, OwnerKey::Key),
         DomainMode::Cgroup => mm.owner_cgroup_id(depth),
+    };
+    match owner {
+        OwnerKey::Key(key) => Some(Some(key)),
+        OwnerKey::NoOwner => Some(None),
+        OwnerKey::Forking => None,
     }
 }
 

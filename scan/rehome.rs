@@ -4,7 +4,11 @@
 //!
 //! A process changes domain when it moves to another cgroup or its owner
 //! changes uid, and a child forked into another cgroup (`CLONE_INTO_CGROUP`)
-//! starts out mapping its parent's KSM pages.  The core calls no engine hook
+//! starts out mapping its parent's KSM pages.  Any forked child's mm is
+//! registered before the child joins its cgroup (`cgroup_post_fork()`): it
+//! is homed only once fork has woken the child, at the first batch after
+//! (see `OwnerKey::Forking`), or it would be homed in the root cgroup's
+//! domain and lose its parent's KSM pages.  The core calls no engine hook
 //! for any of these, so at the start of every batch (with `merge_domain`
 //! other than `global`) the scanner looks up the domain of every registered
 //! mm and re-homes those whose domain is not the one it has them in, and the
@@ -27,7 +31,7 @@
 
 #![deny(unsafe_code)]
 
-use super::{domain_key_of, free_all, DomainMode, MmRegistry, ScanState};
+use super::{free_all, home_of, DomainMode, MmRegistry, ScanState};
 use crate::kmm::walk::Entry;
 use crate::kmm::MmGrab;
 use crate::merge::unmerge;
@@ -41,11 +45,16 @@ impl ScanState {
             return;
         }
         let inserted = registry.lock().inserted();
-        if self.domain_mode == DomainMode::Cgroup && !all && inserted == self.domains_checked {
-            // No event, no new mm: nobody changed cgroup.
+        if self.domain_mode == DomainMode::Cgroup
+            && !all
+            && inserted == self.domains_checked
+            && !self.domains_pending
+        {
+            // No event, no new mm, none waiting: nobody changed cgroup.
             return;
         }
         self.domains_checked = inserted;
+        self.domains_pending = false;
         let mut next = 0;
         loop {
             // One mm at a time, by key: no snapshot to allocate.
@@ -53,7 +62,13 @@ impl ScanState {
                 break;
             };
             next = key + 1;
-            let now = domain_key_of(self.domain_mode, self.domain_depth, &mm);
+            let Some(now) = home_of(self.domain_mode, self.domain_depth, &mm) else {
+                // A child whose fork has not finished: it is not in its
+                // cgroup yet (homed now, it would land in the root's
+                // domain and lose its parent's KSM pages).  Next batch.
+                self.domains_pending = true;
+                continue;
+            };
             let known = self.mms.get(&key).is_some_and(|s| {
                 // Regrouped since: no KSM page is left (the knobs refuse a
                 // regroup while one is), and the scanner looks it up anew.

@@ -32,6 +32,14 @@
  *   merge_mibps_8cgroups_global  the same with merge_domain=global on both
  *                       sides: the cost of isolation is the ratio of the two
  *                       rust_ksm figures ("#" line)
+ *   cgroup_migrate_us   moving a process between two cgroups (one of them
+ *                       four levels deep), per move; rust_ksm with
+ *                       merge_domain=global, which attaches no probe
+ *   cgroup_migrate_us_probes  the same with rust_ksm's merge_domain=cgroup,
+ *                       whose cgroup_attach_task probe makes every
+ *                       migration format its destination's path: the
+ *                       probe's cost is the ratio of the two rust_ksm
+ *                       figures (scripts/bench's PROBES line)
  *   merge_mibps_thp     100 MiB of one pattern in transparent huge pages
  *                       (MADV_HUGEPAGE): every one is split to merge
  *   merge_mibps_1536m_pairs  1.5 GiB in one process, each content twice:
@@ -56,6 +64,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,6 +417,83 @@ static void bench_8cgroups(void)
 	}
 }
 
+/*
+ * What moving a process between two cgroups costs, per move (us), with
+ * rust_ksm's merge_domain MODE (NULL: leave it; the built-in side).  With
+ * merge_domain=cgroup rust_ksm attaches a probe to cgroup:cgroup_attach_task,
+ * which makes every migration format its destination's path under a global
+ * spinlock; with any other mode no probe is attached, and the cost should be
+ * the built-in side's.  -1 on failure.
+ */
+#define MIGRATE_MOVES	2000
+#define MIGRATE_CG	"/sys/fs/cgroup/rkm/deep/er/still"
+static double cgroup_migrate_us(const char *mode)
+{
+	static const char *const cgs[] = { "/sys/fs/cgroup/rkm", "/sys/fs/cgroup/rkm/deep",
+					   "/sys/fs/cgroup/rkm/deep/er", MIGRATE_CG,
+					   "/sys/fs/cgroup/rkm/other" };
+	const char *to[2] = { MIGRATE_CG, "/sys/fs/cgroup/rkm/other" };
+	double us = -1;
+	char pid[32];
+	uint64_t t0;
+	pid_t kid;
+	int i;
+
+	if (mode && knob_write_str(dir, "merge_domain", mode)) {
+		tap_diag("%s: merge_domain=%s refused", engine, mode);
+		return -1;
+	}
+	for (i = 0; i < (int)(sizeof(cgs) / sizeof(cgs[0])); i++)
+		if (mkdir(cgs[i], 0755) && errno != EEXIST)
+			goto out;
+	kid = fork();
+	if (!kid) {
+		pause();
+		_exit(0);
+	}
+	if (kid < 0)
+		goto out;
+	snprintf(pid, sizeof(pid), "%d", (int)kid);
+	t0 = now_ns();
+	for (i = 0; i < MIGRATE_MOVES; i++)
+		if (knob_write_str(to[i % 2], "cgroup.procs", pid))
+			break;
+	if (i == MIGRATE_MOVES)
+		us = (double)(now_ns() - t0) / 1e3 / MIGRATE_MOVES;
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	if (us > 0)
+		tap_diag("%s: %d cgroup moves: %.2f us each%s%s", engine, MIGRATE_MOVES, us,
+			 mode ? ", merge_domain=" : "", mode ? mode : "");
+out:
+	for (i = (int)(sizeof(cgs) / sizeof(cgs[0])) - 1; i >= 0; i--)
+		rmdir(cgs[i]);
+	if (mode)
+		knob_write_str(dir, "merge_domain", "global");
+	return us;
+}
+
+/* The cost of the cgroup event probes (rust_ksm with merge_domain=cgroup)
+ * on every cgroup migration in the system, and that there is none without
+ * them (merge_domain=global). */
+static void bench_cgroup_migrate(void)
+{
+	bool domains = !strcmp(dir, "/sys/kernel/mm/rust_ksm");
+	double us;
+
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) &&
+	    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL))
+		tap_diag("mount cgroup2: %s", strerror(errno));
+	if (want("cgroup_migrate_us")) {
+		us = cgroup_migrate_us(domains ? "global" : NULL);
+		result("cgroup_migrate_us", us, us > 0, "%.2f", "us");
+	}
+	if (want("cgroup_migrate_us_probes")) {
+		us = cgroup_migrate_us(domains ? "cgroup" : NULL);
+		result("cgroup_migrate_us_probes", us, us > 0, "%.2f", "us");
+	}
+}
+
 static long long meminfo_kb(const char *field)
 {
 	char line[128], name[64];
@@ -614,6 +700,8 @@ int main(int argc, char **argv)
 		bench_8cgroups();
 	if (want("merge_mibps_64procs"))
 		bench_64procs();
+	if (want("cgroup_migrate_us") || want("cgroup_migrate_us_probes"))
+		bench_cgroup_migrate();
 	if (want("merge_mibps_thp"))
 		bench_thp();
 	if (want("merge_mibps_1536m_pairs"))

@@ -33,6 +33,13 @@
  *  8. user: a member that changes uid (setresuid) is re-homed: its pages
  *     stop sharing with its old uid's (within REHOME_MS, slow scanning)
  *     and merge with its new uid's.
+ *  9. cgroup: plain forks keep their parent's KSM pages: a process in
+ *     rkd_a with FORK_PAIRS merged pairs forks FORK_KIDS children one after
+ *     another while the scanner runs flat out a page at a time; no child's
+ *     PFN may differ from its parent's (checked at 0, 20 and 100 ms), and
+ *     `domains` never shows the root cgroup.
+ * 10. the cgroup event probes (debugfs event_probes) are attached while
+ *     merge_domain=cgroup, and only then.
  *
  * Seen failing: before merge domains existed the knob was missing (1: open
  * ENOENT); with the cross-domain check of ScanState::cmp_and_merge left
@@ -52,7 +59,10 @@
  * shares uid 0's page after 2000 ms"), 5's with the cgroup_attach_task
  * probe not attached ("... after 500 ms"), and 6's second child's with
  * the task_newtask probe not attached ("second child still maps the
- * parent's KSM page after 500 ms").
+ * parent's KSM page after 500 ms").  9 failed with the module that homed
+ * a child's mm as soon as it was registered, at the end of dup_mmap(),
+ * before cgroup_post_fork() moves the child out of the root cgroup (issue
+ * 21 item 2): "22 of 40 children lost KSM pages".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -673,6 +683,137 @@ static int t_fork(const char *d)
 	return ret;
 }
 
+/*
+ * Issue 21 item 2: a forked child's mm reaches the engine before the child
+ * joins its parent's cgroup; homed then, it lands in the root cgroup's
+ * domain and every KSM page it inherited is unshared (and could merge with
+ * root-cgroup processes).  Seen failing with the module before the fix:
+ * "22 of 40 children lost KSM pages" (756 page checks moved).
+ */
+#define FORK_PAIRS	128
+#define FORK_KIDS	40
+
+/* A child's check: how many of its pages are not on its parent's PFN
+ * (PFNS, taken before the fork), at 0, 20 and 100 ms. */
+static int __attribute__((noreturn)) fork_kid(const char *p, const long long *pfns)
+{
+	static const unsigned int at[] = { 0, 20, 80 };
+	int moved = 0;
+
+	for (size_t t = 0; t < sizeof(at) / sizeof(at[0]); t++) {
+		msleep(at[t]);
+		for (size_t i = 0; i < 2 * FORK_PAIRS; i++)
+			moved += pagemap_pfn(0, p + i * page_size) != pfns[i];
+	}
+	_exit(moved > 255 ? 255 : moved);
+}
+
+static int t_fork_home(const char *d)
+{
+	unsigned long long root = cgroup_id(CG_ROOT);
+	unsigned long shared, sharing;
+	int ret = TAP_PASS, kids_moved = 0, pages_moved = 0, root_seen = 0, st;
+	long long *pfns = NULL;
+	char *p = NULL;
+
+	dir = d;
+	CHECK(!cgroup_dir(CG_ROOT "/rkd_a"), "cgroups");
+	CHECK(!fresh("cgroup", 1), "reset");
+	CHECK(!knob_write_str(CG_ROOT "/rkd_a", "cgroup.procs", "0"), "join rkd_a");
+	p = map_anon(2 * FORK_PAIRS);
+	pfns = calloc(2 * FORK_PAIRS, sizeof(*pfns));
+	CHECK(p && pfns, "map");
+	if (ret != TAP_PASS)
+		goto out;
+	for (size_t i = 0; i < 2 * FORK_PAIRS; i++)
+		fill_pattern(p + i * page_size, 700 + i / 2);
+	CHECK(!madvise(p, 2 * FORK_PAIRS * page_size, MADV_MERGEABLE), "madvise");
+	CHECK(!ksm_run_scans(dir, SCANS, SCAN_MS), "scans");
+	for (size_t i = 0; i < 2 * FORK_PAIRS; i++)
+		pfns[i] = pagemap_pfn(0, p + i * page_size);
+	for (size_t i = 0; i < FORK_PAIRS; i++)
+		if (pfns[2 * i] <= 0 || pfns[2 * i] != pfns[2 * i + 1]) {
+			FAILED("pair %zu did not merge", i);
+			goto out;
+		}
+	/* The scanner flat out, a page per batch: a batch in every window. */
+	CHECK(!ksm_set(dir, "pages_to_scan", 1) && !ksm_set(dir, "sleep_millisecs", 0),
+	      "fast batches");
+	for (int k = 0; k < FORK_KIDS && ret == TAP_PASS; k++) {
+		pid_t pid = fork();
+
+		if (!pid)
+			fork_kid(p, pfns);
+		CHECK(pid > 0, "fork: %s", strerror(errno));
+		waitpid(pid, &st, 0);
+		if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+			kids_moved++;
+			pages_moved += WIFEXITED(st) ? WEXITSTATUS(st) : 0;
+		}
+		if (!domain_line("cgroup", root, &shared, &sharing))
+			root_seen++;
+	}
+	tap_diag("%d of %d children saw pages leave their parent's PFN (%d page checks)",
+		 kids_moved, FORK_KIDS, pages_moved);
+	CHECK(!kids_moved, "%d of %d children lost KSM pages", kids_moved, FORK_KIDS);
+	CHECK(!root_seen, "the root cgroup's domain was listed %d times", root_seen);
+	for (size_t i = 0; i < 2 * FORK_PAIRS; i++)
+		if (pagemap_pfn(0, p + i * page_size) != pfns[i]) {
+			FAILED("the parent's page %zu moved", i);
+			break;
+		}
+out:
+	ksm_set(dir, "run", 0);
+	free(pfns);
+	if (p)
+		munmap(p, 2 * FORK_PAIRS * page_size);
+	knob_write_str(CG_ROOT, "cgroup.procs", "0");
+	return ret;
+}
+
+/* /sys/kernel/debug/rust_ksm/event_probes, or -1. */
+static long event_probes(void)
+{
+	unsigned long long v;
+
+	if (access("/sys/kernel/debug/rust_ksm", F_OK))
+		mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
+	return knob_read("/sys/kernel/debug/rust_ksm", "event_probes", &v) ? -1 : (long)v;
+}
+
+/*
+ * Issue 21 item 4: the cgroup event probes cost every cgroup migration on
+ * the system (cgroup_attach_task formats the destination's path under a
+ * global spinlock once a probe is attached; make bench's PROBES line), so
+ * they are attached only while merge_domain=cgroup.  The module before
+ * attached both at load, whatever the mode (and had no event_probes file).
+ */
+static int t_probes(const char *d)
+{
+	int ret = TAP_PASS;
+	long n;
+
+	dir = d;
+	CHECK(!fresh("global", 1), "reset");
+	n = event_probes();
+	if (n < 0)
+		return tap_skip_missing("debugfs", "no /sys/kernel/debug/rust_ksm/event_probes");
+	CHECK(n == 0, "merge_domain=global: %ld probes attached", n);
+	CHECK(!set_domain("cgroup", 1), "cgroup");
+	n = event_probes();
+	CHECK(n == 2, "merge_domain=cgroup: %ld probes attached, expected 2", n);
+	CHECK(!set_domain("cgroup", 2), "cgroup, depth 2");
+	n = event_probes();
+	CHECK(n == 2, "merge_domain_depth=2: %ld probes attached, expected 2", n);
+	CHECK(!set_domain("user", 1), "user");
+	n = event_probes();
+	CHECK(n == 0, "merge_domain=user: %ld probes attached", n);
+	CHECK(!set_domain("cgroup", 1) && !set_domain("global", 1), "cgroup, then global");
+	n = event_probes();
+	CHECK(n == 0, "back to global: %ld probes attached", n);
+	return ret;
+}
+
 static int t_zero(const char *d)
 {
 	struct member a = { .pid = -1 }, b = { .pid = -1 };
@@ -739,6 +880,8 @@ static const struct ksm_test tests[] = {
 	{ "cgroup: fork into another cgroup gets its own copies", t_fork },
 	{ "use_zero_pages: the zero page is shared across domains", t_zero },
 	{ "user: a process that changes uid is re-homed", t_setuid },
+	{ "cgroup: forked children keep their parent's KSM pages", t_fork_home },
+	{ "the cgroup event probes are attached only while merge_domain=cgroup", t_probes },
 };
 
 static void done(void)

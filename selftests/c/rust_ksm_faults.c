@@ -963,6 +963,188 @@ out:
 	return ret;
 }
 
+/* A page of block B of node 1, mapped at the start of a fresh area of
+ * *len bytes (the caller munmaps it), or NULL. */
+static char *page_in_block(long long b, unsigned long long bb, size_t *len)
+{
+	unsigned long long node1 = 1 << 1;
+	const size_t area = 4UL << 20;
+
+	for (int attempt = 0; attempt < 4; attempt++) {
+		size_t nhog, off;
+		char *p;
+
+		if (syscall(SYS_set_mempolicy, 2 /* MPOL_BIND */, &node1, 64))
+			return NULL;
+		nhog = hog_all_but(b, bb);
+		p = mmap(NULL, area, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		syscall(SYS_set_mempolicy, 0 /* MPOL_DEFAULT */, NULL, 0);
+		hog_free(nhog);
+		if (p == MAP_FAILED)
+			return NULL;
+		for (off = 0; off < area; off += ps) {
+			if (pagemap_pfn(0, p + off) * ps / bb != (unsigned long long)b)
+				continue;
+			/* Move it to the front: unmap what is before it. */
+			if (off)
+				munmap(p, off);
+			*len = area - off;
+			return p + off;
+		}
+		munmap(p, area);
+	}
+	return NULL;
+}
+
+/* Runs "echo VALUE > KNOB" in a child; returns 0 if it finished within
+ * MS milliseconds (whatever it returned), -ETIMEDOUT if it still had not
+ * (a D-state writer cannot be killed: it is left behind). */
+static int knob_write_within(const char *knob, long value, unsigned int ms)
+{
+	uint64_t t0 = now_ms();
+	pid_t pid = fork();
+
+	if (!pid) {
+		ksm_set(RK, knob, value);
+		_exit(0);
+	}
+	if (pid < 0)
+		return -errno;
+	while (waitpid(pid, NULL, WNOHANG) == 0) {
+		if (now_ms() - t0 > ms)
+			return -ETIMEDOUT;
+		msleep(10);
+	}
+	return 0;
+}
+
+/*
+ * Issue 21 item 1: insmod while a memory block is going offline.  The
+ * module registers its memory notifier before the engine, and the
+ * engine's registration waits in wait_while_offlining() until the offline
+ * ends: so the module sees MEM_CANCEL_OFFLINE (or MEM_OFFLINE) without the
+ * MEM_GOING_OFFLINE that began it.  A page of the block pinned by a pipe
+ * (vmsplice) keeps the offline retrying until its writer is killed.
+ * Afterwards rust_ksmd must scan, and run=0 must return.
+ *
+ * Seen failing before the fix (the gate was a count of offlines in
+ * progress, decremented at every end): the count wrapped at the cancel;
+ * with run=1, full_scans stayed where it was ("full_scans +0 in 10 s"),
+ * rust_ksmd sat in D state in scan_lock(), and "echo 0 > run" never
+ * returned.  The host test offline::end_never_begun_changes_nothing
+ * covers the rule, and the refused-begin path (b) the guest cannot make.
+ */
+static int test_offline_during_insmod(void)
+{
+	unsigned long long bb = block_bytes();
+	int ret = TAP_PASS, fds[2] = { -1, -1 }, status;
+	char path[96], state[32];
+	pid_t offliner = -1, loader = -1;
+	size_t len = 0;
+	long long b;
+	uint64_t t0;
+	long scans;
+	struct iovec iov;
+	char *p = NULL, *m = MAP_FAILED;
+
+	if (!bb)
+		return tap_skip_missing("hotplug", "no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
+	if (!two_nodes())
+		return tap_skip_missing("numa2", "one NUMA node");
+	b = fresh_movable_block();
+	if (b < 0) {
+		FAILED("no movable block of node 1 can go offline (movablecore=?)");
+		return ret;
+	}
+	p = page_in_block(b, bb, &len);
+	if (!p) {
+		FAILED("no page of memory%lld could be had", b);
+		return ret;
+	}
+	memset(p, 0x5a, ps);
+	iov.iov_base = p;
+	iov.iov_len = ps;
+	if (pipe(fds) || vmsplice(fds[1], &iov, 1, 0) != (ssize_t)ps) {
+		FAILED("vmsplice: %s", strerror(errno));
+		goto out;
+	}
+	CHECK(module_unload() == 0, "rmmod failed");
+	if (ret != TAP_PASS)
+		goto out;
+
+	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%lld/state", b);
+	offliner = fork();
+	if (!offliner)
+		_exit(-write_str(path, "offline"));
+	/* MEM_GOING_OFFLINE is sent right after the state says so. */
+	for (t0 = now_ms(); now_ms() - t0 < 10000; msleep(10))
+		if (read_text(path, state, sizeof(state)) > 0 && !strncmp(state, "going-offline", 13))
+			break;
+	CHECK(!strncmp(state, "going-offline", 13), "memory%lld never went going-offline", b);
+	msleep(300);
+	CHECK(waitpid(offliner, &status, WNOHANG) == 0, "the offline ended with the page pinned");
+	if (ret != TAP_PASS)
+		goto out;
+
+	loader = fork();
+	if (!loader)
+		_exit(module_load() ? 1 : 0);
+	msleep(500);
+	if (waitpid(loader, &status, WNOHANG) == 0)
+		tap_diag("insmod waits for the offline, as it should");
+	else
+		loader = -1;	/* reaped: it did not wait */
+	kill(offliner, SIGKILL);
+	waitpid(offliner, &status, 0);
+	offliner = -1;
+	if (loader > 0) {
+		for (t0 = now_ms(); now_ms() - t0 < 20000; msleep(10))
+			if (waitpid(loader, &status, WNOHANG) == loader)
+				break;
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "insmod after the cancelled offline failed");
+	}
+	CHECK(module_loaded(), "module not loaded");
+	if (ret != TAP_PASS)
+		goto out;
+	close(fds[0]);
+	close(fds[1]);
+	fds[0] = fds[1] = -1;
+
+	/* Something to scan: rust_ksmd idles with no mm registered. */
+	m = mmap(NULL, 64 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(m != MAP_FAILED && !madvise(m, 64 * ps, MADV_MERGEABLE), "mergeable area");
+	if (ret != TAP_PASS)
+		goto out;
+	memset(m, 7, 64 * ps);
+	scans = (long)knob_get(RK, "full_scans");
+	CHECK(!ksm_set(RK, "pages_to_scan", 1000) && !ksm_set(RK, "sleep_millisecs", 0) &&
+	      !ksm_set(RK, "run", 1), "run=1");
+	for (t0 = now_ms(); now_ms() - t0 < 10000; msleep(20))
+		if ((long)knob_get(RK, "full_scans") >= scans + 2)
+			break;
+	CHECK((long)knob_get(RK, "full_scans") >= scans + 2, "full_scans +%ld in 10 s",
+	      (long)knob_get(RK, "full_scans") - scans);
+	CHECK(knob_write_within("run", 0, 10000) == 0, "echo 0 > run did not return in 10 s");
+	CHECK(read_text(RK "/domains", state, sizeof(state)) >= 0, "reading domains");
+	ksm_set(RK, "sleep_millisecs", 20);
+	ksm_set(RK, "pages_to_scan", 100);
+out:
+	if (m != MAP_FAILED)
+		munmap(m, 64 * ps);
+	if (offliner > 0) {
+		kill(offliner, SIGKILL);
+		waitpid(offliner, NULL, 0);
+	}
+	if (fds[0] >= 0) {
+		close(fds[0]);
+		close(fds[1]);
+	}
+	munmap(p, len);
+	return ret;
+}
+
 /*
  * Item 1, swap-cache variant: a built-in KSM folio left in the swap cache
  * with its PTE swapped out.  A pipe holds a reference (vmsplice), so
@@ -1062,6 +1244,8 @@ static const struct tap_test tests[] = {
 	  test_adopt_race },
 	{ "insmod removes a built-in stable node left on a swap-cache folio",
 	  test_handover_swapcache },
+	{ "insmod during a memory offline: rust_ksmd scans and run=0 returns after it ends",
+	  test_offline_during_insmod },
 };
 
 static void after(void)
