@@ -4,7 +4,7 @@
 //! its SRCU while the module is registered: each turns the core's pointers
 //! into what the engine takes and calls into it.
 
-use crate::kmm::VmaRef;
+use crate::kmm::{PageRef, VmaRef};
 use crate::merge::unmerge;
 use crate::rmap::{self, StableNode};
 use crate::{bindings, ksm};
@@ -12,7 +12,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::error::{from_result, to_result};
-use kernel::ffi::{c_int, c_long};
+use kernel::ffi::{c_int, c_long, c_uint};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 
@@ -111,6 +111,32 @@ unsafe extern "C" fn engine_process_profit(mm: *mut bindings::mm_struct) -> c_lo
         - (rmap_items as c_long) * (rmap::RMAP_ITEM_BYTES as c_long)
 }
 
+/// Registration offers us each page the built-in KSM merged: it becomes
+/// ours, mappings and all (see `scan/handover.rs`).
+///
+/// # Safety
+///
+/// Called by the KSM core with a locked, referenced KSM folio of the
+/// built-in KSM and `nr` mappings at `maps`.
+unsafe extern "C" fn engine_adopt(
+    folio: *mut bindings::folio,
+    maps: *const bindings::ksm_mapping,
+    nr: c_uint,
+) -> c_int {
+    from_result(|| {
+        let maps = if nr == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the core passes `nr` mappings at `maps`.
+            unsafe { core::slice::from_raw_parts(maps, nr as usize) }
+        };
+        // SAFETY: the core holds a reference on the folio for the call.
+        let page = unsafe { PageRef::of_folio(folio) };
+        ksm().adopt(&page, maps)?;
+        Ok(0)
+    })
+}
+
 /// `Sync` wrapper for the ops table, which holds a C string pointer.
 struct EngineOps(bindings::ksm_engine_ops);
 
@@ -126,6 +152,7 @@ static ENGINE_OPS: EngineOps = EngineOps(bindings::ksm_engine_ops {
     folio_migrate: Some(engine_folio_migrate),
     folio_mappable: Some(engine_folio_mappable),
     process_profit: Some(engine_process_profit),
+    adopt: Some(engine_adopt),
 });
 
 /// Registration as the kernel's KSM engine; unregisters on drop.
@@ -136,6 +163,9 @@ impl EngineRegistration {
         // SAFETY: `ENGINE_OPS` is 'static and its hooks are valid while `KSM`
         // is set, which the module guarantees (see `RustKsm`).
         to_result(unsafe { bindings::ksm_register_engine(&ENGINE_OPS.0) })?;
+        // The pages adopted during registration get their place in the
+        // scan order.
+        ksm().file_adopted();
         Ok(Self)
     }
 }

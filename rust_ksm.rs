@@ -87,6 +87,7 @@ module! {
 /// | `control` (mutex) | knobs, `stopping`; `wake` waits on it | before `registry` |
 /// | `registry` (mutex) | the mm registry | innermost of ours |
 /// | `events` (mutex) | the cgroup event probes | under `scan` (a `merge_domain` write), nothing under it |
+/// | the core's `ksm_thread_mutex` | the built-in KSM; held while it calls `adopt` at registration, and by the handback at unload | before `scan` |
 /// | `offline` (mutex) | the offline gate; `offline_done` waits on it | taken with no other lock of ours held (the memory notifier, `scan_lock` while it waits) |
 /// | mmap lock (read) | VMAs during a walk | taken with no lock of ours held |
 ///
@@ -275,6 +276,39 @@ impl Ksm {
         drop(removed);
     }
 
+    /// Adopts a page of the built-in KSM at registration (the `adopt`
+    /// hook; see `scan/handover.rs`).  Called before `rust_ksmd` and sysfs
+    /// exist, by the registering task: nobody else takes the scan lock
+    /// (the memory notifier waits for the core's ksm_thread_mutex, held
+    /// meanwhile), so taking it under the core's folio lock is safe.
+    fn adopt(&self, page: &kmm::PageRef, maps: &[kmm::handback::Mapping]) -> Result {
+        self.scan.lock().adopt(&self.registry, page, maps)
+    }
+
+    /// Files the adopted pages' items once registration is done.
+    fn file_adopted(&self) {
+        self.scan.lock().file_adopted(&self.stats);
+    }
+
+    /// At unload: hands every KSM page of ours to the built-in KSM, then
+    /// unmerges the ones it could not take (none, unless memory ran out)
+    /// and forgets everything.
+    fn unload(&self) {
+        // The core's ksm_thread_mutex before our scan lock, as at
+        // registration (the core holds it while it calls `adopt`).
+        let section = kmm::handback::Handback::begin();
+        let (handed, left) = self.scan_lock().hand_back(&section, &self.stats);
+        drop(section);
+        if handed != 0 || left != 0 {
+            pr_info!(
+                "handed {} KSM pages to the built-in KSM, unmerging {}\n",
+                handed,
+                left
+            );
+        }
+        self.unmerge_all_at_unload();
+    }
+
     /// Unmerges everything (`run=2`, unload; see [`ScanState::unmerge_all`]).
     fn unmerge_all(&self, how: Unmerge) -> Result {
         self.unmerging.fetch_add(1, Ordering::Relaxed);
@@ -352,9 +386,9 @@ impl Drop for KsmOwner {
     }
 }
 
-/// Tells the thread to stop, stops it (see `Control::stopping`), then
-/// unmerges everything: no KSM page may point into the module once the
-/// engine is unregistered.
+/// Tells the thread to stop, stops it (see `Control::stopping`), then hands
+/// every KSM page to the built-in KSM (or unmerges it): no KSM page may
+/// point into the module once the engine is unregistered.
 struct KsmdStopper {
     ksmd: Option<Ksmd>,
 }
@@ -363,7 +397,7 @@ impl Drop for KsmdStopper {
     fn drop(&mut self) {
         ksm().update(|c| c.stopping = true);
         drop(self.ksmd.take());
-        ksm().unmerge_all_at_unload();
+        ksm().unload();
     }
 }
 

@@ -19,6 +19,7 @@
 //!   range, `page_vma_mapped_walk()`);
 //! - [`anon_vma`]: a referenced `anon_vma` ([`AnonVmaRef`]), its read lock
 //!   and the VMAs its interval tree holds at an index;
+//! - [`handback`]: handing KSM pages to the built-in KSM;
 //! - [`walk`]: `walk_page_range()` behind a [`walk::Visitor`];
 //! - [`rbtree`]: intrusive red-black trees ordered during the descent
 //!   ([`rbtree::RbRoot`], [`rbtree::RbLink`]);
@@ -29,6 +30,7 @@
 //! the layer can give way to it on newer kernels.
 
 pub(crate) mod anon_vma;
+pub(crate) mod handback;
 pub(crate) mod mm;
 pub(crate) mod page;
 pub(crate) mod pgtable;

@@ -32,6 +32,18 @@ impl PageRef {
         Self { page }
     }
 
+    /// Takes a reference on `folio` (its first page).
+    ///
+    /// # Safety
+    ///
+    /// `folio` must be valid and referenced by the caller for the call.
+    pub(crate) unsafe fn of_folio(folio: *mut bindings::folio) -> Self {
+        // SAFETY: a valid folio's first page.
+        let page = unsafe { bindings::rust_ksm_folio_page(folio) };
+        // SAFETY: valid, and referenced by the caller.
+        unsafe { Self::get(NonNull::new_unchecked(page)) }
+    }
+
     /// The folio at `pfn`, referenced, if its `mapping` is `mapping`: the
     /// "keyhole reference" of mm/ksm.c's ksm_get_folio().
     ///
@@ -105,6 +117,24 @@ impl PageRef {
     pub(crate) fn is_ksm(&self) -> bool {
         // SAFETY: referenced folio (type invariant).
         unsafe { bindings::rust_ksm_folio_test_ksm(self.folio()) }
+    }
+
+    /// The folio's `mapping` word (for a KSM folio: its stable node, with
+    /// the `PAGE_MAPPING_KSM` bits).
+    pub(crate) fn mapping_word(&self) -> *mut c_void {
+        // SAFETY: referenced folio (type invariant).
+        unsafe { bindings::rust_ksm_folio_mapping(self.folio()) }
+    }
+
+    /// Sets the folio's `mapping` word back to `word`.
+    ///
+    /// # Safety
+    ///
+    /// The folio is locked, and `word` is what it held before the caller
+    /// changed it under that lock.
+    pub(crate) unsafe fn set_mapping_word(&self, word: *mut c_void) {
+        // SAFETY: by the function's safety requirements.
+        unsafe { bindings::rust_ksm_folio_set_mapping(self.folio(), word) };
     }
 
     /// Locks the folio, sleeping until it is free.

@@ -273,6 +273,50 @@ impl ItemList {
     }
 }
 
+impl ItemList {
+    /// Links `items`, leaked boxes in increasing address order that the
+    /// caller owns, into the list by address (one pass).  An item whose
+    /// address the list holds already is not linked: `dup` gets it back.
+    pub(crate) fn merge(
+        &mut self,
+        items: &[NonNull<RmapItem>],
+        mut dup: impl FnMut(NonNull<RmapItem>),
+    ) {
+        let mut cursor = ItemCursor::HEAD;
+        for &item in items {
+            // SAFETY: the caller's item, alive.
+            let addr = unsafe { item.as_ref() }.address;
+            // SAFETY: `cursor` is a place in this list (HEAD, or after an
+            // item of it), and so is every place it moves to.
+            while let Some(next) = unsafe { self.peek(cursor) } {
+                // SAFETY: the list owns `next`.
+                if unsafe { next.as_ref() }.address >= addr {
+                    break;
+                }
+                cursor = ItemCursor::after(next);
+            }
+            // SAFETY: as above.
+            let next = unsafe { self.peek(cursor) };
+            let taken = Iterator::chain(next.into_iter(), cursor.0).any(|i| {
+                // SAFETY: the list owns them.
+                unsafe { i.as_ref() }.address == addr
+            });
+            if taken {
+                dup(item);
+                continue;
+            }
+            // SAFETY: as above.
+            let link = unsafe { self.link(cursor) };
+            // INVARIANT: the list now owns the caller's leaked box, between
+            // a lower address and a higher one.
+            // SAFETY: the caller's item, in no list.
+            unsafe { (*item.as_ptr()).next = link.take() };
+            *link = Some(item);
+            cursor = ItemCursor::after(item);
+        }
+    }
+}
+
 impl Drop for ItemList {
     fn drop(&mut self) {
         // The owner empties the list first, taking each item out of the

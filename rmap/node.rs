@@ -19,7 +19,6 @@ use crate::kmm::PageRef;
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
-use kernel::c_str;
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 
@@ -57,10 +56,11 @@ pub(crate) struct StableNode {
 
 /// The `owner` word of every rust_ksm stable node.
 ///
-/// A KSM folio's `mapping` may point to a stable node of the built-in KSM
-/// if one was left behind when rust_ksm registered; the registration patch
-/// removes them, and this is the second line of defence: such a node is
-/// refused with a warning, never read as ours.
+/// A KSM folio's `mapping` may point to a stable node of the built-in KSM:
+/// pages change engines one at a time (`scan/handover.rs`), and a page the
+/// built-in could not hand over stays its.  The core sends the rmap walk,
+/// migration and swap-in of such a folio to the built-in code, and the
+/// scanner leaves it alone; this word is how the two are told apart.
 ///
 /// The check is exact, not a matter of odds: the built-in's
 /// `struct ksm_stable_node` (mm/ksm.c, 6.12) is a 40-byte union (an
@@ -133,16 +133,23 @@ impl StableNode {
         // or a built-in one, 64 bytes, see `NODE_OWNER`); `owner` is
         // written before the node is published and never changes.
         let owner = unsafe { ptr::addr_of!((*node.as_ptr()).owner).read() };
-        if owner != NODE_OWNER {
-            // SAFETY: a constant NUL-terminated message.
-            unsafe {
-                bindings::rust_ksm_warn_once(
-                    c_str!("KSM folio with a foreign stable node").as_char_ptr(),
-                )
-            };
-            return None;
-        }
-        Some(node)
+        (owner == NODE_OWNER).then_some(node)
+    }
+
+    /// Whether `folio` is a KSM folio of the built-in KSM (its node is not
+    /// ours): a page it kept when we registered, which we leave alone.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::of_folio`].
+    pub(crate) unsafe fn is_builtins(folio: *mut bindings::folio) -> bool {
+        // SAFETY: by the function's safety requirements.
+        let mapping = unsafe { bindings::rust_ksm_folio_mapping(folio) } as usize;
+        let flags = bindings::PAGE_MAPPING_FLAGS as usize;
+        mapping & flags == bindings::PAGE_MAPPING_KSM as usize
+            && mapping & !flags != 0
+            // SAFETY: as above.
+            && unsafe { Self::of_mapping(mapping) }.is_none()
     }
 
     /// What a KSM folio's `mapping` holds when it points to `node`.

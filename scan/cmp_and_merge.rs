@@ -65,6 +65,17 @@ impl ScanState {
     /// [`Self::flush_batch`]); anything else is done here and now.
     pub(super) fn cmp_and_merge(&mut self, item: &mut RmapItem, page: PageRef, params: ScanParams) {
         // SAFETY: referenced page.
+        if unsafe { StableNode::is_builtins(page.folio()) } {
+            // A KSM page the built-in KSM kept when we registered (it
+            // could not hand it over: out of memory, or no mapping its
+            // items knew of, such as a child forked before its scan).
+            // This mapping gets its own copy, which merges here as any
+            // page; the built-in's page goes with its last mapping.
+            self.trees.remove_item(item);
+            break_cow(item);
+            return;
+        }
+        // SAFETY: referenced page.
         if let Some(own) = unsafe { StableNode::of_folio(page.folio()) } {
             // SAFETY: a node a KSM folio points to stays alive while we hold
             // the scan lock (only its holder frees nodes).

@@ -11,6 +11,7 @@
 mod batch;
 mod cmp_and_merge;
 mod domain;
+mod handover;
 mod registry;
 mod rehome;
 mod smart;
@@ -102,6 +103,8 @@ pub(crate) struct ScanState {
     /// An mm was left unhomed because its owner was still being forked
     /// (`OwnerKey::Forking`): the next batch checks the domains again.
     domains_pending: bool,
+    /// Items of pages adopted at registration, until filed (`handover.rs`).
+    adopted: handover::Adopted,
 }
 
 /// Where a batch was in the passes over all mms.
@@ -157,6 +160,7 @@ impl ScanState {
             domain_depth: 1,
             domains_checked: 0,
             domains_pending: false,
+            adopted: handover::Adopted::new(),
         }
     }
 
@@ -462,9 +466,8 @@ impl ScanState {
         // next (the loop stopped before a higher address).
         let item = unsafe { mm.items.insert(self.cursor, item) };
         self.cursor = ItemCursor::after(item);
-        // SAFETY: the mm is allocated.
-        unsafe { (*mm_ptr.as_ptr()).__bindgen_anon_1.ksm_rmap_items += 1 };
-        self.trees.counters.rmap_items += 1;
+        // SAFETY: just linked; the scan lock is held.
+        count_new_item(&mut self.trees, unsafe { &*item.as_ptr() });
         Some(item)
     }
 
@@ -477,6 +480,14 @@ impl ScanState {
         self.trees.remove_item(item);
         true
     }
+}
+
+/// Counts a new item (`rmap_items`, the mm's `ksm_rmap_items`), as
+/// [`free_item`] counts it out.
+fn count_new_item(trees: &mut Trees, item: &RmapItem) {
+    trees.counters.rmap_items += 1;
+    // SAFETY: the item's mm is allocated (its MmScan's MmGrab).
+    unsafe { (*item.mm.as_ptr()).__bindgen_anon_1.ksm_rmap_items += 1 };
 }
 
 /// Frees an item taken off its list, first taking it out of `trees`.

@@ -68,6 +68,11 @@ impl MmRegistry {
         self.inserted
     }
 
+    /// The mm registered at `key`, if any.
+    pub(super) fn get(&self, key: usize) -> Option<MmGrab> {
+        self.mms.get(&key).cloned()
+    }
+
     pub(super) fn contains(&self, key: usize) -> bool {
         self.mms.get(&key).is_some()
     }

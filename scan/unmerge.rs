@@ -21,9 +21,11 @@
 //! so the page stays tracked (counted, reclaimable, migratable).  `run=2`
 //! stops at a signal with `-ERESTARTSYS` (or `-EBUSY` if a page could not
 //! be unmerged), keeping every such node, and a later `run=2` finishes.
-//! Unload ignores signals and retries a failing unmerge for five seconds;
-//! only then does it clear the node of a page still mapped, with an
-//! `INVARIANT:` error in the log (which fails any test run).
+//! Unload hands every page to the built-in KSM first (`handover.rs`) and
+//! unmerges only what that left (node pass alone); it ignores signals and
+//! retries a failing unmerge for five seconds; only then does it clear the
+//! node of a page still mapped, with an `INVARIANT:` error in the log
+//! (which fails any test run).
 
 #![deny(unsafe_code)]
 
@@ -153,8 +155,14 @@ impl ScanState {
     ) -> Result {
         let interruptible = how == Unmerge::Interruptible;
         let mut key = 0;
-        loop {
-            // One mm at a time, by key: no snapshot to allocate.
+        // At unload the pages were handed to the built-in KSM first
+        // (`ScanState::hand_back`): the VMAs map those, which must stay
+        // merged, and KSM zero pages, which are nobody's to take back.
+        // What is left is in our nodes, which the node pass finds.
+        #[allow(clippy::while_immutable_condition)] // Left by `break`.
+        while interruptible {
+            // One mm at a time, by key: no snapshot to allocate.  (Not a
+            // `while let`: the registry guard must go before the walk.)
             let Some((k, mm)) = registry.lock().at_or_after(key) else {
                 break;
             };

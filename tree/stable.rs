@@ -87,8 +87,9 @@ impl Trees {
     }
 
     /// remove_node_from_stable_tree(): free a node whose folio no longer
-    /// points to it (or whose pointer was cleared), dropping its items.
-    pub(super) fn remove_node(&mut self, node: NonNull<StableNode>) {
+    /// points to it (or whose pointer was cleared, or now points to the
+    /// built-in KSM's node), dropping its items.
+    pub(crate) fn remove_node(&mut self, node: NonNull<StableNode>) {
         // SAFETY: the node is alive and linked; we own it from now on.
         let node = unsafe { KBox::from_raw(node.as_ptr()) };
         // SAFETY: scan lock held; no folio points to the node any more.
@@ -311,8 +312,9 @@ impl Trees {
     ///
     /// # Safety
     ///
-    /// The node's folio is locked; `item` lives in its mm's list.  The
-    /// item keeps `anon_vma`'s reference (put if the append fails).
+    /// The node's folio is locked; `item` is the scan state's (in its mm's
+    /// list, or adopted and not filed yet).  The item keeps `anon_vma`'s
+    /// reference (put if the append fails).
     pub(crate) unsafe fn stable_append(
         &mut self,
         item: &mut RmapItem,

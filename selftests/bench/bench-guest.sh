@@ -73,6 +73,8 @@ for w in merge scan unmerge; do
 		--only "profile-$w" --profile || builtin=1
 done
 if [ -f /bin/rust_ksm.ko ] && insmod /bin/rust_ksm.ko; then
+	# The engine handover, both directions (rmmod and insmod inside).
+	cost_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd --only handover
 	for w in merge scan unmerge; do
 		cost_bench --ksm-dir /sys/kernel/mm/rust_ksm --kthread rust_ksmd \
 			--only "profile-$w" --profile

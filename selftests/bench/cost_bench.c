@@ -51,6 +51,9 @@
  *   read_ns_per_4k      reading 4 KiB from memory (256 MiB, 8-byte loads):
  *                       the physical floor of any per-page work
  *
+ * --only handover (rust_ksm): the engine handover's time, both directions
+ * ("HANDOVER" lines), with 12,800 KSM pages scaled to 100,000.
+ *
  * Three more workloads run only when named with --only, for the per-page
  * cost breakdown (bench-guest.sh): profile-merge (100 MiB of one pattern
  * merged, pages_to_scan=1000), profile-scan (400 MiB of unique pages,
@@ -71,6 +74,8 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -494,6 +499,72 @@ static void bench_cgroup_migrate(void)
 	}
 }
 
+/*
+ * The engine handover (rust_ksm only, --only handover): 25,600 pages in
+ * pairs merged (12,800 KSM pages), then rmmod (every page to the built-in
+ * KSM) and insmod of MODULE_KO (every page back), each timed and scaled
+ * to 100,000 KSM pages; the pages must keep their PFNs.  Prints
+ * "HANDOVER <direction> <ms> ms_per_100k_ksm_pages".
+ */
+#define HANDOVER_PAIRS	12800
+#define MODULE_KO	"/bin/rust_ksm.ko"
+static void bench_handover(void)
+{
+	const size_t pages = 2 * HANDOVER_PAIRS;
+	double out_ms = -1, in_ms = -1;
+	long long cpu;
+	size_t d = 0;
+	uint64_t t0, t1, t2;
+	char *p = NULL;
+	int fd = -1;
+
+	if (strcmp(dir, "/sys/kernel/mm/rust_ksm") || reset())
+		goto out;
+	p = map_anon(pages);
+	if (!p)
+		goto out;
+	for (size_t i = 0; i < pages; i++)
+		fill_pattern(p + i * page_size, 500000 + i % HANDOVER_PAIRS);
+	if (madvise(p, pages * page_size, MADV_MERGEABLE) || merge_timed(pages, &cpu) <= 0 ||
+	    ksm_set(dir, "run", 0))
+		goto out;
+	fd = open(MODULE_KO, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		goto out;
+	t0 = now_ns();
+	if (syscall(SYS_delete_module, "rust_ksm", O_NONBLOCK))
+		goto out;
+	t1 = now_ns();
+	if (syscall(SYS_finit_module, fd, "", 0))
+		goto out;
+	t2 = now_ns();
+	d = distinct_pfns(p, pages, NULL);
+	if (d != HANDOVER_PAIRS) {
+		tap_diag("handover: %zu PFNs after the round trip, want %d", d, HANDOVER_PAIRS);
+		goto out;
+	}
+	out_ms = (double)(t1 - t0) / 1e6 * 100000.0 / HANDOVER_PAIRS;
+	in_ms = (double)(t2 - t1) / 1e6 * 100000.0 / HANDOVER_PAIRS;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (access(dir, F_OK) && !access(MODULE_KO, F_OK)) {
+		/* Whatever happened, leave the module loaded. */
+		fd = open(MODULE_KO, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			syscall(SYS_finit_module, fd, "", 0);
+			close(fd);
+		}
+	}
+	ksm_unmerge_stop(dir);
+	if (p)
+		munmap(p, pages * page_size);
+	if (out_ms < 0)
+		missing++;
+	printf("HANDOVER rust_ksm->ksm %.1f ms_per_100k_ksm_pages\n", out_ms);
+	printf("HANDOVER ksm->rust_ksm %.1f ms_per_100k_ksm_pages\n", in_ms);
+}
+
 static long long meminfo_kb(const char *field)
 {
 	char line[128], name[64];
@@ -710,6 +781,8 @@ int main(int argc, char **argv)
 		bench_migrate();
 	if (want("read_ns_per_4k"))
 		bench_read_floor();
+	if (named("handover"))
+		bench_handover();
 	if (named("profile-merge")) {
 		const size_t pages = 100 * MiB / page_size;
 		long long cpu = -1;

@@ -3,8 +3,9 @@
  * rust_ksm_exclusive: rust_ksm and the built-in KSM exclude each other.
  *
  *  - module loaded: /sys/kernel/mm/ksm/run refuses 1 and 2 (EBUSY), takes 0;
- *  - module unloaded, built-in KSM running or holding merged pages:
- *    finit_module(rust_ksm.ko) fails with EBUSY;
+ *  - module unloaded, built-in KSM running: finit_module(rust_ksm.ko)
+ *    fails with EBUSY; holding merged pages (run=0): the module takes
+ *    them, and gives them back at rmmod;
  *  - after built-in run=2 then run=0 the module loads again.
  *
  * Start it with the module loaded (it loads it if not); it ends with the
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "ksm_merge_util.h"
 #include "ksm_util.h"
 #include "tap.h"
 
@@ -130,9 +132,14 @@ static int test_insmod_busy_running(void)
 	return ret;
 }
 
-static int test_insmod_busy_merged(void)
+/* insmod while the built-in KSM holds merged pages (issue 22): they become
+ * rust_ksm's, none is unmerged; rmmod gives them back.  (Before the
+ * handover this insmod failed with EBUSY, and the pages had to be
+ * unmerged first.) */
+static int test_insmod_adopts_merged(void)
 {
-	unsigned long long merged;
+	unsigned long long merged, rk;
+	size_t pfns, absent;
 	int ret = TAP_PASS, err;
 
 	if (!unloaded)
@@ -142,14 +149,24 @@ static int test_insmod_busy_merged(void)
 	tap_diag("built-in pages_shared+pages_sharing = %llu", merged);
 	if (!merged || merged == KNOB_ERR)
 		return tap_skip_because("built-in KSM holds no merged pages");
+	pfns = distinct_pfns(area, NPAGES, &absent);
 	err = module_load();
-	CHECK(err == -EBUSY, "insmod with merged pages: %s, want EBUSY",
-	      err ? strerror(-err) : "success");
-	CHECK(!module_loaded(), "rust_ksm loaded next to merged pages");
-	if (!err) {
-		module_unload();
-		unloaded = !module_loaded();
-	}
+	CHECK(!err, "insmod with the built-in's pages merged: %s", strerror(-err));
+	if (err)
+		return ret;
+	unloaded = false;
+	rk = knob_get(RKSM_DIR, "pages_shared") + knob_get(RKSM_DIR, "pages_sharing");
+	CHECK(rk == merged, "rust_ksm counts %llu merged pages, the built-in had %llu", rk,
+	      merged);
+	CHECK(builtin_merged() == 0, "the built-in still counts %llu", builtin_merged());
+	CHECK(distinct_pfns(area, NPAGES, NULL) == pfns, "%zu PFNs after insmod, %zu before",
+	      distinct_pfns(area, NPAGES, NULL), pfns);
+	CHECK(!module_unload(), "rmmod");
+	unloaded = !module_loaded();
+	CHECK(builtin_merged() == merged, "the built-in counts %llu after rmmod, had %llu",
+	      builtin_merged(), merged);
+	CHECK(distinct_pfns(area, NPAGES, NULL) == pfns, "%zu PFNs after rmmod, %zu before",
+	      distinct_pfns(area, NPAGES, NULL), pfns);
 	return ret;
 }
 
@@ -199,7 +216,8 @@ static const struct tap_test tests[] = {
 	{ "rmmod rust_ksm removes sysfs dir and kthread", test_rmmod },
 	{ "built-in KSM merges once rust_ksm is gone", test_builtin_merges },
 	{ "insmod fails with EBUSY while built-in run=1", test_insmod_busy_running },
-	{ "insmod fails with EBUSY while built-in has merged pages", test_insmod_busy_merged },
+	{ "insmod with the built-in's pages merged takes them, rmmod gives them back",
+	  test_insmod_adopts_merged },
 	{ "insmod succeeds after built-in run=2, run=0", test_insmod_after_unmerge },
 };
 

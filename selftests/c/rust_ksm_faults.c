@@ -227,8 +227,10 @@ static void builtin_reset(void)
  * too; the parent unmaps its copies and a built-in pass frees the parent's
  * rmap items before it reaches the child's.  Now pages_shared,
  * pages_sharing and ksm_zero_pages read 0 while the child maps a KSM folio
- * whose mapping points to a built-in stable node.  insmod must unmerge it
- * (as run=2 would) before the engine takes over.
+ * whose mapping points to a built-in stable node.  The engine must never
+ * read that node as its own: insmod leaves the page to the built-in (no
+ * item knows a mapping to hand over), and rust_ksm's scanner unshares the
+ * child's mappings of it.
  *
  * The order is forced: the two pages are the last of the area, after NY
  * unique ones; the built-in scanner is stopped half way through those
@@ -304,9 +306,11 @@ static int test_handover_child(void)
 	if (ret != TAP_PASS)
 		goto out;
 
+	/* Since the handover (issue 22) insmod adopts the built-in's pages;
+	 * this one no rmap item knows a mapping of, so the built-in keeps it,
+	 * and rust_ksm's scanner gives the child's mappings copies, which it
+	 * merges again.  (Before, insmod unmerged it.) */
 	CHECK(module_load() == 0, "insmod failed");
-	CHECK(shared_pages(kid.pid, x, 2, &absent) == 0 && !absent,
-	      "child's pages still merged after insmod (a built-in KSM page under the engine)");
 	CHECK(kid_data_ok(&kid), "child's data changed over insmod");
 	/* The engine at work on the child: merge, migrate, unload. */
 	if (ksm_fast(RK, 4096) || ksm_run_scans(RK, 3, TIMEOUT_MS))
@@ -324,8 +328,8 @@ static int test_handover_child(void)
 	}
 	CHECK(kid_data_ok(&kid), "child's data changed under rust_ksm");
 	CHECK(module_unload() == 0, "rmmod failed");
-	CHECK(shared_pages(kid.pid, x, 2, &absent) == 0 && !absent,
-	      "child's pages still merged after rmmod");
+	CHECK(shared_pages(kid.pid, x, 2, &absent) == 2 && !absent,
+	      "child's pages unmerged by rmmod (the built-in should have them)");
 	CHECK(kid_data_ok(&kid), "child's data changed over rmmod");
 out:
 	kid_stop(&kid);
@@ -453,8 +457,11 @@ static int test_run2_killed(void)
 }
 
 /*
- * Item 2: rmmod interrupted by a signal.  Unloading cannot fail, so its
- * unmerge ignores signals: every page must be private afterwards.
+ * Item 2: rmmod interrupted by a signal.  Unloading cannot fail, so it
+ * ignores signals: every page must be tracked afterwards.  Since the
+ * handover (issue 22) rmmod gives every page to the built-in KSM, so they
+ * stay merged, counted by the built-in; before it, rmmod unmerged them and
+ * the test asked for every page to be private.
  *
  * Seen failing before the fix (old module, this test): rmmod SIGKILLed
  * after 50 ms unloaded the module with all 16,384 pages still on shared
@@ -480,8 +487,11 @@ static int test_rmmod_killed(void)
 	while (module_loaded() && now_ms() - t0 < TIMEOUT_MS)
 		msleep(10);
 	CHECK(!module_loaded(), "module still loaded");
-	CHECK(shared_self(p, n) == 0, "%zu pages still merged after an interrupted rmmod",
-	      shared_self(p, n));
+	CHECK(shared_self(p, n) == n, "%zu pages merged after an interrupted rmmod, want %zu",
+	      shared_self(p, n), n);
+	CHECK(knob_get(BK, "pages_shared") + knob_get(BK, "pages_sharing") == n,
+	      "the built-in tracks %llu pages, want %zu",
+	      knob_get(BK, "pages_shared") + knob_get(BK, "pages_sharing"), n);
 	CHECK(all_pattern(p, n, npat), "data changed");
 	munmap(p, n * ps);
 	return ret;
@@ -493,11 +503,14 @@ static int test_rmmod_killed(void)
  * makes one allocation of the fork fail, the first N for which fork still
  * succeeds and the child ends up unknown to rust_ksm), the child maps the
  * parent's KSM pages unregistered.  Unload must find those mappings
- * through the stable nodes' rmap walk, not only in registered mms.
+ * through the stable nodes' rmap walk, not only in registered mms.  Since
+ * the handover (issue 22) rmmod gives the pages to the built-in KSM, whose
+ * rmap walk must find the child's mappings through the parent's anon_vmas:
+ * migrating the parent's KSM pages moves the child's mappings too.
  *
  * Seen failing before the fix (old module, this test): fail-nth 160 gave
  * an unregistered child, and after rmmod its pages were still on shared
- * PFNs.
+ * PFNs (then the test asked for them to be unmerged).
  */
 static int test_rmmod_unregistered_child(void)
 {
@@ -548,9 +561,22 @@ static int test_rmmod_unregistered_child(void)
 	tap_diag("fail-nth %d: child %d maps KSM pages unregistered", i - 1, kid.pid);
 	CHECK(shared_pages(kid.pid, p, n, NULL) == n, "the child does not map the KSM pages");
 	CHECK(module_unload() == 0, "rmmod failed");
-	CHECK(shared_pages(kid.pid, p, n, NULL) == 0,
-	      "the unregistered child's pages are still merged after rmmod");
-	CHECK(shared_self(p, n) == 0, "the parent's pages are still merged after rmmod");
+	CHECK(shared_pages(kid.pid, p, n, NULL) == n,
+	      "the unregistered child's pages were unmerged by rmmod");
+	if (two_nodes()) {
+		size_t bad = 0;
+
+		for (size_t j = 0; j < npat; j++) {
+			void *addr = p + j * ps;
+			int node = page_node(0, addr) == 0 ? 1 : 0, status = -1;
+
+			sys_move_pages(0, 1, &addr, &node, &status, MPOL_MF_MOVE_ALL_);
+			bad += status != node;
+		}
+		CHECK(!bad, "%zu KSM pages did not migrate under the built-in", bad);
+		CHECK(shared_pages(kid.pid, p, n, NULL) == n,
+		      "the child's mappings did not follow the migration");
+	}
 	CHECK(kid_data_ok(&kid), "child's data changed");
 	CHECK(all_pattern(p, n, npat), "parent's data changed");
 out:
@@ -1231,12 +1257,12 @@ out:
 }
 
 static const struct tap_test tests[] = {
-	{ "insmod unmerges a built-in KSM page a forked child maps with the counters at 0",
+	{ "a built-in KSM page only a forked child maps stays the built-in's at insmod",
 	  test_handover_child },
 	{ "run=2 killed half way: pages left stay tracked, migrate, a second run=2 finishes",
 	  test_run2_killed },
-	{ "rmmod killed half way: every page private, data intact", test_rmmod_killed },
-	{ "rmmod unmerges a forked child that never registered (fault injection)",
+	{ "rmmod killed half way: every page handed over, data intact", test_rmmod_killed },
+	{ "rmmod hands over a forked child that never registered (fault injection)",
 	  test_rmmod_unregistered_child },
 	{ "MADV_UNMERGEABLE racing migration leaves no merged page", test_unmerge_vs_migration },
 	{ "memory offline: live KSM pages migrate, stale nodes are pruned", test_memory_offline },

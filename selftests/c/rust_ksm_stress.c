@@ -408,6 +408,9 @@ static void worker_main(int id, bool numa)
 /* --- the controller: knobs, pressure, module reloads, fault injection --- */
 
 static unsigned int reloads, knob_flips, unmerge_alls, compactions;
+/* pages_sharing over the reloads: rust_ksm's before rmmod, the built-in's
+ * after it, rust_ksm's after insmod (the handover keeps the pages). */
+static unsigned long long rk_sharing_before, handed_over, taken_back;
 static unsigned int offlined, offline_failed, movable_blocks;
 static char offline_why[96];
 /* The highest pages_sharing seen: proof the engine had work. */
@@ -606,6 +609,7 @@ static bool may_reset(void)
 static void control_step(uint64_t *rnd, bool builtin)
 {
 	unsigned int step = rnd_next(rnd) % 10;
+	unsigned long long before, kept;
 	int err;
 
 	if (step >= 2 && step <= 6 && step != 5) {
@@ -646,11 +650,15 @@ static void control_step(uint64_t *rnd, bool builtin)
 	case 6:
 		if (builtin)
 			break;
-		/* rmmod under load unmerges everything first; then back. */
+		/* A handover under load: rmmod gives every page to the
+		 * built-in KSM, insmod takes them back; what rust_ksm counted
+		 * merged goes to the built-in, and back. */
+		before = knob_get(RK, "pages_sharing");
 		if (module_unload()) {
 			step_error("rmmod under load failed");
 			break;
 		}
+		kept = knob_get(KSM_DIR, "pages_sharing");
 		err = module_load();
 		if (err || fast_knobs()) {
 			step_error("reload failed: %s (ksm_zero_pages %lld)", strerror(-err),
@@ -658,6 +666,9 @@ static void control_step(uint64_t *rnd, bool builtin)
 			break;
 		}
 		reloads++;
+		handed_over += kept;
+		taken_back += knob_get(RK, "pages_sharing");
+		rk_sharing_before += before;
 		if (faults)
 			faults_on_scanner();
 		break;
@@ -792,6 +803,8 @@ int main(int argc, char **argv)
 		 (unsigned long long)tot->pageouts, (unsigned long long)tot->migrations);
 	tap_diag("module reloads %u, knob flips %u, run=2 under load %u, compactions %u, highest pages_sharing %llu",
 		 reloads, knob_flips, unmerge_alls, compactions, most_merged);
+	tap_diag("handovers: pages_sharing %llu before rmmod, %llu kept by the built-in, %llu taken back",
+		 rk_sharing_before, handed_over, taken_back);
 	tap_diag("memory blocks offlined and onlined %u (%u offline attempts failed%s%s)",
 		 offlined, offline_failed, offline_failed ? "; the last: " : "", offline_why);
 
