@@ -41,14 +41,17 @@ use kernel::sync::Mutex;
 ///
 /// Each came from `KBox::leak()`, is owned by this list alone and is a
 /// stable item of an adopted page's node.
-pub(super) struct Adopted(KVec<NonNull<RmapItem>>);
+///
+/// A `KVVec`: one entry per adopted mapping, hundreds of thousands on a
+/// large host, more than a kmalloc can be counted on for.
+pub(super) struct Adopted(KVVec<NonNull<RmapItem>>);
 
 // SAFETY: items are only touched under the scan lock; see `RmapItem`.
 unsafe impl Send for Adopted {}
 
 impl Adopted {
     pub(super) fn new() -> Self {
-        Self(KVec::new())
+        Self(KVVec::new())
     }
 }
 
