@@ -826,6 +826,31 @@ static long long fresh_movable_block(void)
 }
 
 /*
+ * The block the memory offline tests use (fresh_movable_block()), or -1
+ * with the test's result in *RET: a skip where the kernel lacks memory
+ * hotplug or a second node, a failure where no block can go offline.
+ */
+static long long offline_test_block(unsigned long long bb, int *ret)
+{
+	long long b;
+
+	if (!bb) {
+		*ret = tap_skip_missing("hotplug", "no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
+		return -1;
+	}
+	if (!two_nodes()) {
+		*ret = tap_skip_missing("numa2", "one NUMA node");
+		return -1;
+	}
+	b = fresh_movable_block();
+	if (b < 0) {
+		tap_diag("no movable block of node 1 can go offline (movablecore=?)");
+		*ret = TAP_FAIL;
+	}
+	return b;
+}
+
+/*
  * Makes node 1 hand out block B's pages next: hogs node 1's memory (the
  * caller has bound us to it) until the allocator reaches B, whose pages,
  * freed to the tail of the free lists when it was onlined, come last;
@@ -936,15 +961,9 @@ static int test_memory_offline(void)
 	size_t i, absent, in_b;
 	char *p;
 
-	if (!bb)
-		return tap_skip_missing("hotplug", "no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
-	if (!two_nodes())
-		return tap_skip_missing("numa2", "one NUMA node");
-	b = fresh_movable_block();
-	if (b < 0) {
-		FAILED("no movable block of node 1 can go offline (movablecore=?)");
+	b = offline_test_block(bb, &ret);
+	if (b < 0)
 		return ret;
-	}
 	/* (a) live KSM pages. */
 	p = merged_area_in(b, n, npat, bb, &in_b);
 	if (!p)
@@ -1074,15 +1093,9 @@ static int test_offline_during_insmod(void)
 	struct iovec iov;
 	char *p = NULL, *m = MAP_FAILED;
 
-	if (!bb)
-		return tap_skip_missing("hotplug", "no memory hotplug (CONFIG_MEMORY_HOTPLUG)");
-	if (!two_nodes())
-		return tap_skip_missing("numa2", "one NUMA node");
-	b = fresh_movable_block();
-	if (b < 0) {
-		FAILED("no movable block of node 1 can go offline (movablecore=?)");
+	b = offline_test_block(bb, &ret);
+	if (b < 0)
 		return ret;
-	}
 	p = page_in_block(b, bb, &len);
 	if (!p) {
 		FAILED("no page of memory%lld could be had", b);

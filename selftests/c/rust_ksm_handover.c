@@ -160,6 +160,26 @@ static bool data_ok(const char *p, unsigned long base, size_t written)
 }
 
 
+/* The pairs of pattern BASE merged by the engine at DIR, which is left
+ * stopped; their PFNs into PFNS and its counters into *SHARED, *SHARING.
+ * NULL on failure. */
+static char *merged_pairs(const char *dir, unsigned long base, long long *pfns,
+			  unsigned long long *shared, unsigned long long *sharing)
+{
+	char *p = pfns ? pairs_area(base) : NULL;
+
+	if (!p)
+		return NULL;
+	if (merge_pairs(dir, p)) {
+		munmap(p, (size_t)N * ps);
+		return NULL;
+	}
+	record(p, pfns);
+	*shared = knob_get(dir, "pages_shared");
+	*sharing = knob_get(dir, "pages_sharing");
+	return p;
+}
+
 static int test_rmmod_hands_back(void)
 {
 	const unsigned long base = 9000;
@@ -169,17 +189,11 @@ static int test_rmmod_hands_back(void)
 	void **addrs = NULL;
 	uint64_t t0;
 	struct ksm_stat st;
-	char *p = pairs_area(base);
+	char *p = merged_pairs(RK, base, pfns, &shared, &sharing);
 
-	CHECK(p && pfns, "map");
+	CHECK(p, "rust_ksm did not merge the pairs");
 	if (ret != TAP_PASS)
 		goto out;
-	CHECK(!merge_pairs(RK, p), "rust_ksm did not merge the pairs");
-	if (ret != TAP_PASS)
-		goto out;
-	record(p, pfns);
-	shared = knob_get(RK, "pages_shared");
-	sharing = knob_get(RK, "pages_sharing");
 	CHECK(shared == NPAIRS && sharing == NPAIRS, "rust_ksm: shared %llu sharing %llu",
 	      shared, sharing);
 
@@ -279,16 +293,10 @@ static int test_insmod_adopts(void)
 	char *p = NULL;
 
 	CHECK(module_unload() == 0, "rmmod: %s", strerror(errno));
-	p = pairs_area(base);
-	CHECK(p && pfns, "map");
+	p = merged_pairs(BK, base, pfns, &shared, &sharing);
+	CHECK(p, "the built-in KSM did not merge the pairs");
 	if (ret != TAP_PASS)
 		goto out;
-	CHECK(!merge_pairs(BK, p), "the built-in KSM did not merge the pairs");
-	if (ret != TAP_PASS)
-		goto out;
-	record(p, pfns);
-	shared = knob_get(BK, "pages_shared");
-	sharing = knob_get(BK, "pages_sharing");
 	err = module_load();
 	CHECK(!err, "insmod with the built-in's pages merged: %s", strerror(-err));
 	if (ret != TAP_PASS)
