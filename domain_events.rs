@@ -23,6 +23,12 @@
 //! under a global spinlock (`TRACE_CGROUP_PATH`), which no other mode
 //! needs.  `make bench` measures that cost (`BENCH cgroup_migrate_us`).
 //!
+//! An owner change raises none either: `mm_update_next_owner()` hands an
+//! mm to another task when its owner exits, and `sched:sched_process_exit`
+//! (after `exit_mm()`) is the nearest event.  It fires for every exit on
+//! the system, so its probe asks a lock-free filter of the owners mms were
+//! homed by (`scan/owner_watch.rs`) before it wakes anyone.
+//!
 //! A plain fork raises no event and needs none: the child's mm reaches the
 //! engine before the child joins its cgroup, and the scanner leaves it
 //! unhomed until fork has woken the child (`OwnerKey::Forking`); the next
@@ -68,18 +74,32 @@ unsafe extern "C" fn newtask_probe(
     }
 }
 
+/// A probe of `sched:sched_process_exit`: if the exiting task may own a
+/// registered mm, `exit_mm()` has just handed that mm to another task
+/// (maybe in another cgroup), or is ending it.
+///
+/// # Safety
+///
+/// Called by the tracepoint, with its arguments, while registered.
+unsafe extern "C" fn exit_probe(_data: *mut c_void, task: *mut bindings::task_struct) {
+    if crate::scan::OWNERS.may_be_watched(task as usize) {
+        ksm().domain_event();
+    }
+}
+
 /// How many probes are attached (debugfs `event_probes`, for the tests).
 pub(crate) static EVENT_PROBES: AtomicUsize = AtomicUsize::new(0);
 
 /// The tracepoints and their probes.
-const PROBES: [(&CStr, *mut c_void); 2] = [
+const PROBES: [(&CStr, *mut c_void); 3] = [
     (c_str!("cgroup_attach_task"), attach_probe as *mut c_void),
     (c_str!("task_newtask"), newtask_probe as *mut c_void),
+    (c_str!("sched_process_exit"), exit_probe as *mut c_void),
 ];
 
 /// The probes registered, each with its tracepoint; unregistered on drop.
 pub(crate) struct DomainEvents {
-    registered: [Option<ptr::NonNull<bindings::tracepoint>>; 2],
+    registered: [Option<ptr::NonNull<bindings::tracepoint>>; PROBES.len()],
 }
 
 /// `for_each_kernel_tracepoint()` callback: remembers the tracepoint whose
@@ -116,7 +136,7 @@ impl DomainEvents {
     /// Attaches the probes it can; a missing tracepoint is reported, not an
     /// error (the per-batch check still re-homes).
     pub(crate) fn new() -> Self {
-        let mut registered = [None; 2];
+        let mut registered = [None; PROBES.len()];
         for (slot, (name, probe)) in registered.iter_mut().zip(PROBES) {
             let Some(tp) = find(name) else {
                 pr_info!(

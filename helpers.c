@@ -568,6 +568,21 @@ u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth)
 }
 
 /*
+ * Which task owns @mm now, as an identity only (never dereferenced): the
+ * engine watches for the exit of the owners it homed mms by, because
+ * mm_update_next_owner() hands an mm to another task, maybe in another
+ * cgroup, and tells nobody.  0 if there is none.
+ */
+unsigned long rust_ksm_mm_owner(struct mm_struct *mm)
+{
+#ifdef CONFIG_MEMCG
+	return (unsigned long)rcu_access_pointer(mm->owner);
+#else
+	return 0;
+#endif
+}
+
+/*
  * Tracepoints as event sources (domain_events.rs): a tracepoint's name, and
  * the grace period after unregistering a probe.
  */

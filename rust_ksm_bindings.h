@@ -149,6 +149,7 @@ void rust_ksm_trace_advisor(s64 scan_time, unsigned long pages_to_scan,
 #define RUST_KSM_DOMAIN_FORKING 0xfffffffffffffffeULL
 u64 rust_ksm_mm_owner_uid(struct mm_struct *mm);
 u64 rust_ksm_mm_owner_cgroup_id(struct mm_struct *mm, unsigned int depth);
+unsigned long rust_ksm_mm_owner(struct mm_struct *mm);
 
 /* helpers.c: tracepoints as event sources (domain_events.rs). */
 const char *rust_ksm_tracepoint_name(struct tracepoint *tp);

@@ -74,6 +74,14 @@ impl MmGrab {
         (uid != bindings::RUST_KSM_NO_DOMAIN as u64).then_some(uid)
     }
 
+    /// Which task owns the memory now (`mm->owner`), as an identity to
+    /// compare and hash, never to follow; 0 if none.
+    pub(crate) fn owner_identity(&self) -> usize {
+        // SAFETY: the type invariant keeps the `mm_struct` allocated; the
+        // helper reads the pointer's value only.
+        unsafe { bindings::rust_ksm_mm_owner(self.as_ptr()) }
+    }
+
     /// The id of the cgroup (v2) of the task that owns the memory, or of its
     /// ancestor at `depth` (0: the root) if it is deeper.
     pub(crate) fn owner_cgroup_id(&self, depth: u32) -> OwnerKey {

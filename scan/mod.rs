@@ -12,12 +12,15 @@ mod batch;
 mod cmp_and_merge;
 mod domain;
 mod handover;
+mod owner_watch;
 mod registry;
 mod rehome;
 mod smart;
 mod unmerge;
 
 use batch::MergeBatch;
+use owner_watch::OwnerSet;
+pub(crate) use owner_watch::OWNERS;
 pub(crate) use registry::{MmRegistry, MmSlotReservation, REGISTERED_MMS};
 pub(crate) use unmerge::Unmerge;
 
@@ -314,7 +317,8 @@ impl ScanState {
         };
         let stale = mm.epoch != self.trees.domain_epoch;
         if begins || stale {
-            let Some(domain_key) = home_of(self.domain_mode, self.domain_depth, &mm.mm) else {
+            let Some(domain_key) = home_of(self.domain_mode, self.domain_depth, &mm.mm, None)
+            else {
                 // Its owner is still being forked (a new child's mm): not
                 // scanned until it is in its cgroup, and looked up again
                 // then (its epoch stays stale, or it keeps its domain).
@@ -501,12 +505,29 @@ fn free_item(trees: &mut Trees, mut item: KBox<RmapItem>) {
 /// The key of the merge domain `mm` is in now: `Some(None)` if it has none
 /// (its owner is gone), None if that cannot be known yet (its owner is a
 /// child still being forked, see [`OwnerKey::Forking`]).
-fn home_of(mode: DomainMode, depth: u32, mm: &MmGrab) -> Option<Option<u64>> {
+///
+/// With `cgroup` the owner is watched first (`owner_watch.rs`), into
+/// `owners` during a full re-check: a later owner change wakes the scanner.
+fn home_of(
+    mode: DomainMode,
+    depth: u32,
+    mm: &MmGrab,
+    mut owners: Option<&mut OwnerSet>,
+) -> Option<Option<u64>> {
     let owner = match mode {
         DomainMode::Global => OwnerKey::Key(0),
         // A child has its parent's credentials before its mm is copied.
         DomainMode::User => mm.owner_uid().map_or(OwnerKey::NoOwner, OwnerKey::Key),
-        DomainMode::Cgroup => mm.owner_cgroup_id(depth),
+        DomainMode::Cgroup => loop {
+            let task = mm.owner_identity();
+            OWNERS.watch(task, owners.as_deref_mut());
+            let key = mm.owner_cgroup_id(depth);
+            // The cgroup found is the watched task's, unless the owner
+            // changed in between: then watch the new one.
+            if mm.owner_identity() == task {
+                break key;
+            }
+        },
     };
     match owner {
         OwnerKey::Key(key) => Some(Some(key)),

@@ -20,6 +20,9 @@
 //! - every KSM page they map whose node is in another domain's trees gets
 //!   a private copy (KSM zero pages stay: their contents are public).
 //!
+//! An owner change (`mm_update_next_owner()`, when the owner exits while
+//! others use the mm) is caught by the exit probe (`owner_watch.rs`).
+//!
 //! So a process shares no page with another domain from at most one batch
 //! (`sleep_millisecs` plus the batch) after the change, where waiting for
 //! the scanner to come round to it took up to a full scan; a cgroup move
@@ -31,6 +34,7 @@
 
 #![deny(unsafe_code)]
 
+use super::owner_watch::{OwnerSet, OWNERS};
 use super::{free_all, home_of, DomainMode, MmRegistry, ScanState};
 use crate::kmm::walk::Entry;
 use crate::kmm::MmGrab;
@@ -55,6 +59,8 @@ impl ScanState {
         }
         self.domains_checked = inserted;
         self.domains_pending = false;
+        // The owners met: the exit probe's filter is rebuilt from them.
+        let mut owners = OwnerSet::new();
         let mut next = 0;
         loop {
             // One mm at a time, by key: no snapshot to allocate.
@@ -62,7 +68,8 @@ impl ScanState {
                 break;
             };
             next = key + 1;
-            let Some(now) = home_of(self.domain_mode, self.domain_depth, &mm) else {
+            let Some(now) = home_of(self.domain_mode, self.domain_depth, &mm, Some(&mut owners))
+            else {
                 // A child whose fork has not finished: it is not in its
                 // cgroup yet (homed now, it would land in the root's
                 // domain and lose its parent's KSM pages).  Next batch.
@@ -77,6 +84,9 @@ impl ScanState {
             if !known {
                 self.rehome(key, &mm, now);
             }
+        }
+        if self.domain_mode == DomainMode::Cgroup {
+            OWNERS.replace(&owners);
         }
     }
 

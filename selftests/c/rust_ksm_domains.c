@@ -40,6 +40,8 @@
  *     `domains` never shows the root cgroup.
  * 10. the cgroup event probes (debugfs event_probes) are attached while
  *     merge_domain=cgroup, and only then.
+ * 11. cgroup: an mm whose owner exits while a CLONE_VM child in another
+ *     cgroup still uses it is re-homed with the child within EVENT_MS.
  *
  * Seen failing: before merge domains existed the knob was missing (1: open
  * ENOENT); with the cross-domain check of ScanState::cmp_and_merge left
@@ -76,6 +78,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -149,10 +152,21 @@ static long long write_median(char *p, size_t n)
 	return t[n / 2];
 }
 
+/* A CLONE_VM child of a member: it only keeps the mm in use. */
+static int vm_kid(void *arg)
+{
+	(void)arg;
+	for (;;)
+		pause();
+	return 0;
+}
+
 /*
  * The member's life: join, map and fill, report the address, then serve
  * commands: 'w' the write probe (two medians: the first NPAGES pages, the
- * NPAGES after), 'u' become uid 1002 (answer: 0 or errno, twice), 'q' exit.
+ * NPAGES after), 'u' become uid 1002 (answer: 0 or errno, twice), 'c'
+ * start a child that shares the mm (clone CLONE_VM, not a thread; answer:
+ * its pid or -errno, twice), 'q' exit.
  */
 static void __attribute__((noreturn))
 member_main(struct who who, enum layout layout, unsigned long pat, int cmd, int ans)
@@ -190,9 +204,17 @@ member_main(struct who who, enum layout layout, unsigned long pat, int cmd, int 
 	while (read(cmd, &c, 1) == 1 && c != 'q') {
 		long long m[2] = { 0, 0 };
 
-		if (c == 'u')
+		if (c == 'u') {
 			m[0] = m[1] = setresuid(1002, 1002, 1002) ? errno : 0;
-		else
+		} else if (c == 'c') {
+			size_t len = 64 << 10;
+			char *stack = malloc(len);
+
+			m[0] = m[1] = stack ? clone(vm_kid, stack + len, CLONE_VM | SIGCHLD, NULL) :
+					      -ENOMEM;
+			if (m[0] < 0 && stack)
+				m[0] = m[1] = -errno;
+		} else
 			m[0] = write_median(p, NPAGES),
 			m[1] = write_median(p + NPAGES * page_size, NPAGES);
 		if (write(ans, m, sizeof(m)) != sizeof(m))
@@ -771,6 +793,89 @@ out:
 	return ret;
 }
 
+/* Whether process PID's N pages at P all hold pattern PAT (/proc/PID/mem). */
+static bool pages_hold(pid_t pid, char *p, size_t n, unsigned long pat)
+{
+	char *want = malloc(page_size), *got = malloc(page_size), path[64];
+	bool same = want && got;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
+	fd = open(path, O_RDONLY);
+	if (want)
+		fill_pattern(want, pat);
+	for (size_t i = 0; same && i < n; i++)
+		same = fd >= 0 &&
+		       pread(fd, got, page_size, (off_t)(uintptr_t)(p + i * page_size)) ==
+		       (ssize_t)page_size && !memcmp(got, want, page_size);
+	if (fd >= 0)
+		close(fd);
+	free(want);
+	free(got);
+	return same;
+}
+
+/*
+ * Issue 21 item 2, its second half: when an mm's owner exits while another
+ * task still uses the mm, mm_update_next_owner() makes that task the owner,
+ * maybe one in another cgroup, and raises no event.  A member in rkd_b
+ * shares its pages with another b member; it starts a CLONE_VM child, the
+ * child moves to rkd_a (the mm stays b's: its owner did not move), then the
+ * member exits and the child owns the mm: within EVENT_MS the mm must be
+ * re-homed in a's domain and share nothing with b, with scanning slowed to
+ * a page per batch.  Seen failing with the module before the exit probe:
+ * "the new owner's mm still shares b's page after 500 ms" (and the cgroup
+ * move of the child alone must not re-home it: that control passed).
+ */
+static int t_owner_exit(const char *d)
+{
+	struct member m = { .pid = -1 }, s = { .pid = -1 }, kid = { .pid = -1 };
+	long long ans[2] = { -1, -1 };
+	int ret = TAP_PASS;
+	char pid[24];
+	long ms;
+
+	dir = d;
+	CHECK(!cgroup_dir(CG_ROOT "/rkd_a") && !cgroup_dir(CG_ROOT "/rkd_b"), "cgroups");
+	CHECK(!fresh("cgroup", 1), "reset");
+	/* The child is reparented to us when the member exits: reap it. */
+	CHECK(!prctl(PR_SET_CHILD_SUBREAPER, 1), "subreaper: %s", strerror(errno));
+	CHECK(!member_start(&m, (struct who){ -1, CG_ROOT "/rkd_b" }, ONE, 83) &&
+	      !member_start(&s, (struct who){ -1, CG_ROOT "/rkd_b" }, ONE, 83), "members");
+	if (ret != TAP_PASS)
+		goto out;
+	CHECK(!ksm_run_scans(dir, SCANS, SCAN_MS), "scans");
+	CHECK(shared_pages(&m, &s, NPAGES) == NPAGES, "before: %zu of %d pages shared in b",
+	      shared_pages(&m, &s, NPAGES), NPAGES);
+	CHECK(write(m.cmd, "c", 1) == 1 && read(m.ans, ans, sizeof(ans)) == sizeof(ans) &&
+	      ans[0] > 0, "CLONE_VM child: %lld", ans[0]);
+	if (ret != TAP_PASS)
+		goto out;
+	kid = (struct member){ .pid = ans[0], .addr = m.addr, .pages = m.pages };
+	snprintf(pid, sizeof(pid), "%lld", ans[0]);
+	CHECK(!go_slow(), "slow scanning");
+	CHECK(!knob_write_str(CG_ROOT "/rkd_a", "cgroup.procs", pid), "child to rkd_a");
+	msleep(EVENT_MS);
+	CHECK(shared_pages(&kid, &s, NPAGES) == NPAGES,
+	      "the child's move re-homed the member's mm: %zu of %d pages still shared",
+	      shared_pages(&kid, &s, NPAGES), NPAGES);
+	/* The owner exits: the child, in rkd_a, owns the mm now. */
+	member_stop(&m);
+	ms = until_unshared(&kid, &s, EVENT_MS);
+	tap_diag("after the owner's exit: unshared from b after %ld ms", ms);
+	CHECK(ms >= 0, "the new owner's mm still shares b's page after %d ms", EVENT_MS);
+	CHECK(pages_hold(kid.pid, kid.addr, NPAGES, 83), "the child's data changed");
+out:
+	if (kid.pid > 0) {
+		kill(kid.pid, SIGKILL);
+		waitpid(kid.pid, NULL, 0);
+	}
+	member_stop(&m);
+	member_stop(&s);
+	prctl(PR_SET_CHILD_SUBREAPER, 0);
+	return ret;
+}
+
 /* /sys/kernel/debug/rust_ksm/event_probes, or -1. */
 static long event_probes(void)
 {
@@ -801,10 +906,10 @@ static int t_probes(const char *d)
 	CHECK(n == 0, "merge_domain=global: %ld probes attached", n);
 	CHECK(!set_domain("cgroup", 1), "cgroup");
 	n = event_probes();
-	CHECK(n == 2, "merge_domain=cgroup: %ld probes attached, expected 2", n);
+	CHECK(n == 3, "merge_domain=cgroup: %ld probes attached, expected 3", n);
 	CHECK(!set_domain("cgroup", 2), "cgroup, depth 2");
 	n = event_probes();
-	CHECK(n == 2, "merge_domain_depth=2: %ld probes attached, expected 2", n);
+	CHECK(n == 3, "merge_domain_depth=2: %ld probes attached, expected 3", n);
 	CHECK(!set_domain("user", 1), "user");
 	n = event_probes();
 	CHECK(n == 0, "merge_domain=user: %ld probes attached", n);
@@ -882,6 +987,7 @@ static const struct ksm_test tests[] = {
 	{ "user: a process that changes uid is re-homed", t_setuid },
 	{ "cgroup: forked children keep their parent's KSM pages", t_fork_home },
 	{ "the cgroup event probes are attached only while merge_domain=cgroup", t_probes },
+	{ "cgroup: an mm whose owner exits is re-homed with its new owner", t_owner_exit },
 };
 
 static void done(void)
