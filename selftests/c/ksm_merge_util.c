@@ -237,23 +237,86 @@ long ksm_wait_counters(const char *dir, unsigned long long shared,
 	return -1;
 }
 
-int pagemap_read(pid_t pid, const void *addr, uint64_t *ent)
+/*
+ * Open pagemap files, by process: opening one costs more than reading it
+ * (mm_access(), under KASAN and TCG ~1 ms), and the tests read tens of
+ * thousands of entries one at a time.  Keyed by the real pid (a forked
+ * child must not read its parent's file through "self"); a process that
+ * exited makes the read fail, and a failed read opens the file again
+ * once, so a reused pid reads the new process.  Per thread: no locking,
+ * and no thread closes a file another is reading.  `fd` is the descriptor
+ * plus one (0: no file).
+ */
+#define PAGEMAP_FDS	4
+static __thread struct {
+	pid_t pid;
+	int fd;
+} pagemap_fds[PAGEMAP_FDS];
+static __thread unsigned int pagemap_next;
+
+static int pagemap_fd(pid_t pid, bool fresh)
 {
 	char path[64];
-	ssize_t n;
+	unsigned int i;
 	int fd;
 
-	if (pid)
-		snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
-	else
-		snprintf(path, sizeof(path), "/proc/self/pagemap");
+	for (i = 0; i < PAGEMAP_FDS; i++) {
+		if (pagemap_fds[i].pid != pid || !pagemap_fds[i].fd)
+			continue;
+		if (!fresh)
+			return pagemap_fds[i].fd - 1;
+		close(pagemap_fds[i].fd - 1);
+		pagemap_fds[i].fd = 0;
+	}
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
-	n = pread(fd, ent, sizeof(*ent),
-		  (off_t)((uintptr_t)addr / page_size * sizeof(*ent)));
-	close(fd);
-	return n == sizeof(*ent) ? 0 : -1;
+	i = pagemap_next++ % PAGEMAP_FDS;
+	if (pagemap_fds[i].fd)
+		close(pagemap_fds[i].fd - 1);
+	pagemap_fds[i].pid = pid;
+	pagemap_fds[i].fd = fd + 1;
+	return fd;
+}
+
+int pagemap_read(pid_t pid, const void *addr, uint64_t *ent)
+{
+	off_t off = (off_t)((uintptr_t)addr / page_size * sizeof(*ent));
+	int fd;
+
+	if (!pid)
+		pid = getpid();
+	for (int fresh = 0; fresh < 2; fresh++) {
+		fd = pagemap_fd(pid, fresh);
+		if (fd < 0)
+			return -1;
+		if (pread(fd, ent, sizeof(*ent), off) == sizeof(*ent))
+			return 0;
+	}
+	return -1;
+}
+
+int pagemap_pfns(pid_t pid, const void *addr, size_t n, long long *pfns)
+{
+	off_t off = (off_t)((uintptr_t)addr / page_size * sizeof(uint64_t));
+	ssize_t len = (ssize_t)(n * sizeof(uint64_t));
+	uint64_t *ents = (uint64_t *)pfns;	/* same size: converted in place */
+	int fd;
+
+	if (!pid)
+		pid = getpid();
+	for (int fresh = 0; fresh < 2; fresh++) {
+		fd = pagemap_fd(pid, fresh);
+		if (fd < 0)
+			return -1;
+		if (pread(fd, ents, len, off) != len)
+			continue;
+		for (size_t i = 0; i < n; i++)
+			pfns[i] = ents[i] >> 63 ? (long long)(ents[i] & ((1ULL << 55) - 1)) : 0;
+		return 0;
+	}
+	return -1;
 }
 
 uint64_t pagemap_entry(pid_t pid, const void *addr)
@@ -499,6 +562,7 @@ void ksm_tests_main(int argc, char **argv, const struct ksm_test *tests, size_t 
 	}
 	ksm_knobs_save(dir, &tests_saved);
 	for (i = 0; i < n; i++) {
+		double t0 = tap_seconds();
 		int res;
 
 		if (!sel[i])
@@ -508,6 +572,7 @@ void ksm_tests_main(int argc, char **argv, const struct ksm_test *tests, size_t 
 		res = tests[i].fn(dir);
 		test_teardown(dir);
 		tap_result(res, tests[i].name);
+		tap_took(t0);
 	}
 	free(sel);
 	if (done)

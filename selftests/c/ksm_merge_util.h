@@ -77,6 +77,10 @@ long long pagemap_pfn(pid_t pid, const void *addr);
 /* /proc/kpageflags of PFN (LRU, THP, ...), ~0 if unknown.  (6.12 sets
  * KPF_KSM on every anonymous page: tell KSM pages by shared PFNs.) */
 uint64_t kpageflags(unsigned long long pfn);
+/* The PFNs of the N pages at ADDR in PID (0: self), in one read, as
+ * pagemap_pfn() gives them (0: not present): 0 or -1. */
+int pagemap_pfns(pid_t pid, const void *addr, size_t n, long long *pfns);
+
 /* The raw pagemap entry of ADDR in PID (0: self) into *ENT: 0 or -1. */
 int pagemap_read(pid_t pid, const void *addr, uint64_t *ent);
 /* The same, 0 on error (as for an unmapped address). */

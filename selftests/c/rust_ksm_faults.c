@@ -57,16 +57,12 @@ static size_t shared_pages(pid_t pid, const char *p, size_t n, size_t *absent)
 	long long *pfn = calloc(n, sizeof(*pfn));
 	size_t i, j, shared = 0, np = 0;
 
-	if (!pfn)
+	if (!pfn || pagemap_pfns(pid, p, n, pfn)) {
+		free(pfn);
 		return SIZE_MAX;
-	for (i = 0; i < n; i++) {
-		pfn[i] = pagemap_pfn(pid, p + i * ps);
-		if (pfn[i] < 0) {
-			free(pfn);
-			return SIZE_MAX;
-		}
-		np += !pfn[i];
 	}
+	for (i = 0; i < n; i++)
+		np += !pfn[i];
 	qsort(pfn, n, sizeof(*pfn), cmp_ll);
 	for (i = 0; i < n; i = j) {
 		for (j = i + 1; j < n && pfn[j] == pfn[i]; j++)
@@ -388,6 +384,7 @@ static int test_run2_killed(void)
 	/* 256 copies of each pattern: one KSM page each (max_page_sharing). */
 	const size_t n = 16384, npat = 64;
 	static const unsigned int delays[] = { 30, 10, 100, 300 };
+	double t0 = tap_seconds();
 	int ret = TAP_PASS;
 	size_t left = 0, i;
 	char *p = NULL;
@@ -407,23 +404,29 @@ static int test_run2_killed(void)
 	}
 	if (!p)
 		return tap_skip_because("run=2 always finished before the signal");
-	tap_diag("%zu pages still merged after the killed run=2", left);
+	tap_diag("%zu pages still merged after the killed run=2 (%.1f s in)", left,
+		 tap_seconds() - t0);
 	CHECK(knob_get(RK, "pages_shared") + knob_get(RK, "pages_sharing") > 0,
 	      "merged pages left, but pages_shared + pages_sharing is 0");
 
 	if (two_nodes()) {
 		/* Each KSM page left, moved through one of its mappings: every
-		 * mapping must follow it (the rmap walk finds them all). */
+		 * mapping must follow it (the rmap walk finds them all).  The
+		 * PFNs of the whole area are read at once, before and after
+		 * each move. */
+		long long *before = calloc(n, sizeof(*before)), *after = calloc(n, sizeof(*after));
 		size_t moved = 0, bad = 0;
+		bool read = before && after && !pagemap_pfns(0, p, n, before);
 
-		for (i = 0; i < npat; i++) {
-			long long old = pagemap_pfn(0, p + i * ps), now;
+		CHECK(read, "reading pagemap failed");
+		for (i = 0; i < npat && read; i++) {
+			long long old = before[i];
 			void *addr = p + i * ps;
 			int node, status = -1;
 			size_t j, peers = 0, followed = 0;
 
 			for (j = i + npat; j < n; j += npat)
-				peers += pagemap_pfn(0, p + j * ps) == old;
+				peers += before[j] == old;
 			if (!peers)
 				continue;
 			node = page_node(0, addr) == 0 ? 1 : 0;
@@ -433,9 +436,12 @@ static int test_run2_killed(void)
 				bad++;
 				continue;
 			}
-			now = pagemap_pfn(0, p + i * ps);
+			if (pagemap_pfns(0, p, n, after)) {
+				FAILED("reading pagemap");
+				break;
+			}
 			for (j = i + npat; j < n; j += npat)
-				followed += pagemap_pfn(0, p + j * ps) == now;
+				followed += before[j] == old && after[j] == after[i];
 			if (followed != peers) {
 				tap_diag("pattern %zu: %zu of %zu mappings followed the migration",
 					 i, followed, peers);
@@ -443,10 +449,14 @@ static int test_run2_killed(void)
 			}
 			moved++;
 		}
+		free(before);
+		free(after);
 		CHECK(!bad, "%zu KSM pages left did not migrate with every mapping (%zu did)",
 		      bad, moved);
+		tap_diag("%zu KSM pages migrated (%.1f s in)", moved, tap_seconds() - t0);
 	}
 	CHECK(!ksm_set(RK, "run", 2), "second run=2 failed");
+	tap_diag("second run=2 done (%.1f s in)", tap_seconds() - t0);
 	ksm_set(RK, "run", 0);
 	CHECK(shared_self(p, n) == 0, "pages still merged after the second run=2");
 	CHECK(knob_get(RK, "pages_shared") == 0 && knob_get(RK, "pages_sharing") == 0,

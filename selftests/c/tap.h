@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { TAP_PASS = 0, TAP_FAIL = 1, TAP_SKIP = 2 };
 
@@ -162,6 +163,22 @@ struct tap_test {
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Monotonic seconds, for tap_took(). */
+static inline double tap_seconds(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* After a result: how long the test took.  make check's time budget is
+ * spent test by test, so every test shows its share. */
+static inline void tap_took(double since)
+{
+	tap_diag("test %u took %.1f s", tap_state.num, tap_seconds() - since);
+}
+
 /* Run every test in order, calling after() (if any) after each one. */
 static inline void __attribute__((noreturn))
 tap_run(const struct tap_test *tests, unsigned int n, void (*after)(void))
@@ -170,9 +187,12 @@ tap_run(const struct tap_test *tests, unsigned int n, void (*after)(void))
 
 	tap_plan(n);
 	for (i = 0; i < n; i++) {
+		double t0 = tap_seconds();
+
 		tap_result(tests[i].fn(), tests[i].name);
 		if (after)
 			after();
+		tap_took(t0);
 	}
 	tap_finish();
 }
