@@ -21,6 +21,13 @@ for i in 1 2 3 4 5; do
 	sleep 1
 	show "after ${i}s"
 done
+# What it bought: each page sharing a KSM page is a page not spent
+# (pages_sharing), less what rust_ksm spends tracking them (general_profit).
+sharing=$(cat $K/pages_sharing)
+profit=$(cat $K/general_profit)
+page_kb=$(($(getconf PAGESIZE 2>/dev/null || echo 4096) / 1024))
+echo "merging saved $((sharing * page_kb / 1024)) MiB ($sharing pages of ${page_kb} KiB);" \
+	"general_profit $((profit / 1048576)) MiB after rust_ksm's own memory"
 echo 0 > $K/run
 kill -TERM $pid
 wait $pid
