@@ -91,6 +91,8 @@ impl ScanState {
         let node = self
             .trees
             .stable_insert(page, page::key(page), page::hash(page))?;
+        // SAFETY: the core holds the folio lock.
+        unsafe { self.trees.stable_reserve(node, maps.len()) };
         let mut appended = 0;
         for map in maps {
             let (Some(mm), Some(anon_vma)) = (NonNull::new(map.mm), NonNull::new(map.anon_vma))

@@ -308,6 +308,20 @@ impl Trees {
         unsafe { self.stable_root(node.tree()).erase(&node.rb) };
     }
 
+    /// Room in `node`'s item list for `n` more mappings, so that as many
+    /// [`Self::stable_append`]s grow it at most once (adoption knows them
+    /// all up front; the allocator is most of what a handover costs on a
+    /// debug kernel).  A failure is no error: the appends grow it then.
+    ///
+    /// # Safety
+    ///
+    /// The node's folio is locked.
+    pub(crate) unsafe fn stable_reserve(&mut self, node: NonNull<StableNode>, n: usize) {
+        // SAFETY: scan lock and folio lock held.
+        let items = unsafe { &mut *node.as_ref().items.get() };
+        let _ = items.reserve(n, GFP_KERNEL);
+    }
+
     /// stable_tree_append(): `item` now maps `node`'s page.
     ///
     /// # Safety
