@@ -147,7 +147,7 @@ impl DomainEvents {
             };
             let (tp_ptr, data) = (tp.as_ptr(), ptr::null_mut());
             // SAFETY: `probe` has the tracepoint's prototype, the data
-            // pointer first (include/trace/events/{cgroup,task}.h; the
+            // pointer first (include/trace/events/{cgroup,task,sched}.h; the
             // exact types, as kCFI checks them); it only needs `KSM`, set
             // for as long as this registration lives (see `RustKsm`).
             let err = unsafe { bindings::tracepoint_probe_register(tp_ptr, probe, data) };

@@ -280,9 +280,9 @@ static int pagemap_fd(pid_t pid, bool fresh)
 	return fd;
 }
 
-int pagemap_read(pid_t pid, const void *addr, uint64_t *ent)
+/* LEN bytes of PID's pagemap at OFF into BUF, through pagemap_fd(): 0 or -1. */
+static int pagemap_pread(pid_t pid, void *buf, size_t len, off_t off)
 {
-	off_t off = (off_t)((uintptr_t)addr / page_size * sizeof(*ent));
 	int fd;
 
 	if (!pid)
@@ -291,32 +291,28 @@ int pagemap_read(pid_t pid, const void *addr, uint64_t *ent)
 		fd = pagemap_fd(pid, fresh);
 		if (fd < 0)
 			return -1;
-		if (pread(fd, ent, sizeof(*ent), off) == sizeof(*ent))
+		if (pread(fd, buf, len, off) == (ssize_t)len)
 			return 0;
 	}
 	return -1;
 }
 
+int pagemap_read(pid_t pid, const void *addr, uint64_t *ent)
+{
+	return pagemap_pread(pid, ent, sizeof(*ent),
+			     (off_t)((uintptr_t)addr / page_size * sizeof(*ent)));
+}
+
 int pagemap_pfns(pid_t pid, const void *addr, size_t n, long long *pfns)
 {
-	off_t off = (off_t)((uintptr_t)addr / page_size * sizeof(uint64_t));
-	ssize_t len = (ssize_t)(n * sizeof(uint64_t));
 	uint64_t *ents = (uint64_t *)pfns;	/* same size: converted in place */
-	int fd;
 
-	if (!pid)
-		pid = getpid();
-	for (int fresh = 0; fresh < 2; fresh++) {
-		fd = pagemap_fd(pid, fresh);
-		if (fd < 0)
-			return -1;
-		if (pread(fd, ents, len, off) != len)
-			continue;
-		for (size_t i = 0; i < n; i++)
-			pfns[i] = ents[i] >> 63 ? (long long)(ents[i] & ((1ULL << 55) - 1)) : 0;
-		return 0;
-	}
-	return -1;
+	if (pagemap_pread(pid, ents, n * sizeof(*ents),
+			  (off_t)((uintptr_t)addr / page_size * sizeof(*ents))))
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		pfns[i] = ents[i] >> 63 ? (long long)(ents[i] & ((1ULL << 55) - 1)) : 0;
+	return 0;
 }
 
 uint64_t pagemap_entry(pid_t pid, const void *addr)
